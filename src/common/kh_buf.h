@@ -1,0 +1,40 @@
+/*
+ * A bounded byte buffer for network data and messages. It never grows past
+ * its ceiling, wipes memory before every release or reallocation (a frame can
+ * hold a password or a key component), and aborts on corrupted internals.
+ * All str and mem work on network bytes happens here or in kh_frame.
+ */
+#ifndef KH_BUF_H
+#define KH_BUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "common/kh_err.h"
+
+struct kh_buf;
+
+struct kh_buf *kh_buf_new(size_t max);          /* NULL on allocation failure */
+void kh_buf_free(struct kh_buf *b);             /* wipes; NULL ok */
+void kh_buf_reset(struct kh_buf *b);            /* wipes contents, keeps memory */
+size_t kh_buf_len(const struct kh_buf *b);
+size_t kh_buf_max(const struct kh_buf *b);
+void kh_buf_set_max(struct kh_buf *b, size_t max); /* never below current length */
+const uint8_t *kh_buf_ptr(const struct kh_buf *b);
+/* Drop n bytes from the front (wiping them). */
+void kh_buf_consume(struct kh_buf *b, size_t n);
+/* Drop bytes from the end so that len bytes remain (wiping them). */
+void kh_buf_truncate(struct kh_buf *b, size_t len);
+/* Reserve n writable bytes at the end; *p points at them. Call kh_buf_commit
+ * with the number actually written. */
+KH_MUST_CHECK int kh_buf_reserve(struct kh_buf *b, size_t n, uint8_t **p);
+void kh_buf_commit(struct kh_buf *b, size_t n);
+KH_MUST_CHECK int kh_buf_put(struct kh_buf *b, const void *data, size_t n);
+KH_MUST_CHECK int kh_buf_put_str(struct kh_buf *b, const char *s);
+KH_MUST_CHECK int kh_buf_putf(struct kh_buf *b, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* Uppercase hex of data. */
+KH_MUST_CHECK int kh_buf_put_hex(struct kh_buf *b, const uint8_t *data, size_t n);
+/* Index of the first byte c at or after 'from', or -1. */
+long kh_buf_find(const struct kh_buf *b, size_t from, uint8_t c);
+
+#endif
