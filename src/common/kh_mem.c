@@ -13,7 +13,8 @@ static int secure_heap_on;
 
 int kh_mem_init(size_t secure_heap_bytes)
 {
-	if (secure_heap_bytes && CRYPTO_secure_malloc_init(secure_heap_bytes, 64) == 1) {
+	if (secure_heap_bytes && CRYPTO_secure_malloc_init(secure_heap_bytes, 64) >= 1) {
+		/* 2 means the heap works but could not be mlock'd */
 		secure_heap_on = 1;
 		return 0;
 	}
@@ -94,7 +95,7 @@ int kh_hex_decode(const char *in, size_t inlen, uint8_t *out, size_t outmax)
 		int hi = hexval((unsigned char)in[2 * i]);
 		int lo = hexval((unsigned char)in[2 * i + 1]);
 		bad |= (hi | lo) & 0x100;
-		out[i] = (uint8_t)((hi << 4) | (lo & 0xf));
+		out[i] = (uint8_t)(((unsigned)hi << 4) | ((unsigned)lo & 0xfu));
 	}
 	if (bad) {
 		kh_wipe(out, inlen / 2);

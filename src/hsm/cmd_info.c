@@ -1,5 +1,497 @@
-/* placeholder until written below */
+/*
+ * The PKCS#11 communication commands (ECHO PRMD RAND HASH STAT TIME GPKM
+ * GPKS GPKR) and device settings. These report what the HSM is (model,
+ * version, serial, feature set) so that clients and the guardian can tell
+ * devices apart; they never reveal key material.
+ */
 #include "hsm/cmds.h"
-#define U(fn) KH_ACT(fn) { return KH_ERR_UNSUPPORTED; }
-U(kh_cmd_echo) U(kh_cmd_prmd) U(kh_cmd_rand) U(kh_cmd_hash) U(kh_cmd_stat) U(kh_cmd_time)
-U(kh_cmd_gpkm) U(kh_cmd_gpks) U(kh_cmd_gpkr) U(kh_cmd_setg) U(kh_cmd_sets)
+#include "hsm/audit.h"
+#include "hsm/db.h"
+#include "hsm/dispatch.h"
+#include "hsm/hsm_core.h"
+#include "hsm/majorkey.h"
+#include "common/kh_buf.h"
+#include "common/kh_mem.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+
+#define RAND_MAX_BYTES 4096
+#define GPKM_PAGE_DEFAULT 100
+#define GPKM_PAGE_MAX 1000
+#define KEY_SETTING_MAX 4096
+
+static void mk_feature(struct kh_hsm *hsm, enum kh_mk_id id, char *out, size_t outsz, bool *loaded)
+{
+	struct kh_mk_info mi;
+	kh_mk_info(hsm, id, &mi);
+	*loaded = mi.loaded;
+	snprintf(out, outsz, "%s", mi.loaded ? mi.kcv : "N");
+}
+
+KH_ACT(kh_cmd_echo)
+{
+	const struct kh_field *ag = kh_frame_get(req, "AG");
+	int r = kh_msg_putn(resp, "AG", ag ? ag->val : "", ag ? ag->len : 0);
+	if (r == KH_OK)
+		r = kh_msg_put(resp, "BC", KH_VERSION);
+	return r;
+}
+
+KH_ACT(kh_cmd_prmd)
+{
+	struct kh_hsm *hsm = c->hsm;
+	pthread_mutex_lock(&hsm->mu);
+	bool fips = hsm->fips, p11 = hsm->pkcs11;
+	int lt = hsm->lockout_threshold;
+	pthread_mutex_unlock(&hsm->mu);
+	int r = kh_msg_put(resp, "BB", "Y");
+	if (r == KH_OK) r = kh_msg_put(resp, "MD", KH_MODEL);
+	if (r == KH_OK) r = kh_msg_put(resp, "VN", KH_VERSION);
+	if (r == KH_OK) r = kh_msg_put(resp, "FI", fips ? "Y" : "N");
+	if (r == KH_OK) r = kh_msg_put(resp, "PK", p11 ? "Y" : "N");
+	if (r == KH_OK) r = kh_msg_put_u64(resp, "MR", fips ? 2048 : 1024);
+	if (r == KH_OK) r = kh_msg_put(resp, "P1", fips ? "N" : "Y");
+	if (r == KH_OK) r = kh_msg_put_u64(resp, "MF", KH_FRAME_MAX);
+	if (r == KH_OK) r = kh_msg_put_u64(resp, "LT", (uint64_t)lt);
+	return r;
+}
+
+KH_ACT(kh_cmd_rand)
+{
+	uint64_t n;
+	uint8_t buf[RAND_MAX_BYTES];
+	int r = kh_frame_u64(req, "NB", 1, RAND_MAX_BYTES, &n);
+	if (r != KH_OK) {
+		kh_ctx_detail(c, "NB (1-%d)", RAND_MAX_BYTES);
+		return r;
+	}
+	if (RAND_bytes(buf, (int)n) != 1)
+		return KH_ERR_CRYPTO;
+	r = kh_msg_put_hex(resp, "RN", buf, (size_t)n);
+	kh_wipe(buf, (size_t)n);
+	return r;
+}
+
+KH_ACT(kh_cmd_hash)
+{
+	return kh_msg_put(resp, "SN", c->hsm->serial);
+}
+
+static int64_t key_count(struct kh_hsm *hsm)
+{
+	sqlite3_stmt *st = NULL;
+	int64_t n = -1;
+	kh_db_lock(hsm->db);
+	if (sqlite3_prepare_v2(kh_db_sqlite(hsm->db), "SELECT COUNT(*) FROM keys", -1, &st, NULL) ==
+		    SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		n = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	kh_db_unlock(hsm->db);
+	return n;
+}
+
+KH_ACT(kh_cmd_stat)
+{
+	struct kh_hsm *hsm = c->hsm;
+	char ft[8], pm[8], bk[8], fs[96];
+	bool lft, lpm, lbk;
+	mk_feature(hsm, KH_MK_FTK, ft, sizeof(ft), &lft);
+	mk_feature(hsm, KH_MK_PMK, pm, sizeof(pm), &lpm);
+	mk_feature(hsm, KH_MK_BEK, bk, sizeof(bk), &lbk);
+	pthread_mutex_lock(&hsm->mu);
+	bool fips = hsm->fips, p11 = hsm->pkcs11;
+	pthread_mutex_unlock(&hsm->mu);
+	snprintf(fs, sizeof(fs), "FIPS=%c,PKCS11=%c,FTK=%c,PMK=%c,BEK=%c", fips ? 'Y' : 'N',
+		 p11 ? 'Y' : 'N', lft ? 'Y' : 'N', lpm ? 'Y' : 'N', lbk ? 'Y' : 'N');
+	int64_t kc = key_count(hsm);
+	if (kc < 0)
+		return KH_ERR_STORAGE;
+	int r = kh_msg_put(resp, "BB", "Y");
+	if (r == KH_OK) r = kh_msg_put(resp, "MD", KH_MODEL);
+	if (r == KH_OK) r = kh_msg_put(resp, "VN", KH_VERSION);
+	if (r == KH_OK) r = kh_msg_put(resp, "SN", hsm->serial);
+	if (r == KH_OK) r = kh_msg_put(resp, "ST", atomic_load(&hsm->error_state) ? "ERROR" : "OK");
+	if (r == KH_OK) r = kh_msg_put(resp, "FI", fips ? "Y" : "N");
+	if (r == KH_OK) r = kh_msg_put(resp, "PK", p11 ? "Y" : "N");
+	if (r == KH_OK) r = kh_msg_put(resp, "FT", ft);
+	if (r == KH_OK) r = kh_msg_put(resp, "PM", pm);
+	if (r == KH_OK) r = kh_msg_put(resp, "BK", bk);
+	if (r == KH_OK) r = kh_msg_put(resp, "FS", fs);
+	if (r == KH_OK) r = kh_msg_put_u64(resp, "UP", (uint64_t)(time(NULL) - hsm->started));
+	if (r == KH_OK) r = kh_msg_put_u64(resp, "RQ", atomic_load(&hsm->n_requests));
+	if (r == KH_OK) r = kh_msg_put_u64(resp, "ER", atomic_load(&hsm->n_errors));
+	if (r == KH_OK) r = kh_msg_put_u64(resp, "CN", atomic_load(&hsm->n_conn_open));
+	if (r == KH_OK) r = kh_msg_put_u64(resp, "KC", (uint64_t)kc);
+	return r;
+}
+
+/* YYYYMMDDhhmmss (UTC) <-> time_t */
+static int parse_time(const struct kh_field *f, time_t *out)
+{
+	struct tm tm;
+	char tmp[16];
+	if (f->len != 14)
+		return KH_ERR_BAD_FIELD;
+	memcpy(tmp, f->val, 14);
+	tmp[14] = '\0';
+	memset(&tm, 0, sizeof(tm));
+	char *end = strptime(tmp, "%Y%m%d%H%M%S", &tm);
+	if (end == NULL || *end != '\0')
+		return KH_ERR_BAD_FIELD;
+	time_t t = timegm(&tm);
+	if (t == (time_t)-1)
+		return KH_ERR_BAD_FIELD;
+	*out = t;
+	return KH_OK;
+}
+
+KH_ACT(kh_cmd_time)
+{
+	struct kh_hsm *hsm = c->hsm;
+	const struct kh_field *tm_in = kh_frame_get(req, "TM");
+	char out[32], actor[300], detail[64];
+	struct tm tm;
+	int r;
+
+	if (tm_in) {
+		time_t t;
+		/* the clock guards certificate expiry, lockout and the audit
+		 * trail: only an administrative permission may move it */
+		if (c->role == NULL || !(c->role->perms & KH_PERM(KH_P_TIME_SET))) {
+			kh_ctx_detail(c, "needs time.set to set the clock");
+			return KH_ERR_PERMISSION_DENIED;
+		}
+		if ((r = parse_time(tm_in, &t)) != KH_OK) {
+			kh_ctx_detail(c, "TM (YYYYMMDDhhmmss)");
+			return r;
+		}
+		int64_t off = (int64_t)(t - time(NULL));
+		kh_session_actor(c->s, actor, sizeof(actor));
+		snprintf(detail, sizeof(detail), "offset %lld s", (long long)off);
+		if ((r = kh_db_begin(hsm->db)) != KH_OK)
+			return r;
+		if ((r = kh_db_setting_put_int(hsm->db, "clock_offset", off)) != KH_OK ||
+		    (r = kh_audit_append(hsm, actor, "time.set", detail)) != KH_OK) {
+			kh_db_rollback(hsm->db);
+			return r;
+		}
+		if ((r = kh_db_commit(hsm->db)) != KH_OK)
+			return r;
+		kh_hsm_reload_settings(hsm);
+	}
+	time_t now = kh_hsm_now(hsm);
+	gmtime_r(&now, &tm);
+	strftime(out, sizeof(out), "%Y%m%d%H%M%S", &tm);
+	return kh_msg_put(resp, "TM", out);
+}
+
+/* WHERE clause restricting slots to the role's ranges ("1" with All Slots). */
+static void range_clause(const struct kh_role *role, char *out, size_t outsz)
+{
+	size_t n = 0;
+	if (role->perms & KH_PERM(KH_P_KEYS_ALL_SLOTS)) {
+		snprintf(out, outsz, "1");
+		return;
+	}
+	if (role->nranges == 0) {
+		snprintf(out, outsz, "0");
+		return;
+	}
+	n += (size_t)snprintf(out + n, outsz - n, "(");
+	for (size_t i = 0; i < role->nranges && n < outsz; i++)
+		n += (size_t)snprintf(out + n, outsz - n, "%s(slot BETWEEN %u AND %u)", i ? " OR " : "",
+				      role->ranges[i].lo, role->ranges[i].hi);
+	if (n < outsz)
+		snprintf(out + n, outsz - n, ")");
+}
+
+KH_ACT(kh_cmd_gpkm)
+{
+	struct kh_hsm *hsm = c->hsm;
+	uint64_t from = 0, page = GPKM_PAGE_DEFAULT;
+	char where[KH_MAX_RANGES * 48 + 8], sql[sizeof(where) + 128];
+	sqlite3_stmt *st = NULL;
+	struct kh_buf *list = NULL;
+	int r, count = 0;
+	int64_t total = 0, next = -1;
+
+	if (kh_frame_has(req, "SL") && (r = kh_frame_u64(req, "SL", 0, KH_SLOT_MAX, &from)) != KH_OK) {
+		kh_ctx_detail(c, "SL");
+		return r;
+	}
+	if (kh_frame_has(req, "NM") &&
+	    (r = kh_frame_u64(req, "NM", 1, GPKM_PAGE_MAX, &page)) != KH_OK) {
+		kh_ctx_detail(c, "NM (1-%d)", GPKM_PAGE_MAX);
+		return r;
+	}
+	/* the clause holds only numbers from the role, never request text */
+	range_clause(c->role, where, sizeof(where));
+	if ((list = kh_buf_new(GPKM_PAGE_MAX * 48)) == NULL)
+		return KH_ERR_NOMEM;
+	kh_db_lock(hsm->db);
+	snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM keys WHERE %s", where);
+	r = sqlite3_prepare_v2(kh_db_sqlite(hsm->db), sql, -1, &st, NULL);
+	if (r != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
+		r = KH_ERR_STORAGE;
+		goto out;
+	}
+	total = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	st = NULL;
+	snprintf(sql, sizeof(sql),
+		 "SELECT slot, class, ktype, bits FROM keys WHERE slot >= ? AND %s "
+		 "ORDER BY slot LIMIT ?",
+		 where);
+	if (sqlite3_prepare_v2(kh_db_sqlite(hsm->db), sql, -1, &st, NULL) != SQLITE_OK) {
+		r = KH_ERR_STORAGE;
+		goto out;
+	}
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)from);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)page + 1);
+	r = KH_OK;
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		int64_t slot = sqlite3_column_int64(st, 0);
+		if ((uint64_t)count == page) {
+			next = slot;
+			break;
+		}
+		const char *cl = (const char *)sqlite3_column_text(st, 1);
+		const char *ty = (const char *)sqlite3_column_text(st, 2);
+		if (!kh_frame_text_ok(cl ? cl : "", cl ? strlen(cl) : 0) ||
+		    !kh_frame_text_ok(ty ? ty : "", ty ? strlen(ty) : 0)) {
+			r = KH_ERR_STORAGE;
+			break;
+		}
+		if ((r = kh_buf_putf(list, "%s%lld:%s:%s:%d", count ? "," : "", (long long)slot,
+				     cl ? cl : "", ty ? ty : "", sqlite3_column_int(st, 3))) != KH_OK)
+			break;
+		count++;
+	}
+out:
+	sqlite3_finalize(st);
+	kh_db_unlock(hsm->db);
+	if (r == KH_OK)
+		r = kh_msg_put_u64(resp, "KC", (uint64_t)total);
+	if (r == KH_OK)
+		r = kh_msg_putn(resp, "KL", (const char *)kh_buf_ptr(list), kh_buf_len(list));
+	if (r == KH_OK && next >= 0)
+		r = kh_msg_put_u64(resp, "NX", (uint64_t)next);
+	kh_buf_free(list);
+	return r;
+}
+
+static int put_blob_col(struct kh_buf *resp, const char *tag, sqlite3_stmt *st, int col)
+{
+	return kh_msg_put_hex(resp, tag, sqlite3_column_blob(st, col),
+			      (size_t)sqlite3_column_bytes(st, col));
+}
+
+static int key_settings_out(struct kh_hsm *hsm, uint32_t slot, struct kh_buf *resp)
+{
+	sqlite3_stmt *st = NULL;
+	int r;
+	kh_db_lock(hsm->db);
+	r = sqlite3_prepare_v2(kh_db_sqlite(hsm->db),
+			       "SELECT key_id, label, ckaid, extra, class, ktype, bits FROM keys "
+			       "WHERE slot = ?",
+			       -1, &st, NULL);
+	if (r != SQLITE_OK) {
+		r = KH_ERR_STORAGE;
+		goto out;
+	}
+	sqlite3_bind_int64(st, 1, slot);
+	r = sqlite3_step(st);
+	if (r == SQLITE_DONE) {
+		r = KH_ERR_NOT_FOUND;
+		goto out;
+	}
+	if (r != SQLITE_ROW) {
+		r = KH_ERR_STORAGE;
+		goto out;
+	}
+	const char *cl = (const char *)sqlite3_column_text(st, 4);
+	const char *ty = (const char *)sqlite3_column_text(st, 5);
+	if (!cl || !ty || !kh_frame_text_ok(cl, strlen(cl)) || !kh_frame_text_ok(ty, strlen(ty))) {
+		r = KH_ERR_STORAGE;
+		goto out;
+	}
+	r = kh_msg_put_u64(resp, "SL", slot);
+	if (r == KH_OK) r = put_blob_col(resp, "KD", st, 0);
+	if (r == KH_OK) r = put_blob_col(resp, "LB", st, 1);
+	if (r == KH_OK) r = put_blob_col(resp, "KI", st, 2);
+	if (r == KH_OK) r = put_blob_col(resp, "EX", st, 3);
+	if (r == KH_OK) r = kh_msg_put(resp, "CL", cl);
+	if (r == KH_OK) r = kh_msg_put(resp, "TY", ty);
+	if (r == KH_OK) r = kh_msg_put_u64(resp, "BT", (uint64_t)sqlite3_column_int(st, 6));
+out:
+	sqlite3_finalize(st);
+	kh_db_unlock(hsm->db);
+	return r;
+}
+
+KH_ACT(kh_cmd_gpkr)
+{
+	uint64_t slot;
+	int r = kh_frame_u64(req, "SL", 0, KH_SLOT_MAX, &slot);
+	if (r != KH_OK)
+		return r;
+	return key_settings_out(c->hsm, (uint32_t)slot, resp);
+}
+
+/* Replace one descriptive column if its tag is present. The column name is
+ * one of three constants, never request text. */
+static int update_setting(struct kh_ctx *c, const struct kh_frame *req, const char *tag,
+			  const char *column, uint32_t slot, int *changed)
+{
+	uint8_t val[KEY_SETTING_MAX];
+	size_t len = 0;
+	char sql[96];
+	sqlite3_stmt *st = NULL;
+	if (!kh_frame_has(req, tag))
+		return KH_OK;
+	int r = kh_frame_hex(req, tag, val, sizeof(val), &len);
+	if (r != KH_OK) {
+		kh_ctx_detail(c, "%s (hex, at most %d bytes)", tag, KEY_SETTING_MAX);
+		return r;
+	}
+	snprintf(sql, sizeof(sql), "UPDATE keys SET %s = ? WHERE slot = ?", column);
+	if (sqlite3_prepare_v2(kh_db_sqlite(c->hsm->db), sql, -1, &st, NULL) != SQLITE_OK)
+		return KH_ERR_STORAGE;
+	sqlite3_bind_blob(st, 1, val, (int)len, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, slot);
+	r = sqlite3_step(st) == SQLITE_DONE ? KH_OK : KH_ERR_STORAGE;
+	if (r == KH_OK && sqlite3_changes(kh_db_sqlite(c->hsm->db)) == 0)
+		r = KH_ERR_NOT_FOUND;
+	sqlite3_finalize(st);
+	if (r == KH_OK)
+		(*changed)++;
+	return r;
+}
+
+KH_ACT(kh_cmd_gpks)
+{
+	struct kh_hsm *hsm = c->hsm;
+	uint64_t slot;
+	int changed = 0, r;
+	char actor[300], detail[64];
+
+	if ((r = kh_frame_u64(req, "SL", 0, KH_SLOT_MAX, &slot)) != KH_OK)
+		return r;
+	if ((r = kh_db_begin(hsm->db)) != KH_OK)
+		return r;
+	if ((r = update_setting(c, req, "LB", "label", (uint32_t)slot, &changed)) != KH_OK ||
+	    (r = update_setting(c, req, "KI", "ckaid", (uint32_t)slot, &changed)) != KH_OK ||
+	    (r = update_setting(c, req, "EX", "extra", (uint32_t)slot, &changed)) != KH_OK)
+		goto fail;
+	if (changed) {
+		kh_session_actor(c->s, actor, sizeof(actor));
+		snprintf(detail, sizeof(detail), "slot %llu", (unsigned long long)slot);
+		if ((r = kh_audit_append(hsm, actor, "key.settings", detail)) != KH_OK)
+			goto fail;
+	}
+	if ((r = kh_db_commit(hsm->db)) != KH_OK)
+		return r;
+	return key_settings_out(hsm, (uint32_t)slot, resp);
+fail:
+	kh_db_rollback(hsm->db);
+	return r;
+}
+
+KH_ACT(kh_cmd_setg)
+{
+	struct kh_hsm *hsm = c->hsm;
+	pthread_mutex_lock(&hsm->mu);
+	bool fips = hsm->fips, p11 = hsm->pkcs11;
+	int lt = hsm->lockout_threshold, ls = hsm->lockout_seconds;
+	pthread_mutex_unlock(&hsm->mu);
+	int r = kh_msg_put(resp, "FI", fips ? "Y" : "N");
+	if (r == KH_OK) r = kh_msg_put(resp, "PK", p11 ? "Y" : "N");
+	if (r == KH_OK) r = kh_msg_put_u64(resp, "LT", (uint64_t)lt);
+	if (r == KH_OK) r = kh_msg_put_u64(resp, "LS", (uint64_t)ls);
+	return r;
+}
+
+static int weak_roles(struct kh_hsm *hsm, int64_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	int r = KH_ERR_STORAGE;
+	if (sqlite3_prepare_v2(kh_db_sqlite(hsm->db),
+			       "SELECT COUNT(*) FROM roles WHERE logins_required < 2 AND name <> ?",
+			       -1, &st, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(st, 1, KH_ROLE_TP, -1, SQLITE_STATIC);
+		if (sqlite3_step(st) == SQLITE_ROW) {
+			*n = sqlite3_column_int64(st, 0);
+			r = KH_OK;
+		}
+	}
+	sqlite3_finalize(st);
+	return r;
+}
+
+KH_ACT(kh_cmd_sets)
+{
+	struct kh_hsm *hsm = c->hsm;
+	bool fi = false, pk = false;
+	uint64_t lt = 0, ls = 0;
+	char actor[300], detail[96];
+	int r;
+
+	/* validate everything before changing anything */
+	if (kh_frame_has(req, "FI") && (r = kh_frame_yn(req, "FI", &fi)) != KH_OK)
+		goto bad_fi;
+	if (kh_frame_has(req, "PK") && (r = kh_frame_yn(req, "PK", &pk)) != KH_OK) {
+		kh_ctx_detail(c, "PK");
+		return r;
+	}
+	if (kh_frame_has(req, "LT") && (r = kh_frame_u64(req, "LT", 1, 100, &lt)) != KH_OK) {
+		kh_ctx_detail(c, "LT (1-100)");
+		return r;
+	}
+	if (kh_frame_has(req, "LS") && (r = kh_frame_u64(req, "LS", 1, 86400, &ls)) != KH_OK) {
+		kh_ctx_detail(c, "LS (1-86400)");
+		return r;
+	}
+	if ((r = kh_db_begin(hsm->db)) != KH_OK)
+		return r;
+	if (kh_frame_has(req, "FI")) {
+		int64_t weak = 0;
+		if (fi && ((r = weak_roles(hsm, &weak)) != KH_OK || weak > 0)) {
+			if (r == KH_OK) {
+				kh_ctx_detail(c, "%lld role(s) have Logins Required below 2", (long long)weak);
+				r = KH_ERR_STATE;
+			}
+			goto fail;
+		}
+		if ((r = kh_db_setting_put_int(hsm->db, "fips", fi)) != KH_OK)
+			goto fail;
+	}
+	if (kh_frame_has(req, "PK") && (r = kh_db_setting_put_int(hsm->db, "pkcs11", pk)) != KH_OK)
+		goto fail;
+	if (kh_frame_has(req, "LT") &&
+	    (r = kh_db_setting_put_int(hsm->db, "lockout_threshold", (int64_t)lt)) != KH_OK)
+		goto fail;
+	if (kh_frame_has(req, "LS") &&
+	    (r = kh_db_setting_put_int(hsm->db, "lockout_seconds", (int64_t)ls)) != KH_OK)
+		goto fail;
+	kh_session_actor(c->s, actor, sizeof(actor));
+	snprintf(detail, sizeof(detail), "FI=%s PK=%s LT=%llu LS=%llu",
+		 kh_frame_has(req, "FI") ? (fi ? "Y" : "N") : "-",
+		 kh_frame_has(req, "PK") ? (pk ? "Y" : "N") : "-", (unsigned long long)lt,
+		 (unsigned long long)ls);
+	if ((r = kh_audit_append(hsm, actor, "settings.change", detail)) != KH_OK)
+		goto fail;
+	if ((r = kh_db_commit(hsm->db)) != KH_OK)
+		return r;
+	kh_hsm_reload_settings(hsm);
+	return kh_msg_put(resp, "BB", "Y");
+fail:
+	kh_db_rollback(hsm->db);
+	return r;
+bad_fi:
+	kh_ctx_detail(c, "FI");
+	return r;
+}
