@@ -36,6 +36,7 @@ void kh_log_close(void)
 	logfp = NULL;
 }
 
+__attribute__((format(printf, 4, 0)))
 static void vlog(enum kh_loglevel lvl, const char *tag, int errnum, const char *fmt, va_list ap)
 {
 	char msg[1024], ts[32];

@@ -118,6 +118,12 @@ int kh_dispatch(struct kh_hsm *hsm, struct kh_session *s, const struct kh_frame 
 		r = KH_ERR_UNKNOWN_COMMAND;
 		goto fail;
 	}
+	if (cmd->act == NULL) {
+		r = KH_ERR_UNKNOWN_COMMAND;
+		snprintf(s->detail, sizeof(s->detail), "%s is not implemented by this firmware",
+			 cmd->name);
+		goto fail;
+	}
 	if (!(cmd->flags & (s->port == KH_PORT_PROD ? KH_CF_PROD : KH_CF_ADMIN))) {
 		r = KH_ERR_COMMAND_NOT_ALLOWED;
 		snprintf(s->detail, sizeof(s->detail), "not available on the %s port",

@@ -20,7 +20,7 @@
 
 struct kh_cmd {
 	const char *name;     /* four characters */
-	kh_act_fn act;
+	kh_act_fn act;        /* NULL: in the catalogue, not implemented yet */
 	unsigned flags;
 	uint64_t perms;       /* KH_PERM() bits all required */
 	const char *summary;  /* one line, as in docs/PROTOCOL.md */

@@ -1,0 +1,414 @@
+/*
+ * ECHO load generator for bench/: C mutual-TLS 1.3 connections, one thread
+ * each, strictly sequential round trips for a fixed time (or count), then one
+ * machine-readable result line. Plain OpenSSL, so it measures servers, not our
+ * client library; it verifies the server's chain but not its name.
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define REQUEST "[AOECHO;AGping;]"
+#define REPLY_PREFIX "[AOECHO;"
+#define RBUF_MAX 4096u
+#define MAX_CONNECTIONS 4096
+
+struct cfg {
+	const char *host;
+	const char *port;
+	const char *ca;
+	const char *cert;
+	const char *key;
+	long connections;
+	double seconds;
+	double warmup;
+	uint64_t requests; /* per connection; 0 = run for `seconds` */
+};
+
+struct worker {
+	pthread_t th;
+	int fd;
+	SSL *ssl;
+	uint8_t rbuf[RBUF_MAX];
+	size_t rlen;
+	uint64_t requests;
+	uint64_t errors;
+	uint32_t *lat; /* nanoseconds per measured round trip */
+	size_t nlat, cap;
+	char why[256]; /* why the connection could not be (re)opened */
+};
+
+static struct cfg g_cfg;
+static SSL_CTX *g_ctx;
+static pthread_barrier_t g_ready, g_go;
+/* Written by main between the two barriers, read-only afterwards. */
+static uint64_t g_measure_ns, g_end_ns;
+static bool g_abort;
+
+static _Noreturn void usage(void)
+{
+	fprintf(stderr,
+		"usage: echo_bench --host H --port N --ca F --cert F --key F\n"
+		"                  --connections C (--seconds S | --requests N) [--warmup 1]\n");
+	exit(2);
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static double parse_num(const char *v, double lo, double hi)
+{
+	char *end;
+	double d;
+
+	errno = 0;
+	d = strtod(v, &end);
+	if (*v == '\0' || *end != '\0' || errno != 0 || !(d >= lo && d <= hi))
+		usage();
+	return d;
+}
+
+static void parse_args(int argc, char **argv, struct cfg *c)
+{
+	c->host = "127.0.0.1";
+	c->connections = 1;
+	c->seconds = 10;
+	c->warmup = 1;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (i + 1 >= argc)
+			usage();
+		const char *v = argv[++i];
+		if (strcmp(a, "--host") == 0)
+			c->host = v;
+		else if (strcmp(a, "--port") == 0)
+			c->port = v;
+		else if (strcmp(a, "--ca") == 0)
+			c->ca = v;
+		else if (strcmp(a, "--cert") == 0)
+			c->cert = v;
+		else if (strcmp(a, "--key") == 0)
+			c->key = v;
+		else if (strcmp(a, "--connections") == 0)
+			c->connections = (long)parse_num(v, 1, MAX_CONNECTIONS);
+		else if (strcmp(a, "--seconds") == 0)
+			c->seconds = parse_num(v, 0.001, 86400);
+		else if (strcmp(a, "--warmup") == 0)
+			c->warmup = parse_num(v, 0, 3600);
+		else if (strcmp(a, "--requests") == 0)
+			c->requests = (uint64_t)parse_num(v, 1, 1e12);
+		else
+			usage();
+	}
+	if (!c->port || !c->ca || !c->cert || !c->key)
+		usage();
+}
+
+static _Noreturn void die_ssl(const char *what)
+{
+	fprintf(stderr, "echo_bench: %s\n", what);
+	ERR_print_errors_fp(stderr);
+	exit(2);
+}
+
+static SSL_CTX *make_ctx(const struct cfg *c)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+
+	if (ctx == NULL)
+		die_ssl("SSL_CTX_new failed");
+	if (SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) != 1)
+		die_ssl("cannot require TLS 1.3");
+	if (SSL_CTX_use_certificate_chain_file(ctx, c->cert) != 1)
+		die_ssl("cannot load --cert");
+	if (SSL_CTX_use_PrivateKey_file(ctx, c->key, SSL_FILETYPE_PEM) != 1)
+		die_ssl("cannot load --key");
+	if (SSL_CTX_check_private_key(ctx) != 1)
+		die_ssl("--key does not match --cert");
+	if (SSL_CTX_load_verify_locations(ctx, c->ca, NULL) != 1)
+		die_ssl("cannot load --ca");
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	return ctx;
+}
+
+static void set_why_ssl(struct worker *w, const char *step)
+{
+	char e[200];
+	unsigned long code = ERR_get_error();
+
+	if (code != 0)
+		ERR_error_string_n(code, e, sizeof(e));
+	else
+		snprintf(e, sizeof(e), "%s", errno ? strerror(errno) : "connection closed");
+	snprintf(w->why, sizeof(w->why), "%s: %s", step, e);
+	ERR_clear_error();
+}
+
+static void close_conn(struct worker *w)
+{
+	if (w->ssl)
+		SSL_free(w->ssl);
+	if (w->fd >= 0)
+		close(w->fd);
+	w->ssl = NULL;
+	w->fd = -1;
+	w->rlen = 0;
+}
+
+/* Send one request and read one whole response (up to ']').
+ * Returns 0 on a good ECHO reply, 1 on any other reply, -1 on I/O failure. */
+static int round_trip(struct worker *w)
+{
+	size_t n = 0, end;
+	uint8_t *close_at;
+
+	errno = 0;
+	if (SSL_write_ex(w->ssl, REQUEST, sizeof(REQUEST) - 1, &n) != 1) {
+		set_why_ssl(w, "TLS write");
+		return -1;
+	}
+	while ((close_at = memchr(w->rbuf, ']', w->rlen)) == NULL) {
+		if (w->rlen == sizeof(w->rbuf)) {
+			snprintf(w->why, sizeof(w->why), "reply longer than %u bytes", RBUF_MAX);
+			return -1;
+		}
+		errno = 0;
+		if (SSL_read_ex(w->ssl, w->rbuf + w->rlen, sizeof(w->rbuf) - w->rlen, &n) != 1) {
+			set_why_ssl(w, "TLS read");
+			return -1;
+		}
+		w->rlen += n;
+	}
+	end = (size_t)(close_at - w->rbuf) + 1;
+	int bad = end < sizeof(REPLY_PREFIX) - 1 ||
+		  memcmp(w->rbuf, REPLY_PREFIX, sizeof(REPLY_PREFIX) - 1) != 0;
+	memmove(w->rbuf, w->rbuf + end, w->rlen - end);
+	w->rlen -= end;
+	return bad;
+}
+
+/* TCP connect, TLS handshake, then one ECHO: in TLS 1.3 the server's verdict
+ * on our certificate only arrives with the first read. */
+static int open_conn(struct worker *w)
+{
+	struct addrinfo hints, *res = NULL, *ai;
+	int one = 1, r;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	if ((r = getaddrinfo(g_cfg.host, g_cfg.port, &hints, &res)) != 0) {
+		snprintf(w->why, sizeof(w->why), "resolve %s: %s", g_cfg.host, gai_strerror(r));
+		return -1;
+	}
+	w->fd = -1;
+	for (ai = res; ai != NULL && w->fd < 0; ai = ai->ai_next) {
+		w->fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+		if (w->fd < 0)
+			snprintf(w->why, sizeof(w->why), "socket: %s", strerror(errno));
+		else if (connect(w->fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+			snprintf(w->why, sizeof(w->why), "TCP connect to %s:%s: %s", g_cfg.host,
+				 g_cfg.port, strerror(errno));
+			close(w->fd);
+			w->fd = -1;
+		}
+	}
+	freeaddrinfo(res);
+	if (w->fd < 0)
+		return -1;
+	setsockopt(w->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+	if ((w->ssl = SSL_new(g_ctx)) == NULL || SSL_set_fd(w->ssl, w->fd) != 1) {
+		set_why_ssl(w, "TLS setup");
+		goto fail;
+	}
+	errno = 0;
+	if (SSL_connect(w->ssl) != 1) {
+		long v = SSL_get_verify_result(w->ssl);
+		if (v != X509_V_OK)
+			snprintf(w->why, sizeof(w->why), "server certificate: %s",
+				 X509_verify_cert_error_string(v));
+		else
+			set_why_ssl(w, "TLS handshake");
+		goto fail;
+	}
+	if ((r = round_trip(w)) != 0) {
+		if (r > 0)
+			snprintf(w->why, sizeof(w->why), "first ECHO: unexpected reply");
+		else
+			snprintf(w->why + strlen(w->why), sizeof(w->why) - strlen(w->why),
+				 " (first ECHO; client certificate refused?)");
+		goto fail;
+	}
+	return 0;
+fail:
+	close_conn(w);
+	return -1;
+}
+
+static void record(struct worker *w, uint64_t ns)
+{
+	if (w->nlat == w->cap) {
+		size_t cap = w->cap ? 2 * w->cap : 65536;
+		uint32_t *p = realloc(w->lat, cap * sizeof(*p));
+		if (p == NULL) {
+			fprintf(stderr, "echo_bench: out of memory\n");
+			exit(2);
+		}
+		w->lat = p;
+		w->cap = cap;
+	}
+	w->lat[w->nlat++] = ns > UINT32_MAX ? UINT32_MAX : (uint32_t)ns;
+	w->requests++;
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	int ok = open_conn(w);
+
+	pthread_barrier_wait(&g_ready);
+	pthread_barrier_wait(&g_go);
+	if (ok != 0 || g_abort)
+		return NULL;
+	for (;;) {
+		uint64_t t0 = now_ns(), t1;
+		int r;
+
+		if (t0 >= g_end_ns || (g_cfg.requests && w->requests >= g_cfg.requests))
+			break;
+		r = round_trip(w);
+		t1 = now_ns();
+		if (r != 0) {
+			w->errors++;
+			if (r < 0) {
+				fprintf(stderr, "echo_bench: %s; reconnecting\n", w->why);
+				close_conn(w);
+				if (open_conn(w) != 0) {
+					fprintf(stderr, "echo_bench: %s\n", w->why);
+					w->errors++;
+					break;
+				}
+			}
+			continue;
+		}
+		/* count only round trips wholly inside the measured window */
+		if (t0 >= g_measure_ns && t1 <= g_end_ns)
+			record(w, t1 - t0);
+	}
+	if (w->ssl)
+		SSL_shutdown(w->ssl);
+	close_conn(w);
+	return NULL;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* Nearest-rank percentile of sorted v[0..n), in microseconds. */
+static double pct_us(const uint32_t *v, size_t n, double p)
+{
+	size_t i;
+	if (n == 0)
+		return 0;
+	i = (size_t)(p * (double)n + 0.999999);
+	if (i == 0)
+		i = 1;
+	if (i > n)
+		i = n;
+	return v[i - 1] / 1000.0;
+}
+
+int main(int argc, char **argv)
+{
+	struct worker *ws;
+	uint64_t requests = 0, errors = 0;
+	size_t nlat = 0, k = 0;
+	uint32_t *all;
+	long i, failed = 0;
+	double elapsed;
+
+	parse_args(argc, argv, &g_cfg);
+	elapsed = g_cfg.seconds;
+	signal(SIGPIPE, SIG_IGN);
+	g_ctx = make_ctx(&g_cfg);
+	ws = calloc((size_t)g_cfg.connections, sizeof(*ws));
+	if (ws == NULL)
+		die_ssl("out of memory");
+	pthread_barrier_init(&g_ready, NULL, (unsigned)g_cfg.connections + 1);
+	pthread_barrier_init(&g_go, NULL, (unsigned)g_cfg.connections + 1);
+	for (i = 0; i < g_cfg.connections; i++) {
+		ws[i].fd = -1;
+		if (pthread_create(&ws[i].th, NULL, worker_main, &ws[i]) != 0) {
+			fprintf(stderr, "echo_bench: cannot start thread %ld\n", i);
+			exit(2);
+		}
+	}
+
+	/* every connection is open (or has failed) before the clock starts */
+	pthread_barrier_wait(&g_ready);
+	for (i = 0; i < g_cfg.connections; i++)
+		if (ws[i].ssl == NULL) {
+			fprintf(stderr, "echo_bench: connection %ld: %s\n", i, ws[i].why);
+			failed++;
+		}
+	g_abort = failed > 0;
+	g_measure_ns = now_ns() + (uint64_t)(g_cfg.warmup * 1e9);
+	g_end_ns = g_cfg.requests ? UINT64_MAX : g_measure_ns + (uint64_t)(g_cfg.seconds * 1e9);
+	pthread_barrier_wait(&g_go);
+	for (i = 0; i < g_cfg.connections; i++)
+		pthread_join(ws[i].th, NULL);
+	if (g_cfg.requests) /* a fixed count: the time is what it took */
+		elapsed = (double)(now_ns() - g_measure_ns) / 1e9;
+	if (failed) {
+		fprintf(stderr, "echo_bench: %ld of %ld connections failed; no measurement\n",
+			failed, g_cfg.connections);
+		return 2;
+	}
+
+	for (i = 0; i < g_cfg.connections; i++) {
+		requests += ws[i].requests;
+		errors += ws[i].errors;
+		nlat += ws[i].nlat;
+	}
+	all = malloc((nlat ? nlat : 1) * sizeof(*all));
+	if (all == NULL)
+		die_ssl("out of memory");
+	for (i = 0; i < g_cfg.connections; i++) {
+		if (ws[i].nlat)
+			memcpy(all + k, ws[i].lat, ws[i].nlat * sizeof(*all));
+		k += ws[i].nlat;
+		free(ws[i].lat);
+	}
+	qsort(all, nlat, sizeof(*all), cmp_u32);
+	printf("connections=%ld requests=%llu seconds=%.3f rps=%.1f p50_us=%.1f p99_us=%.1f "
+	       "errors=%llu\n",
+	       g_cfg.connections, (unsigned long long)requests, elapsed,
+	       elapsed > 0 ? (double)requests / elapsed : 0.0, pct_us(all, nlat, 0.50), pct_us(all, nlat, 0.99),
+	       (unsigned long long)errors);
+	free(all);
+	free(ws);
+	SSL_CTX_free(g_ctx);
+	return errors ? 1 : 0;
+}
