@@ -59,24 +59,29 @@ void kh_session_actor(const struct kh_session *s, char *out, size_t outsz)
 		snprintf(out, outsz, "-");
 }
 
-/* The Transaction Processing role, re-read when any role changed. */
+/* The Transaction Processing role, re-read when any role changed. The
+ * database is read without holding hsm->mu: the lock order is db before
+ * hsm->mu, never the reverse (see hsm.h). */
 static int tp_role(struct kh_hsm *hsm, struct kh_role *out)
 {
 	uint64_t gen = atomic_load(&hsm->role_gen);
-	int r = KH_OK;
 	pthread_mutex_lock(&hsm->mu);
-	if (hsm->tp_role_gen != gen || hsm->tp_role.name[0] == '\0') {
-		struct kh_role fresh;
-		r = kh_role_load(hsm, KH_ROLE_TP, &fresh);
-		if (r == KH_OK) {
-			hsm->tp_role = fresh;
-			hsm->tp_role_gen = gen;
-		}
-	}
-	if (r == KH_OK)
+	bool fresh_enough = hsm->tp_role_gen == gen && hsm->tp_role.name[0] != '\0';
+	if (fresh_enough)
 		*out = hsm->tp_role;
 	pthread_mutex_unlock(&hsm->mu);
-	return r;
+	if (fresh_enough)
+		return KH_OK;
+	struct kh_role loaded;
+	int r = kh_role_load(hsm, KH_ROLE_TP, &loaded);
+	if (r != KH_OK)
+		return r;
+	pthread_mutex_lock(&hsm->mu);
+	hsm->tp_role = loaded;
+	hsm->tp_role_gen = gen;
+	pthread_mutex_unlock(&hsm->mu);
+	*out = loaded;
+	return KH_OK;
 }
 
 /* The logged-in role, refreshed if it changed since login. */

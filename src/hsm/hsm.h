@@ -117,7 +117,10 @@ struct kh_hsm {
 	char serial[32];
 	bool volatile_mk;                     /* major keys are not sealed to disk */
 	time_t started;
-	pthread_mutex_t mu;                   /* guards the settings copy below */
+	/* guards the settings copy below. Lock order: the database lock may be
+	 * held when taking mu, never the reverse: do not touch the database
+	 * while holding mu. */
+	pthread_mutex_t mu;
 	bool fips;
 	bool pkcs11;
 	int lockout_threshold;

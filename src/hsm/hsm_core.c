@@ -137,12 +137,19 @@ static int ensure_serial(struct kh_hsm *hsm)
 
 void kh_hsm_reload_settings(struct kh_hsm *hsm)
 {
+	/* read first, publish under hsm->mu: never hold hsm->mu across a
+	 * database access (lock order: db, then hsm->mu) */
+	bool fips = kh_db_setting_get_int(hsm->db, "fips", 0) != 0;
+	bool p11 = kh_db_setting_get_int(hsm->db, "pkcs11", 1) != 0;
+	int lt = (int)kh_db_setting_get_int(hsm->db, "lockout_threshold", 5);
+	int ls = (int)kh_db_setting_get_int(hsm->db, "lockout_seconds", 300);
+	int64_t off = kh_db_setting_get_int(hsm->db, "clock_offset", 0);
 	pthread_mutex_lock(&hsm->mu);
-	hsm->fips = kh_db_setting_get_int(hsm->db, "fips", 0) != 0;
-	hsm->pkcs11 = kh_db_setting_get_int(hsm->db, "pkcs11", 1) != 0;
-	hsm->lockout_threshold = (int)kh_db_setting_get_int(hsm->db, "lockout_threshold", 5);
-	hsm->lockout_seconds = (int)kh_db_setting_get_int(hsm->db, "lockout_seconds", 300);
-	hsm->clock_offset = kh_db_setting_get_int(hsm->db, "clock_offset", 0);
+	hsm->fips = fips;
+	hsm->pkcs11 = p11;
+	hsm->lockout_threshold = lt;
+	hsm->lockout_seconds = ls;
+	hsm->clock_offset = off;
 	pthread_mutex_unlock(&hsm->mu);
 }
 

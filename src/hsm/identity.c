@@ -1,0 +1,457 @@
+/*
+ * Identities and their passwords: scrypt verifiers with per-identity salts,
+ * failure counting and lockout. A password is only ever held on the secure
+ * heap by the caller; it never reaches the database, a log or the audit trail.
+ */
+#include "hsm/identity.h"
+#include "hsm/audit.h"
+#include "hsm/db.h"
+#include "hsm/roles.h"
+#include "common/kh_log.h"
+#include "common/kh_mem.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/core_names.h>
+#include <openssl/kdf.h>
+#include <openssl/params.h>
+#include <openssl/rand.h>
+
+/* Current parameters; stored with each verifier so that they can change. */
+#define SCRYPT_N 16384
+#define SCRYPT_R 8
+#define SCRYPT_P 1
+
+bool kh_ident_name_valid(const char *name)
+{
+	size_t n = strlen(name);
+	if (n == 0 || n >= KH_NAME_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char ch = name[i];
+		if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+		      ch == '_' || ch == '.' || ch == '-'))
+			return false;
+	}
+	return true;
+}
+
+int kh_ident_password_policy(const uint8_t *pw, size_t n, const uint8_t *old, size_t oldn)
+{
+	if (n < KH_PASSWORD_MIN || n > KH_PASSWORD_MAX)
+		return KH_ERR_WEAK_PASSWORD;
+	if (old != NULL && oldn == n && kh_ct_equal(pw, old, n))
+		return KH_ERR_WEAK_PASSWORD;
+	return KH_OK;
+}
+
+static int scrypt(const uint8_t *pw, size_t n, const uint8_t *salt, size_t saltlen, uint64_t N,
+		  uint32_t r, uint32_t p, uint8_t out[KH_PW_HASH_LEN])
+{
+	static const uint8_t empty[1] = {0};
+	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "SCRYPT", NULL);
+	EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+	OSSL_PARAM params[6];
+	int rc = KH_ERR_CRYPTO;
+
+	if (kctx == NULL)
+		goto out;
+	params[0] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PASSWORD,
+						      (void *)(uintptr_t)(n ? pw : empty), n);
+	params[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT,
+						      (void *)(uintptr_t)salt, saltlen);
+	params[2] = OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_N, &N);
+	params[3] = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_R, &r);
+	params[4] = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_P, &p);
+	params[5] = OSSL_PARAM_construct_end();
+	if (EVP_KDF_derive(kctx, out, KH_PW_HASH_LEN, params) == 1)
+		rc = KH_OK;
+out:
+	EVP_KDF_CTX_free(kctx);
+	EVP_KDF_free(kdf);
+	return rc;
+}
+
+/* "scrypt:N:r:p" within sane bounds (an edited database must not make a
+ * login allocate gigabytes). */
+static bool parse_params(const char *s, uint64_t *N, uint32_t *r, uint32_t *p)
+{
+	unsigned long long n;
+	unsigned rr, pp;
+	char tail;
+	if (sscanf(s, "scrypt:%llu:%u:%u%c", &n, &rr, &pp, &tail) != 3)
+		return false;
+	if (n < 1024 || n > (1u << 20) || (n & (n - 1)) != 0 || rr < 1 || rr > 32 || pp < 1 ||
+	    pp > 16)
+		return false;
+	*N = n;
+	*r = rr;
+	*p = pp;
+	return true;
+}
+
+int kh_ident_hash_password(const uint8_t *pw, size_t n, struct kh_pwhash *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (RAND_bytes(out->salt, sizeof(out->salt)) != 1)
+		return KH_ERR_CRYPTO;
+	snprintf(out->params, sizeof(out->params), "scrypt:%d:%d:%d", SCRYPT_N, SCRYPT_R, SCRYPT_P);
+	return scrypt(pw, n, out->salt, sizeof(out->salt), SCRYPT_N, SCRYPT_R, SCRYPT_P, out->hash);
+}
+
+void kh_ident_pwhash_wipe(struct kh_pwhash *h)
+{
+	kh_wipe(h, sizeof(*h));
+}
+
+/* ---- storage ---- */
+
+#define IDENT_COLS "id,name,role_id,must_change,failures,locked_until,builtin"
+
+static int prepare(struct kh_hsm *hsm, const char *sql, sqlite3_stmt **st)
+{
+	int rc = sqlite3_prepare_v2(kh_db_sqlite(hsm->db), sql, -1, st, NULL);
+	return rc == SQLITE_OK ? KH_OK : kh_db_err(hsm->db, rc);
+}
+
+static void ident_from_row(sqlite3_stmt *st, struct kh_ident *out)
+{
+	const unsigned char *name = sqlite3_column_text(st, 1);
+	memset(out, 0, sizeof(*out));
+	out->id = sqlite3_column_int64(st, 0);
+	snprintf(out->name, sizeof(out->name), "%s", name ? (const char *)name : "");
+	out->role_id = sqlite3_column_int64(st, 2);
+	out->must_change = sqlite3_column_int(st, 3) != 0;
+	out->failures = sqlite3_column_int64(st, 4);
+	out->locked_until = sqlite3_column_int64(st, 5);
+	out->builtin = sqlite3_column_int(st, 6) != 0;
+}
+
+int kh_ident_load(struct kh_hsm *hsm, const char *name, struct kh_ident *out)
+{
+	sqlite3_stmt *st = NULL;
+	int r, rc;
+	kh_db_lock(hsm->db);
+	if ((r = prepare(hsm, "SELECT " IDENT_COLS " FROM identities WHERE name=?", &st)) != KH_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		ident_from_row(st, out);
+	else
+		r = rc == SQLITE_DONE ? KH_ERR_NOT_FOUND : kh_db_err(hsm->db, rc);
+out:
+	sqlite3_finalize(st);
+	kh_db_unlock(hsm->db);
+	return r;
+}
+
+/* The stored verifier of an identity. */
+struct verifier {
+	uint8_t hash[KH_PW_HASH_LEN];
+	uint8_t salt[64];
+	size_t saltlen;
+	uint64_t N;
+	uint32_t r, p;
+};
+
+static int load_verifier(struct kh_hsm *hsm, int64_t id, struct verifier *v)
+{
+	sqlite3_stmt *st = NULL;
+	int r, rc;
+	kh_db_lock(hsm->db);
+	if ((r = prepare(hsm, "SELECT pw_hash,pw_salt,pw_params FROM identities WHERE id=?", &st)) !=
+	    KH_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, id);
+	rc = sqlite3_step(st);
+	if (rc != SQLITE_ROW) {
+		r = rc == SQLITE_DONE ? KH_ERR_NOT_FOUND : kh_db_err(hsm->db, rc);
+		goto out;
+	}
+	const unsigned char *params = sqlite3_column_text(st, 2);
+	size_t hl = (size_t)sqlite3_column_bytes(st, 0);
+	size_t sl = (size_t)sqlite3_column_bytes(st, 1);
+	if (hl != KH_PW_HASH_LEN || sl == 0 || sl > sizeof(v->salt) || params == NULL ||
+	    !parse_params((const char *)params, &v->N, &v->r, &v->p)) {
+		log_warnx("identity %lld: stored password verifier is invalid", (long long)id);
+		r = KH_ERR_STORAGE;
+		goto out;
+	}
+	memcpy(v->hash, sqlite3_column_blob(st, 0), hl);
+	memcpy(v->salt, sqlite3_column_blob(st, 1), sl);
+	v->saltlen = sl;
+out:
+	sqlite3_finalize(st);
+	kh_db_unlock(hsm->db);
+	return r;
+}
+
+static void lockout_settings(struct kh_hsm *hsm, int64_t *threshold, int64_t *seconds)
+{
+	pthread_mutex_lock(&hsm->mu);
+	*threshold = hsm->lockout_threshold > 0 ? hsm->lockout_threshold : 1;
+	*seconds = hsm->lockout_seconds > 0 ? hsm->lockout_seconds : 1;
+	pthread_mutex_unlock(&hsm->mu);
+}
+
+/* Count one failure; lock when the threshold is reached. Returns the answer
+ * for the client: AUTH_FAILED, LOCKED, or a storage error. */
+static int record_failure(struct kh_hsm *hsm, const struct kh_ident *id, const char *peer,
+			  int64_t now, int64_t threshold, int64_t seconds)
+{
+	sqlite3_stmt *st = NULL;
+	char detail[400];
+	int64_t failures = 0;
+	int r, rc;
+
+	if ((r = kh_db_begin(hsm->db)) != KH_OK)
+		return r;
+	if ((r = prepare(hsm, "UPDATE identities SET failures=failures+1 WHERE id=? RETURNING failures",
+			 &st)) != KH_OK)
+		goto fail;
+	sqlite3_bind_int64(st, 1, id->id);
+	rc = sqlite3_step(st);
+	if (rc != SQLITE_ROW) {
+		r = rc == SQLITE_DONE ? KH_ERR_NOT_FOUND : kh_db_err(hsm->db, rc);
+		goto fail;
+	}
+	failures = sqlite3_column_int64(st, 0);
+	if ((rc = sqlite3_step(st)) != SQLITE_DONE) {
+		r = kh_db_err(hsm->db, rc);
+		goto fail;
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	if (failures >= threshold) {
+		if ((r = prepare(hsm, "UPDATE identities SET locked_until=? WHERE id=?", &st)) != KH_OK)
+			goto fail;
+		sqlite3_bind_int64(st, 1, now + seconds);
+		sqlite3_bind_int64(st, 2, id->id);
+		if ((r = kh_db_err(hsm->db, sqlite3_step(st))) != KH_OK)
+			goto fail;
+		snprintf(detail, sizeof(detail), "identity %s locked after %lld failures from %s",
+			 id->name, (long long)failures, peer);
+		if ((r = kh_audit_append(hsm, id->name, "login.locked", detail)) != KH_OK)
+			goto fail;
+	} else {
+		snprintf(detail, sizeof(detail), "identity %s wrong password (%lld) from %s", id->name,
+			 (long long)failures, peer);
+		if ((r = kh_audit_append(hsm, id->name, "login.fail", detail)) != KH_OK)
+			goto fail;
+	}
+	sqlite3_finalize(st);
+	if ((r = kh_db_commit(hsm->db)) != KH_OK)
+		return r;
+	return failures >= threshold ? KH_ERR_LOCKED : KH_ERR_AUTH_FAILED;
+fail:
+	sqlite3_finalize(st);
+	kh_db_rollback(hsm->db);
+	return r;
+}
+
+int kh_ident_authenticate(struct kh_hsm *hsm, const char *name, const uint8_t *pw, size_t pwlen,
+			  const char *peer, struct kh_ident *out)
+{
+	struct verifier v;
+	struct kh_ident id;
+	uint8_t calc[KH_PW_HASH_LEN];
+	int64_t now = (int64_t)kh_hsm_now(hsm), threshold, seconds;
+	char detail[400];
+	bool known;
+	int r;
+
+	/* settings under hsm->mu before any database lock (lock order) */
+	lockout_settings(hsm, &threshold, &seconds);
+	memset(&v, 0, sizeof(v));
+	r = kh_ident_load(hsm, name, &id);
+	if (r != KH_OK && r != KH_ERR_NOT_FOUND)
+		return r;
+	known = r == KH_OK;
+	if (known && id.locked_until > now) {
+		snprintf(detail, sizeof(detail), "identity %s is locked, attempt from %s", id.name, peer);
+		if ((r = kh_audit_append(hsm, id.name, "login.locked", detail)) != KH_OK)
+			return r;
+		return KH_ERR_LOCKED;
+	}
+	if (known) {
+		if ((r = load_verifier(hsm, id.id, &v)) != KH_OK)
+			return r;
+	} else {
+		/* the same work as a real check, against a verifier nothing matches */
+		if (RAND_bytes(v.salt, KH_PW_SALT_LEN) != 1 || RAND_bytes(v.hash, sizeof(v.hash)) != 1)
+			return KH_ERR_CRYPTO;
+		v.saltlen = KH_PW_SALT_LEN;
+		v.N = SCRYPT_N;
+		v.r = SCRYPT_R;
+		v.p = SCRYPT_P;
+	}
+	r = scrypt(pw, pwlen, v.salt, v.saltlen, v.N, v.r, v.p, calc);
+	bool match = r == KH_OK && CRYPTO_memcmp(calc, v.hash, sizeof(calc)) == 0;
+	kh_wipe(calc, sizeof(calc));
+	kh_wipe(&v, sizeof(v));
+	if (r != KH_OK)
+		return r;
+	if (!known) {
+		/* the name may be a mistyped password: it is not recorded */
+		snprintf(detail, sizeof(detail), "unknown identity from %s", peer);
+		if ((r = kh_audit_append(hsm, "-", "login.fail", detail)) != KH_OK)
+			return r;
+		return KH_ERR_AUTH_FAILED;
+	}
+	if (!match)
+		return record_failure(hsm, &id, peer, now, threshold, seconds);
+	*out = id;
+	return KH_OK;
+}
+
+int kh_ident_insert(struct kh_hsm *hsm, const char *name, int64_t role_id,
+		    const struct kh_pwhash *pw, bool must_change, bool builtin, int64_t now)
+{
+	sqlite3_stmt *st = NULL;
+	int r;
+	kh_db_lock(hsm->db);
+	if ((r = prepare(hsm,
+			 "INSERT INTO identities(name,role_id,pw_hash,pw_salt,pw_params,must_change,"
+			 "failures,locked_until,builtin,created,changed) VALUES(?,?,?,?,?,?,0,0,?,?,?)",
+			 &st)) != KH_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 2, role_id);
+	sqlite3_bind_blob(st, 3, pw->hash, sizeof(pw->hash), SQLITE_TRANSIENT);
+	sqlite3_bind_blob(st, 4, pw->salt, sizeof(pw->salt), SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 5, pw->params, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 6, must_change ? 1 : 0);
+	sqlite3_bind_int(st, 7, builtin ? 1 : 0);
+	sqlite3_bind_int64(st, 8, now);
+	sqlite3_bind_int64(st, 9, now);
+	r = kh_db_err(hsm->db, sqlite3_step(st));
+out:
+	sqlite3_finalize(st);
+	kh_db_unlock(hsm->db);
+	return r;
+}
+
+/* Run one UPDATE ... WHERE id=? whose other parameters are int64s. */
+static int update_ints(struct kh_hsm *hsm, const char *sql, int64_t id, const int64_t *vals,
+		       int nvals)
+{
+	sqlite3_stmt *st = NULL;
+	int r;
+	kh_db_lock(hsm->db);
+	if ((r = prepare(hsm, sql, &st)) != KH_OK)
+		goto out;
+	for (int i = 0; i < nvals; i++)
+		sqlite3_bind_int64(st, i + 1, vals[i]);
+	sqlite3_bind_int64(st, nvals + 1, id);
+	r = kh_db_err(hsm->db, sqlite3_step(st));
+	if (r == KH_OK && sqlite3_changes(kh_db_sqlite(hsm->db)) != 1)
+		r = KH_ERR_NOT_FOUND;
+out:
+	sqlite3_finalize(st);
+	kh_db_unlock(hsm->db);
+	return r;
+}
+
+int kh_ident_set_password(struct kh_hsm *hsm, int64_t id, const struct kh_pwhash *pw,
+			  bool must_change, int64_t now)
+{
+	sqlite3_stmt *st = NULL;
+	int r;
+	kh_db_lock(hsm->db);
+	if ((r = prepare(hsm,
+			 "UPDATE identities SET pw_hash=?,pw_salt=?,pw_params=?,must_change=?,"
+			 "changed=? WHERE id=?",
+			 &st)) != KH_OK)
+		goto out;
+	sqlite3_bind_blob(st, 1, pw->hash, sizeof(pw->hash), SQLITE_TRANSIENT);
+	sqlite3_bind_blob(st, 2, pw->salt, sizeof(pw->salt), SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 3, pw->params, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 4, must_change ? 1 : 0);
+	sqlite3_bind_int64(st, 5, now);
+	sqlite3_bind_int64(st, 6, id);
+	r = kh_db_err(hsm->db, sqlite3_step(st));
+	if (r == KH_OK && sqlite3_changes(kh_db_sqlite(hsm->db)) != 1)
+		r = KH_ERR_NOT_FOUND;
+out:
+	sqlite3_finalize(st);
+	kh_db_unlock(hsm->db);
+	return r;
+}
+
+int kh_ident_login_ok(struct kh_hsm *hsm, int64_t id, const struct kh_pwhash *pw, int64_t now)
+{
+	int r;
+	if (pw != NULL && (r = kh_ident_set_password(hsm, id, pw, false, now)) != KH_OK)
+		return r;
+	return update_ints(hsm, "UPDATE identities SET failures=0,locked_until=0 WHERE id=?", id,
+			   NULL, 0);
+}
+
+int kh_ident_set_role(struct kh_hsm *hsm, int64_t id, int64_t role_id, int64_t now)
+{
+	int64_t v[2] = {role_id, now};
+	return update_ints(hsm, "UPDATE identities SET role_id=?,changed=? WHERE id=?", id, v, 2);
+}
+
+int kh_ident_set_must_change(struct kh_hsm *hsm, int64_t id, bool must_change, int64_t now)
+{
+	int64_t v[2] = {must_change ? 1 : 0, now};
+	return update_ints(hsm, "UPDATE identities SET must_change=?,changed=? WHERE id=?", id, v, 2);
+}
+
+int kh_ident_unlock(struct kh_hsm *hsm, int64_t id, int64_t now)
+{
+	int64_t v[1] = {now};
+	return update_ints(hsm, "UPDATE identities SET failures=0,locked_until=0,changed=? WHERE id=?",
+			   id, v, 1);
+}
+
+int kh_ident_delete(struct kh_hsm *hsm, int64_t id)
+{
+	return update_ints(hsm, "DELETE FROM identities WHERE id=?", id, NULL, 0);
+}
+
+int kh_ident_list(struct kh_hsm *hsm, int64_t now, char *out, size_t outsz)
+{
+	sqlite3_stmt *st = NULL;
+	size_t pos = 0;
+	int r, rc;
+
+	if (outsz == 0)
+		return KH_ERR_TOO_LARGE;
+	out[0] = '\0';
+	kh_db_lock(hsm->db);
+	if ((r = prepare(hsm,
+			 "SELECT i.name, r.name, i.locked_until, i.must_change FROM identities i "
+			 "JOIN roles r ON r.id = i.role_id ORDER BY i.id",
+			 &st)) != KH_OK)
+		goto out;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		char role[KH_NAME_MAX];
+		const unsigned char *iname = sqlite3_column_text(st, 0);
+		const unsigned char *rname = sqlite3_column_text(st, 1);
+		const char *state = sqlite3_column_int64(st, 2) > now ? "locked"
+				    : sqlite3_column_int(st, 3)    ? "change"
+								   : "ok";
+		snprintf(role, sizeof(role), "%s", rname ? (const char *)rname : "");
+		for (char *p = role; *p; p++)
+			if (*p == ' ')
+				*p = '_';
+		int w = snprintf(out + pos, outsz - pos, "%s%s:%s:%s", pos ? "," : "",
+				 iname ? (const char *)iname : "", role, state);
+		if (w < 0 || (size_t)w >= outsz - pos) {
+			r = KH_ERR_TOO_LARGE;
+			goto out;
+		}
+		pos += (size_t)w;
+	}
+	if (rc != SQLITE_DONE)
+		r = kh_db_err(hsm->db, rc);
+out:
+	sqlite3_finalize(st);
+	kh_db_unlock(hsm->db);
+	return r;
+}
