@@ -1,0 +1,91 @@
+/*
+ * The Excrypt client library: connect to an HSM port (TCP with or without TLS,
+ * or the local console socket), send frames, receive frames in order. Used by
+ * the CLI, the tests and the benchmarks. It never logs or keeps a frame's
+ * contents beyond the caller's wiped buffers: frames carry passwords and keys.
+ *
+ * Thread-compatible: one struct kh_client per thread, no shared state except
+ * OpenSSL's own one-time initialisation. Callers should ignore SIGPIPE (a peer
+ * that closes mid-write must give an error, not kill the process).
+ */
+#ifndef KH_CLIENT_H
+#define KH_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include "common/kh_err.h"
+
+struct kh_buf;
+struct kh_frame;
+
+struct kh_client_opts {
+	const char *unix_path;   /* console socket; when set, host/port/TLS are ignored */
+	const char *host;        /* name or IP literal (default "127.0.0.1") */
+	unsigned port;           /* default 9009 */
+	bool tls;                /* default true */
+	const char *ca_file;     /* PEM trust anchors for the server (NULL: system default) */
+	const char *cert_file;   /* PEM client certificate (chain), NULL: none */
+	const char *key_file;    /* PEM client key, NULL: cert_file */
+	bool check_name;         /* verify the server name against host (default true;
+				  * never applied when host is an IP literal) */
+	int connect_timeout_ms;  /* TCP connect (default 10000) */
+	int io_timeout_ms;       /* each read/write incl. handshake (default 30000); 0: none */
+	const char *port_name;   /* for messages; NULL: from the port (9100 "Excrypt",
+				  * 9009 "Admin", console "console") */
+	bool probe;              /* send [AOECHO;] after connecting (default true) */
+};
+
+struct kh_client;
+
+/* Defaults as documented above. */
+void kh_client_opts_init(struct kh_client_opts *o);
+
+/* A client with a private copy of the options (strings are copied); not yet
+ * connected. NULL on allocation failure. */
+struct kh_client *kh_client_new(const struct kh_client_opts *o);
+/* Disconnects and frees; NULL ok. */
+void kh_client_free(struct kh_client *c);
+
+/* TCP or Unix connect, TLS handshake (TLS 1.2+, server verified against the
+ * CA file), then the probe round trip: with TLS 1.3 a server's refusal of the
+ * client certificate only arrives after the handshake. On failure the message
+ * (kh_client_error) names the port and the step, e.g.
+ * "port 9009 (Admin): TLS handshake: server requires a client certificate".
+ * Errors: KH_ERR_CONNECT, KH_ERR_TLS (local TLS files), KH_ERR_TLS_HANDSHAKE,
+ * KH_ERR_TLS_CERT_REQUIRED, KH_ERR_TLS_CERT_UNKNOWN_CA, KH_ERR_TLS_CERT_EXPIRED,
+ * KH_ERR_TLS_CERT_REVOKED, KH_ERR_TIMEOUT, KH_ERR_CLOSED, KH_ERR_PROTOCOL,
+ * KH_ERR_NOMEM. Connecting an already connected client reconnects. */
+KH_MUST_CHECK int kh_client_connect(struct kh_client *c);
+/* Adopt an already connected stream socket without TLS and without a probe
+ * (one end of a socketpair in tests, an inherited descriptor). The client
+ * owns fd from then on, also on failure. */
+KH_MUST_CHECK int kh_client_attach_fd(struct kh_client *c, int fd);
+void kh_client_disconnect(struct kh_client *c);
+bool kh_client_connected(const struct kh_client *c);
+/* "port 9009 (Admin)" or "console (/path/console.sock)". */
+const char *kh_client_peer(const struct kh_client *c);
+
+/* Write one request frame (the whole buffer). Pipelining: several sends, then
+ * as many receives. */
+KH_MUST_CHECK int kh_client_send(struct kh_client *c, const struct kh_buf *req);
+/* Read the next response into resp (reset first) and parse it into f, whose
+ * fields point into resp. An [AOERRO;...] response returns the kh_err of its
+ * EC (f is then the parsed ERRO frame and kh_client_error the ET text).
+ * Transport failures: KH_ERR_IO, KH_ERR_CLOSED, KH_ERR_TIMEOUT; a response
+ * that is not a well-formed frame: KH_ERR_PROTOCOL (the connection is then
+ * closed, since the stream can no longer be trusted to be in step). */
+KH_MUST_CHECK int kh_client_recv(struct kh_client *c, struct kh_buf *resp, struct kh_frame *f);
+/* send + recv. */
+KH_MUST_CHECK int kh_client_call(struct kh_client *c, const struct kh_buf *req,
+				 struct kh_buf *resp, struct kh_frame *f);
+
+/* Text of the last failure: the connection message, or the HSM's ET text for
+ * an ERRO response. "" when the last operation succeeded. Never holds frame
+ * values, so never a secret. */
+const char *kh_client_error(const struct kh_client *c);
+
+/* The default port name for messages (9100 "Excrypt", 9009 "Admin", else
+ * "Excrypt" for other ports). */
+const char *kh_client_port_name(unsigned port);
+
+#endif
