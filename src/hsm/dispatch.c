@@ -123,12 +123,6 @@ int kh_dispatch(struct kh_hsm *hsm, struct kh_session *s, const struct kh_frame 
 		r = KH_ERR_UNKNOWN_COMMAND;
 		goto fail;
 	}
-	if (cmd->act == NULL) {
-		r = KH_ERR_UNKNOWN_COMMAND;
-		snprintf(s->detail, sizeof(s->detail), "%s is not implemented by this firmware",
-			 cmd->name);
-		goto fail;
-	}
 	if (!(cmd->flags & (s->port == KH_PORT_PROD ? KH_CF_PROD : KH_CF_ADMIN))) {
 		r = KH_ERR_COMMAND_NOT_ALLOWED;
 		snprintf(s->detail, sizeof(s->detail), "not available on the %s port",
@@ -179,6 +173,14 @@ int kh_dispatch(struct kh_hsm *hsm, struct kh_session *s, const struct kh_frame 
 				}
 			}
 		}
+	}
+	/* access is decided first, so a role's command list reads the same for
+	 * catalogue entries that have no handler yet */
+	if (cmd->act == NULL) {
+		r = KH_ERR_UNKNOWN_COMMAND;
+		snprintf(s->detail, sizeof(s->detail), "%s is not implemented by this firmware",
+			 cmd->name);
+		goto fail;
 	}
 	if ((r = kh_msg_begin(out, cmd->name)) != KH_OK)
 		goto fail;

@@ -48,7 +48,8 @@ struct conn {
 	bool eof;
 	bool closing;          /* close once the output is flushed */
 	bool want_write;       /* the write event is armed */
-	struct event *ev_read, *ev_write;
+	bool draining;         /* refused: alert sent, discarding input until EOF */
+	struct event *ev_read, *ev_write, *ev_timer;
 	struct kh_buf *in, *out;
 	struct kh_session s;
 };
@@ -109,6 +110,8 @@ static void conn_free(struct conn *c)
 		event_free(c->ev_read);
 	if (c->ev_write)
 		event_free(c->ev_write);
+	if (c->ev_timer)
+		event_free(c->ev_timer);
 	if (c->ssl) {
 		if (c->handshake_done)
 			(void)SSL_shutdown(c->ssl);
@@ -263,8 +266,50 @@ static void conn_update_events(struct conn *c)
 	}
 }
 
+static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	conn_free(arg);
+}
+
+/* After a refused handshake the TLS alert is already on its way. Closing
+ * now, with the client's first request unread, would make the kernel send
+ * a reset that can overtake the alert, and the client would see "connection
+ * reset" instead of the reason. So: half-close, discard input until the
+ * client closes or a short timeout, then free. */
+static void conn_drain(struct conn *c)
+{
+	uint8_t scratch[4096];
+	if (!c->draining) {
+		c->draining = true;
+		(void)shutdown(c->fd, SHUT_WR);
+		event_del(c->ev_write);
+		c->want_write = false;
+		struct timeval tv = {2, 0};
+		c->ev_timer = evtimer_new(c->w->base, on_drain_timeout, c);
+		if (c->ev_timer == NULL || evtimer_add(c->ev_timer, &tv) != 0) {
+			conn_free(c);
+			return;
+		}
+	}
+	for (;;) {
+		ssize_t n = recv(c->fd, scratch, sizeof(scratch), 0);
+		if (n > 0)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+			return;
+		conn_free(c); /* EOF or error */
+		return;
+	}
+}
+
 static void conn_io(struct conn *c)
 {
+	if (c->draining) {
+		conn_drain(c);
+		return;
+	}
 	if (c->ssl && !c->handshake_done) {
 		int r = SSL_accept(c->ssl);
 		if (r <= 0) {
@@ -274,7 +319,7 @@ static void conn_io(struct conn *c)
 				return;
 			}
 			log_ssl_failure(c, "TLS handshake");
-			conn_free(c);
+			conn_drain(c);
 			return;
 		}
 		c->handshake_done = true;
