@@ -7,6 +7,7 @@
 #include "common/kh_mem.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 struct fx {

@@ -1,0 +1,885 @@
+/*
+ * Backup and restore. The plaintext (which holds every key's material) only
+ * exists in locked, never-dumped pages that are wiped before release; it is
+ * never written anywhere except AES-256-GCM-encrypted under the BEK. A
+ * restore validates everything before it changes anything, in one transaction.
+ */
+#include "hsm/backup.h"
+#include "hsm/audit.h"
+#include "hsm/db.h"
+#include "hsm/hsm_core.h"
+#include "hsm/keystore.h"
+#include "common/kh_mem.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define HDR_MAGIC "KHBK"
+#define BODY_MAGIC "KHBP"
+#define BACKUP_INFO "keyhold backup v1"
+#define SETTING_VALUE_MAX (1u << 20)
+#define TEXT_MAX 4096 /* role fields and pw_params */
+#define BLOB_MAX 1024 /* pw_hash, pw_salt */
+
+/* Settings that describe this device, not its configuration: never copied.
+ * clock_offset corrects this device's own system clock, so another
+ * device's value would set a wrong time. */
+static const char *const device_settings[] = {"serial", "audit_head", "clock_offset"};
+
+static bool device_setting(const char *k, size_t n)
+{
+	for (size_t i = 0; i < sizeof(device_settings) / sizeof(device_settings[0]); i++)
+		if (strlen(device_settings[i]) == n && memcmp(device_settings[i], k, n) == 0)
+			return true;
+	return false;
+}
+
+/* ---- locked pages for the plaintext --------------------------------------- */
+
+/* The plaintext can be megabytes: too large for the secure heap that keeps
+ * major keys and the key cache, so it gets its own locked, undumpable map. */
+struct lbuf {
+	uint8_t *p;
+	size_t len, cap;
+	int err;
+};
+
+static int lbuf_init(struct lbuf *b, size_t cap)
+{
+	memset(b, 0, sizeof(*b));
+	void *p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return KH_ERR_NOMEM;
+	(void)madvise(p, cap, MADV_DONTDUMP);
+	(void)mlock(p, cap); /* best effort: RLIMIT_MEMLOCK may be small */
+	b->p = p;
+	b->cap = cap;
+	return KH_OK;
+}
+
+static void lbuf_free(struct lbuf *b)
+{
+	if (b->p == NULL)
+		return;
+	kh_wipe(b->p, b->cap);
+	(void)munlock(b->p, b->cap);
+	(void)munmap(b->p, b->cap);
+	memset(b, 0, sizeof(*b));
+}
+
+static void put(struct lbuf *b, const void *d, size_t n)
+{
+	if (b->err)
+		return;
+	if (n > b->cap - b->len) {
+		b->err = KH_ERR_TOO_LARGE;
+		return;
+	}
+	if (n)
+		memcpy(b->p + b->len, d, n);
+	b->len += n;
+}
+
+static void put_u8(struct lbuf *b, unsigned v)
+{
+	uint8_t x = (uint8_t)v;
+	put(b, &x, 1);
+}
+
+static void put_u16(struct lbuf *b, unsigned v)
+{
+	uint8_t x[2] = {(uint8_t)(v >> 8), (uint8_t)v};
+	put(b, x, 2);
+}
+
+static void put_u32(struct lbuf *b, uint32_t v)
+{
+	uint8_t x[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+	put(b, x, 4);
+}
+
+static void put_i64(struct lbuf *b, int64_t s)
+{
+	uint64_t v = (uint64_t)s;
+	put_u32(b, (uint32_t)(v >> 32));
+	put_u32(b, (uint32_t)v);
+}
+
+static void put_lp(struct lbuf *b, unsigned bits, const void *d, size_t n)
+{
+	size_t max = bits == 8 ? 0xff : bits == 16 ? 0xffff : 0xffffffffu;
+	if (n > max) {
+		if (!b->err)
+			b->err = KH_ERR_TOO_LARGE;
+		return;
+	}
+	if (bits == 8)
+		put_u8(b, (unsigned)n);
+	else if (bits == 16)
+		put_u16(b, (unsigned)n);
+	else
+		put_u32(b, (uint32_t)n);
+	put(b, d, n);
+}
+
+/* ---- decoding (pure) -------------------------------------------------------- */
+
+struct rd {
+	const uint8_t *p;
+	size_t n, off;
+	bool bad;
+};
+
+static const uint8_t *take(struct rd *r, size_t k)
+{
+	if (r->bad || r->n - r->off < k) {
+		r->bad = true;
+		return NULL;
+	}
+	const uint8_t *q = r->p + r->off;
+	r->off += k;
+	return q;
+}
+
+static unsigned get_u8(struct rd *r)
+{
+	const uint8_t *q = take(r, 1);
+	return q ? q[0] : 0;
+}
+
+static uint32_t get_u32(struct rd *r)
+{
+	const uint8_t *q = take(r, 4);
+	return q ? ((uint32_t)q[0] << 24) | ((uint32_t)q[1] << 16) | ((uint32_t)q[2] << 8) | q[3]
+	         : 0;
+}
+
+static int64_t get_i64(struct rd *r)
+{
+	uint64_t hi = get_u32(r), lo = get_u32(r);
+	return (int64_t)((hi << 32) | lo);
+}
+
+static bool get_bool(struct rd *r)
+{
+	unsigned v = get_u8(r);
+	if (v > 1)
+		r->bad = true;
+	return v == 1;
+}
+
+/* Length-prefixed bytes, at most max. */
+static const uint8_t *get_lp(struct rd *r, unsigned bits, size_t max, size_t *len)
+{
+	size_t n;
+	if (bits == 8) {
+		n = get_u8(r);
+	} else if (bits == 16) {
+		const uint8_t *q = take(r, 2);
+		n = q ? ((size_t)q[0] << 8) | q[1] : 0;
+	} else {
+		n = get_u32(r);
+	}
+	*len = 0;
+	if (r->bad)
+		return NULL;
+	if (n > max) {
+		r->bad = true;
+		return NULL;
+	}
+	*len = n;
+	return take(r, n);
+}
+
+/* Printable text without the reserved bytes of the wire, min..max bytes. */
+static const char *get_text(struct rd *r, unsigned bits, size_t min, size_t max, size_t *len)
+{
+	const uint8_t *q = get_lp(r, bits, max, len);
+	if (q == NULL)
+		return NULL;
+	if (*len < min)
+		r->bad = true;
+	for (size_t i = 0; i < *len; i++)
+		if (q[i] < 0x20 || q[i] > 0x7e)
+			r->bad = true;
+	return (const char *)q;
+}
+
+static void get_name(struct rd *r, char out[static 16])
+{
+	size_t n = 0;
+	const char *s = get_text(r, 8, 1, 15, &n);
+	out[0] = '\0';
+	if (s == NULL || r->bad)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '-' || c == '.'))
+			r->bad = true;
+	}
+	memcpy(out, s, n);
+	out[n] = '\0';
+}
+
+/* Strictly increasing byte strings (the order SQLite's BINARY collation gives). */
+static bool after(const char *prev, size_t plen, const char *cur, size_t clen)
+{
+	size_t m = plen < clen ? plen : clen;
+	int c = memcmp(prev, cur, m);
+	return c < 0 || (c == 0 && plen < clen);
+}
+
+static int decode_config(struct rd *r, const struct kh_backup_visitor *v, void *arg,
+                         struct kh_backup_counts *cnt)
+{
+	uint32_t n;
+	int rv;
+
+	n = get_u32(r);
+	const char *prev = NULL;
+	size_t prevlen = 0;
+	for (uint32_t i = 0; i < n && !r->bad; i++) {
+		struct kh_backup_setting s;
+		s.key = get_text(r, 16, 1, 255, &s.key_len);
+		s.val = get_lp(r, 32, SETTING_VALUE_MAX, &s.val_len);
+		if (r->bad || (prev && !after(prev, prevlen, s.key, s.key_len)) ||
+		    device_setting(s.key, s.key_len))
+			return KH_ERR_BACKUP_INVALID;
+		prev = s.key;
+		prevlen = s.key_len;
+		cnt->settings++;
+		if (v && v->setting && (rv = v->setting(arg, &s)) != KH_OK)
+			return rv;
+	}
+	n = get_u32(r);
+	int64_t last = INT64_MIN;
+	for (uint32_t i = 0; i < n && !r->bad; i++) {
+		struct kh_backup_role ro;
+		ro.id = get_i64(r);
+		ro.name = get_text(r, 16, 1, KH_NAME_MAX - 1, &ro.name_len);
+		ro.perms = get_text(r, 16, 0, TEXT_MAX, &ro.perms_len);
+		ro.ranges = get_text(r, 16, 0, TEXT_MAX, &ro.ranges_len);
+		ro.commands = get_text(r, 16, 0, TEXT_MAX, &ro.commands_len);
+		ro.logins_required = get_u32(r);
+		ro.ports = get_u32(r);
+		ro.sources = get_u32(r);
+		ro.dual_factor = get_bool(r);
+		ro.builtin = get_bool(r);
+		if (r->bad || ro.id <= last || ro.logins_required > 3)
+			return KH_ERR_BACKUP_INVALID;
+		last = ro.id;
+		cnt->roles++;
+		if (v && v->role && (rv = v->role(arg, &ro)) != KH_OK)
+			return rv;
+	}
+	n = get_u32(r);
+	last = INT64_MIN;
+	for (uint32_t i = 0; i < n && !r->bad; i++) {
+		struct kh_backup_identity id;
+		id.id = get_i64(r);
+		id.name = get_text(r, 16, 1, KH_NAME_MAX - 1, &id.name_len);
+		id.role_id = get_i64(r);
+		id.pw_hash = get_lp(r, 16, BLOB_MAX, &id.pw_hash_len);
+		id.pw_salt = get_lp(r, 16, BLOB_MAX, &id.pw_salt_len);
+		id.pw_params = get_text(r, 16, 0, TEXT_MAX, &id.pw_params_len);
+		id.must_change = get_bool(r);
+		id.failures = get_u32(r);
+		id.locked_until = get_i64(r);
+		id.builtin = get_bool(r);
+		id.created = get_i64(r);
+		id.changed = get_i64(r);
+		if (r->bad || id.id <= last)
+			return KH_ERR_BACKUP_INVALID;
+		last = id.id;
+		cnt->identities++;
+		if (v && v->identity && (rv = v->identity(arg, &id)) != KH_OK)
+			return rv;
+	}
+	return r->bad ? KH_ERR_BACKUP_INVALID : KH_OK;
+}
+
+static int decode_keys(struct rd *r, const struct kh_backup_visitor *v, void *arg,
+                       struct kh_backup_counts *cnt)
+{
+	uint32_t n = get_u32(r);
+	int64_t last = -1;
+	int rv;
+
+	for (uint32_t i = 0; i < n && !r->bad; i++) {
+		struct kh_backup_key k;
+		char major[16];
+		k.slot = get_u32(r);
+		k.key_id = take(r, KH_KEY_ID_LEN);
+		get_name(r, major);
+		get_name(r, k.cls);
+		get_name(r, k.ktype);
+		k.bits = get_u32(r);
+		k.attrs = get_lp(r, 32, KH_KS_ATTRS_MAX, &k.attrs_len);
+		k.material = get_lp(r, 32, KH_KS_MATERIAL_MAX, &k.material_len);
+		k.label = get_lp(r, 32, KH_KS_DESC_MAX, &k.label_len);
+		k.ckaid = get_lp(r, 32, KH_KS_DESC_MAX, &k.ckaid_len);
+		k.extra = get_lp(r, 32, KH_KS_DESC_MAX, &k.extra_len);
+		k.created = get_i64(r);
+		if (r->bad || k.slot > KH_SLOT_MAX || (int64_t)k.slot <= last || k.bits > 65536 ||
+		    k.material_len == 0 || kh_mk_id_parse(major, &k.major) != KH_OK ||
+		    (k.major != KH_MK_FTK && k.major != KH_MK_PMK))
+			return KH_ERR_BACKUP_INVALID;
+		last = k.slot;
+		cnt->keys++;
+		cnt->needs[k.major] = true;
+		if (v && v->key && (rv = v->key(arg, &k)) != KH_OK)
+			return rv;
+	}
+	return r->bad ? KH_ERR_BACKUP_INVALID : KH_OK;
+}
+
+int kh_backup_decode(const uint8_t *p, size_t n, unsigned scope, const struct kh_backup_visitor *v,
+                     void *arg, struct kh_backup_counts *counts)
+{
+	struct rd r = {.p = p, .n = n};
+	struct kh_backup_counts cnt = {0};
+	const uint8_t *q;
+	int rv = KH_OK;
+
+	if (p == NULL || scope == 0 || (scope & ~(unsigned)KH_BACKUP_ALL)) {
+		rv = KH_ERR_BACKUP_INVALID;
+		goto out;
+	}
+	if ((q = take(&r, 4)) == NULL || memcmp(q, BODY_MAGIC, 4) != 0) {
+		rv = KH_ERR_BACKUP_INVALID;
+		goto out;
+	}
+	if ((scope & KH_BACKUP_CONFIG) && (rv = decode_config(&r, v, arg, &cnt)) != KH_OK)
+		goto out;
+	if ((scope & KH_BACKUP_KEYS) && (rv = decode_keys(&r, v, arg, &cnt)) != KH_OK)
+		goto out;
+	if (r.bad || r.off != r.n)
+		rv = KH_ERR_BACKUP_INVALID;
+out:
+	if (counts)
+		*counts = cnt;
+	return rv;
+}
+
+static bool is_uhex(uint8_t c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F');
+}
+
+int kh_backup_parse_header(const uint8_t *p, size_t n, struct kh_backup_hdr *h)
+{
+	struct rd r = {.p = p, .n = n};
+	const uint8_t *q;
+
+	memset(h, 0, sizeof(*h));
+	if (p == NULL || n < KH_BACKUP_HDR_LEN + KH_MK_SEAL_OVERHEAD || n > KH_BACKUP_MAX)
+		return KH_ERR_BACKUP_INVALID;
+	if ((q = take(&r, 4)) == NULL || memcmp(q, HDR_MAGIC, 4) != 0)
+		return KH_ERR_BACKUP_INVALID;
+	h->version = get_u8(&r);
+	h->scope = get_u8(&r);
+	if ((q = take(&r, 6)) == NULL)
+		return KH_ERR_BACKUP_INVALID;
+	for (int i = 0; i < 6; i++) {
+		if (!is_uhex(q[i]))
+			return KH_ERR_BACKUP_INVALID;
+		h->kcv[i] = (char)q[i];
+	}
+	h->created = get_i64(&r);
+	if (r.bad || r.off != KH_BACKUP_HDR_LEN || h->version != KH_BACKUP_VERSION ||
+	    h->scope == 0 || (h->scope & ~(unsigned)KH_BACKUP_ALL))
+		return KH_ERR_BACKUP_INVALID;
+	return KH_OK;
+}
+
+/* ---- create ------------------------------------------------------------------ */
+
+struct keys_ctx {
+	struct kh_hsm *hsm;
+	struct lbuf *b;
+	uint32_t count;
+};
+
+static int add_key(void *arg, const struct kh_key_row *row)
+{
+	struct keys_ctx *kc = arg;
+	uint8_t *m = NULL;
+	size_t mlen = 0;
+	int r = kh_keystore_unwrap(kc->hsm, row, &m, &mlen);
+	if (r != KH_OK)
+		return r;
+	put_u32(kc->b, row->slot);
+	put(kc->b, row->key_id, KH_KEY_ID_LEN);
+	put_lp(kc->b, 8, kh_mk_name(row->major), 3);
+	put_lp(kc->b, 8, row->cls, strlen(row->cls));
+	put_lp(kc->b, 8, row->ktype, strlen(row->ktype));
+	put_u32(kc->b, row->bits);
+	put_lp(kc->b, 32, row->attrs, row->attrs_len);
+	put_lp(kc->b, 32, m, mlen);
+	put_lp(kc->b, 32, row->label, row->label_len);
+	put_lp(kc->b, 32, row->ckaid, row->ckaid_len);
+	put_lp(kc->b, 32, row->extra, row->extra_len);
+	put_i64(kc->b, row->created);
+	kh_secure_free(m, mlen);
+	kc->count++;
+	return kc->b->err;
+}
+
+/* A count placeholder filled in once the rows are written. */
+static void patch_u32(struct lbuf *b, size_t at, uint32_t v)
+{
+	if (b->err)
+		return;
+	b->p[at] = (uint8_t)(v >> 24);
+	b->p[at + 1] = (uint8_t)(v >> 16);
+	b->p[at + 2] = (uint8_t)(v >> 8);
+	b->p[at + 3] = (uint8_t)v;
+}
+
+static int write_config(struct kh_hsm *hsm, struct lbuf *b, struct kh_backup_counts *cnt)
+{
+	sqlite3 *h = kh_db_sqlite(hsm->db);
+	sqlite3_stmt *q = NULL;
+	size_t at;
+	uint32_t n;
+	int rc, r = KH_OK;
+
+	/* settings */
+	at = b->len;
+	put_u32(b, 0);
+	n = 0;
+	if ((rc = sqlite3_prepare_v2(h, "SELECT key, value FROM settings ORDER BY key", -1, &q,
+	                             NULL)) != SQLITE_OK)
+		goto dberr;
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		const char *k = (const char *)sqlite3_column_text(q, 0);
+		size_t kl = (size_t)sqlite3_column_bytes(q, 0);
+		if (k == NULL || device_setting(k, kl))
+			continue;
+		put_lp(b, 16, k, kl);
+		put_lp(b, 32, sqlite3_column_blob(q, 1), (size_t)sqlite3_column_bytes(q, 1));
+		n++;
+	}
+	if (rc != SQLITE_DONE)
+		goto dberr;
+	patch_u32(b, at, n);
+	cnt->settings = n;
+	sqlite3_finalize(q);
+	q = NULL;
+
+	/* roles */
+	at = b->len;
+	put_u32(b, 0);
+	n = 0;
+	if ((rc = sqlite3_prepare_v2(h,
+	                             "SELECT id, name, perms, ranges, commands, logins_required, "
+	                             "ports, sources, dual_factor, builtin FROM roles ORDER BY id",
+	                             -1, &q, NULL)) != SQLITE_OK)
+		goto dberr;
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		put_i64(b, sqlite3_column_int64(q, 0));
+		for (int c = 1; c <= 4; c++)
+			put_lp(b, 16, sqlite3_column_text(q, c),
+			       (size_t)sqlite3_column_bytes(q, c));
+		for (int c = 5; c <= 7; c++)
+			put_u32(b, (uint32_t)sqlite3_column_int64(q, c));
+		put_u8(b, sqlite3_column_int(q, 8) != 0);
+		put_u8(b, sqlite3_column_int(q, 9) != 0);
+		n++;
+	}
+	if (rc != SQLITE_DONE)
+		goto dberr;
+	patch_u32(b, at, n);
+	cnt->roles = n;
+	sqlite3_finalize(q);
+	q = NULL;
+
+	/* identities */
+	at = b->len;
+	put_u32(b, 0);
+	n = 0;
+	if ((rc = sqlite3_prepare_v2(
+	         h,
+	         "SELECT id, name, role_id, pw_hash, pw_salt, pw_params, "
+	         "must_change, failures, locked_until, builtin, created, changed "
+	         "FROM identities ORDER BY id",
+	         -1, &q, NULL)) != SQLITE_OK)
+		goto dberr;
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		put_i64(b, sqlite3_column_int64(q, 0));
+		put_lp(b, 16, sqlite3_column_text(q, 1), (size_t)sqlite3_column_bytes(q, 1));
+		put_i64(b, sqlite3_column_int64(q, 2));
+		put_lp(b, 16, sqlite3_column_blob(q, 3), (size_t)sqlite3_column_bytes(q, 3));
+		put_lp(b, 16, sqlite3_column_blob(q, 4), (size_t)sqlite3_column_bytes(q, 4));
+		put_lp(b, 16, sqlite3_column_text(q, 5), (size_t)sqlite3_column_bytes(q, 5));
+		put_u8(b, sqlite3_column_int(q, 6) != 0);
+		put_u32(b, (uint32_t)sqlite3_column_int64(q, 7));
+		put_i64(b, sqlite3_column_int64(q, 8));
+		put_u8(b, sqlite3_column_int(q, 9) != 0);
+		put_i64(b, sqlite3_column_int64(q, 10));
+		put_i64(b, sqlite3_column_int64(q, 11));
+		n++;
+	}
+	if (rc != SQLITE_DONE)
+		goto dberr;
+	patch_u32(b, at, n);
+	cnt->identities = n;
+	r = b->err;
+	goto out;
+dberr:
+	r = kh_db_err(hsm->db, rc);
+out:
+	sqlite3_finalize(q);
+	return r;
+}
+
+int kh_backup_create(struct kh_hsm *hsm, unsigned scope, const char *actor, uint8_t **out,
+                     size_t *outlen, struct kh_backup_counts *counts)
+{
+	struct kh_backup_counts cnt = {0};
+	struct kh_mk_info bek;
+	struct lbuf b = {0};
+	struct keys_ctx kc;
+	uint8_t *file = NULL;
+	size_t sealed = 0;
+	char text[200];
+	int r;
+
+	if (scope == 0 || (scope & ~(unsigned)KH_BACKUP_ALL))
+		return KH_ERR_BAD_FIELD;
+	kh_mk_info(hsm, KH_MK_BEK, &bek);
+	if (!bek.loaded)
+		return KH_ERR_MAJOR_KEY_NOT_LOADED;
+	if ((r = lbuf_init(&b, KH_BACKUP_MAX - KH_BACKUP_HDR_LEN - KH_MK_SEAL_OVERHEAD)) != KH_OK)
+		return r;
+	put(&b, BODY_MAGIC, 4);
+	/* one consistent snapshot: every writer takes the database lock */
+	kh_db_lock(hsm->db);
+	if (scope & KH_BACKUP_CONFIG)
+		r = write_config(hsm, &b, &cnt);
+	if (r == KH_OK && (scope & KH_BACKUP_KEYS)) {
+		size_t at = b.len;
+		put_u32(&b, 0);
+		kc.hsm = hsm;
+		kc.b = &b;
+		kc.count = 0;
+		r = kh_keystore_foreach(hsm, add_key, &kc);
+		patch_u32(&b, at, kc.count);
+		cnt.keys = kc.count;
+	}
+	kh_db_unlock(hsm->db);
+	if (r == KH_OK)
+		r = b.err;
+	if (r != KH_OK)
+		goto out;
+
+	if ((file = malloc(KH_BACKUP_HDR_LEN + b.len + KH_MK_SEAL_OVERHEAD)) == NULL) {
+		r = KH_ERR_NOMEM;
+		goto out;
+	}
+	{
+		struct lbuf hb = {.p = file, .cap = KH_BACKUP_HDR_LEN};
+		put(&hb, HDR_MAGIC, 4);
+		put_u8(&hb, KH_BACKUP_VERSION);
+		put_u8(&hb, scope);
+		put(&hb, bek.kcv, 6);
+		put_i64(&hb, (int64_t)kh_hsm_now(hsm));
+		if (hb.err || hb.len != KH_BACKUP_HDR_LEN) {
+			r = KH_ERR_INTERNAL;
+			goto out;
+		}
+	}
+	if ((r = kh_mk_seal_ex(hsm, KH_MK_BEK, BACKUP_INFO, file, KH_BACKUP_HDR_LEN, b.p, b.len,
+	                       file + KH_BACKUP_HDR_LEN, &sealed)) != KH_OK)
+		goto out;
+	snprintf(text, sizeof(text),
+	         "scope %s: %u settings, %u roles, %u identities, %u keys; BEK KCV %s",
+	         scope == KH_BACKUP_ALL      ? "all"
+	         : scope == KH_BACKUP_CONFIG ? "config"
+	                                     : "keys",
+	         cnt.settings, cnt.roles, cnt.identities, cnt.keys, bek.kcv);
+	if ((r = kh_audit_append(hsm, actor, "backup.create", text)) != KH_OK)
+		goto out;
+	*out = file;
+	*outlen = KH_BACKUP_HDR_LEN + sealed;
+	file = NULL;
+	if (counts)
+		*counts = cnt;
+out:
+	free(file);
+	lbuf_free(&b);
+	return r;
+}
+
+/* ---- restore ----------------------------------------------------------------- */
+
+struct restore_ctx {
+	struct kh_hsm *hsm;
+	int64_t when; /* the backup's time */
+	const char *actor;
+	char *detail;
+	size_t detailsz;
+};
+
+static int run(struct kh_hsm *hsm, sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc == SQLITE_DONE)
+		return KH_OK;
+	/* a constraint here means the backup contradicts itself (e.g. an
+	 * identity of a role that is not in it) */
+	return rc == SQLITE_CONSTRAINT ? KH_ERR_BACKUP_INVALID : kh_db_err(hsm->db, rc);
+}
+
+static int prep(struct kh_hsm *hsm, const char *sql, sqlite3_stmt **st)
+{
+	sqlite3 *h = kh_db_sqlite(hsm->db);
+	if (sqlite3_prepare_v2(h, sql, -1, st, NULL) != SQLITE_OK)
+		return kh_db_err(hsm->db, sqlite3_errcode(h));
+	return KH_OK;
+}
+
+static int restore_setting(void *arg, const struct kh_backup_setting *s)
+{
+	struct restore_ctx *rc = arg;
+	sqlite3_stmt *st;
+	int r = prep(rc->hsm, "INSERT INTO settings(key, value) VALUES(?,?)", &st);
+	if (r != KH_OK)
+		return r;
+	sqlite3_bind_text(st, 1, s->key, (int)s->key_len, SQLITE_STATIC);
+	sqlite3_bind_blob(st, 2, s->val_len ? (const void *)s->val : (const void *)"",
+	                  (int)s->val_len, SQLITE_STATIC);
+	return run(rc->hsm, st);
+}
+
+static int restore_role(void *arg, const struct kh_backup_role *ro)
+{
+	struct restore_ctx *rc = arg;
+	sqlite3_stmt *st;
+	int r = prep(rc->hsm,
+	             "INSERT INTO roles(id, name, perms, ranges, commands, logins_required, ports, "
+	             "sources, dual_factor, builtin) VALUES(?,?,?,?,?,?,?,?,?,?)",
+	             &st);
+	if (r != KH_OK)
+		return r;
+	sqlite3_bind_int64(st, 1, ro->id);
+	sqlite3_bind_text(st, 2, ro->name, (int)ro->name_len, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, ro->perms, (int)ro->perms_len, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, ro->ranges, (int)ro->ranges_len, SQLITE_STATIC);
+	sqlite3_bind_text(st, 5, ro->commands, (int)ro->commands_len, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 6, ro->logins_required);
+	sqlite3_bind_int64(st, 7, ro->ports);
+	sqlite3_bind_int64(st, 8, ro->sources);
+	sqlite3_bind_int(st, 9, ro->dual_factor);
+	sqlite3_bind_int(st, 10, ro->builtin);
+	if ((r = run(rc->hsm, st)) == KH_ERR_BACKUP_INVALID)
+		snprintf(rc->detail, rc->detailsz, "role %lld conflicts with another",
+		         (long long)ro->id);
+	return r;
+}
+
+static int restore_identity(void *arg, const struct kh_backup_identity *id)
+{
+	struct restore_ctx *rc = arg;
+	sqlite3_stmt *st;
+	int r = prep(rc->hsm,
+	             "INSERT INTO identities(id, name, role_id, pw_hash, pw_salt, pw_params, "
+	             "must_change, failures, locked_until, builtin, created, changed) "
+	             "VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+	             &st);
+	if (r != KH_OK)
+		return r;
+	sqlite3_bind_int64(st, 1, id->id);
+	sqlite3_bind_text(st, 2, id->name, (int)id->name_len, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, id->role_id);
+	sqlite3_bind_blob(st, 4, id->pw_hash_len ? (const void *)id->pw_hash : (const void *)"",
+	                  (int)id->pw_hash_len, SQLITE_STATIC);
+	sqlite3_bind_blob(st, 5, id->pw_salt_len ? (const void *)id->pw_salt : (const void *)"",
+	                  (int)id->pw_salt_len, SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, id->pw_params_len ? id->pw_params : "", (int)id->pw_params_len,
+	                  SQLITE_STATIC);
+	sqlite3_bind_int(st, 7, id->must_change);
+	sqlite3_bind_int64(st, 8, id->failures);
+	sqlite3_bind_int64(st, 9, id->locked_until);
+	sqlite3_bind_int(st, 10, id->builtin);
+	sqlite3_bind_int64(st, 11, id->created);
+	sqlite3_bind_int64(st, 12, id->changed);
+	if ((r = run(rc->hsm, st)) == KH_ERR_BACKUP_INVALID)
+		snprintf(rc->detail, rc->detailsz,
+		         "identity %lld conflicts with another or names a missing role",
+		         (long long)id->id);
+	return r;
+}
+
+static int restore_key(void *arg, const struct kh_backup_key *k)
+{
+	struct restore_ctx *rc = arg;
+	struct kh_key_row row;
+	int r;
+
+	/* the row only borrows the decoded bytes; put reads them */
+	memset(&row, 0, sizeof(row));
+	row.slot = k->slot;
+	memcpy(row.key_id, k->key_id, KH_KEY_ID_LEN);
+	row.major = k->major;
+	memcpy(row.cls, k->cls, sizeof(row.cls));
+	memcpy(row.ktype, k->ktype, sizeof(row.ktype));
+	row.bits = k->bits;
+	row.attrs = (uint8_t *)(uintptr_t)k->attrs;
+	row.attrs_len = k->attrs_len;
+	row.label = (uint8_t *)(uintptr_t)k->label;
+	row.label_len = k->label_len;
+	row.ckaid = (uint8_t *)(uintptr_t)k->ckaid;
+	row.ckaid_len = k->ckaid_len;
+	row.extra = (uint8_t *)(uintptr_t)k->extra;
+	row.extra_len = k->extra_len;
+	row.created = k->created ? k->created : rc->when; /* never 0: see keystore.h */
+	r = kh_keystore_put(rc->hsm, &row, k->material, k->material_len, KH_KS_QUIET, rc->actor);
+	if (r == KH_ERR_EXISTS) {
+		snprintf(rc->detail, rc->detailsz, "key identifier of slot %u is used twice",
+		         k->slot);
+		r = KH_ERR_BACKUP_INVALID;
+	} else if (r == KH_ERR_MAJOR_KEY_NOT_LOADED) {
+		snprintf(rc->detail, rc->detailsz, "%s", kh_mk_name(k->major));
+	} else if (r == KH_ERR_BAD_FIELD) {
+		snprintf(rc->detail, rc->detailsz, "key in slot %u is invalid", k->slot);
+		r = KH_ERR_BACKUP_INVALID;
+	}
+	return r;
+}
+
+static int exec_sql(struct kh_hsm *hsm, const char *sql)
+{
+	sqlite3_stmt *st;
+	int r = prep(hsm, sql, &st);
+	if (r != KH_OK)
+		return r;
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? KH_OK : kh_db_err(hsm->db, rc);
+}
+
+static int clear_settings(struct kh_hsm *hsm)
+{
+	sqlite3_stmt *st;
+	int r = prep(hsm, "DELETE FROM settings WHERE key NOT IN (?, ?, ?)", &st);
+	if (r != KH_OK)
+		return r;
+	_Static_assert(sizeof(device_settings) / sizeof(device_settings[0]) == 3,
+	               "clear_settings binds every device setting");
+	for (int i = 0; i < 3; i++)
+		sqlite3_bind_text(st, i + 1, device_settings[i], -1, SQLITE_STATIC);
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? KH_OK : kh_db_err(hsm->db, rc);
+}
+
+int kh_backup_restore(struct kh_hsm *hsm, const uint8_t *data, size_t len, const char *actor,
+                      struct kh_backup_counts *counts, char *detail, size_t detailsz)
+{
+	static const struct kh_backup_visitor visitor = {
+	    .setting = restore_setting,
+	    .role = restore_role,
+	    .identity = restore_identity,
+	    .key = restore_key,
+	};
+	struct kh_backup_hdr hdr;
+	struct kh_backup_counts cnt = {0};
+	struct kh_mk_info bek;
+	struct restore_ctx rc;
+	struct lbuf pt = {0};
+	char dummy[8], text[200];
+	size_t ptlen = 0;
+	bool in_tx = false;
+	int r;
+
+	if (detail == NULL || detailsz == 0) {
+		detail = dummy;
+		detailsz = sizeof(dummy);
+	}
+	detail[0] = '\0';
+	if (kh_backup_parse_header(data, len, &hdr) != KH_OK) {
+		snprintf(detail, detailsz, "not a keyhold backup, or an unsupported version");
+		return KH_ERR_BACKUP_INVALID;
+	}
+	kh_mk_info(hsm, KH_MK_BEK, &bek);
+	if (!bek.loaded) {
+		snprintf(detail, detailsz, "BEK");
+		return KH_ERR_MAJOR_KEY_NOT_LOADED;
+	}
+	if (!kh_ct_equal(bek.kcv, hdr.kcv, 6)) {
+		snprintf(detail, detailsz,
+		         "made under a BEK with KCV %s; the loaded BEK has KCV %s", hdr.kcv,
+		         bek.kcv);
+		return KH_ERR_BACKUP_INVALID;
+	}
+	if ((r = lbuf_init(&pt, len - KH_BACKUP_HDR_LEN - KH_MK_SEAL_OVERHEAD + 1)) != KH_OK)
+		return r;
+	if (kh_mk_open_ex(hsm, KH_MK_BEK, BACKUP_INFO, data, KH_BACKUP_HDR_LEN,
+	                  data + KH_BACKUP_HDR_LEN, len - KH_BACKUP_HDR_LEN, pt.p,
+	                  &ptlen) != KH_OK) {
+		snprintf(detail, detailsz, "authentication failed: damaged or altered");
+		r = KH_ERR_BACKUP_INVALID;
+		goto out;
+	}
+	/* validate everything before touching anything */
+	if (kh_backup_decode(pt.p, ptlen, hdr.scope, NULL, NULL, &cnt) != KH_OK) {
+		snprintf(detail, detailsz, "contents are malformed");
+		r = KH_ERR_BACKUP_INVALID;
+		goto out;
+	}
+	for (int i = 0; i < KH_MK_COUNT; i++) {
+		struct kh_mk_info mi;
+		kh_mk_info(hsm, (enum kh_mk_id)i, &mi);
+		if (cnt.needs[i] && !mi.loaded) {
+			snprintf(detail, detailsz, "%s", kh_mk_name((enum kh_mk_id)i));
+			r = KH_ERR_MAJOR_KEY_NOT_LOADED;
+			goto out;
+		}
+	}
+
+	rc.hsm = hsm;
+	rc.when = hdr.created > 0 ? hdr.created : 1;
+	rc.actor = actor;
+	rc.detail = detail;
+	rc.detailsz = detailsz;
+	if ((r = kh_db_begin(hsm->db)) != KH_OK)
+		goto out;
+	in_tx = true;
+	if (hdr.scope & KH_BACKUP_CONFIG) {
+		if ((r = exec_sql(hsm, "DELETE FROM identities")) != KH_OK ||
+		    (r = exec_sql(hsm, "DELETE FROM roles")) != KH_OK ||
+		    (r = clear_settings(hsm)) != KH_OK)
+			goto out;
+	}
+	if ((hdr.scope & KH_BACKUP_KEYS) && (r = exec_sql(hsm, "DELETE FROM keys")) != KH_OK)
+		goto out;
+	if ((r = kh_backup_decode(pt.p, ptlen, hdr.scope, &visitor, &rc, &cnt)) != KH_OK)
+		goto out;
+	snprintf(text, sizeof(text),
+	         "scope %s: %u settings, %u roles, %u identities, %u keys; BEK KCV %s",
+	         hdr.scope == KH_BACKUP_ALL      ? "all"
+	         : hdr.scope == KH_BACKUP_CONFIG ? "config"
+	                                         : "keys",
+	         cnt.settings, cnt.roles, cnt.identities, cnt.keys, bek.kcv);
+	if ((r = kh_audit_append(hsm, actor, "backup.restore", text)) != KH_OK)
+		goto out;
+	in_tx = false;
+	if ((r = kh_db_commit(hsm->db)) != KH_OK)
+		goto out;
+	if (hdr.scope & KH_BACKUP_CONFIG) {
+		atomic_fetch_add(&hsm->role_gen, 1);
+		kh_hsm_reload_settings(hsm);
+	}
+	if (counts)
+		*counts = cnt;
+out:
+	if (in_tx)
+		kh_db_rollback(hsm->db);
+	lbuf_free(&pt);
+	return r;
+}

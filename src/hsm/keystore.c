@@ -1,0 +1,522 @@
+/*
+ * Key-table rows: wrapping, storage and retrieval. Clear key material only
+ * passes through kh_keystore_put (in) and kh_keystore_unwrap (out, secure
+ * heap); it is never stored, logged or put in an audit entry.
+ */
+#include "hsm/keystore.h"
+#include "hsm/audit.h"
+#include "hsm/db.h"
+#include "common/kh_mem.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+
+#define AAD_MAGIC "KHK1"
+#define COLS "slot, key_id, major, class, ktype, bits, attrs, wrapped, label, ckaid, extra, created"
+
+void kh_keystore_row_free(struct kh_key_row *row)
+{
+	if (row == NULL)
+		return;
+	free(row->attrs);
+	free(row->wrapped);
+	free(row->label);
+	free(row->ckaid);
+	free(row->extra);
+	memset(row, 0, sizeof(*row));
+}
+
+static bool name_ok(const char *s)
+{
+	size_t n = strnlen(s, KH_KS_NAME_MAX);
+	if (n == 0 || n >= KH_KS_NAME_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '-' || c == '.'))
+			return false;
+	}
+	return true;
+}
+
+static int validate(const struct kh_key_row *row)
+{
+	if (row->slot > KH_SLOT_MAX || (row->major != KH_MK_FTK && row->major != KH_MK_PMK) ||
+	    !name_ok(row->cls) || !name_ok(row->ktype) || row->bits > 65536 ||
+	    row->attrs_len > KH_KS_ATTRS_MAX || (row->attrs_len && row->attrs == NULL) ||
+	    row->label_len > KH_KS_DESC_MAX || (row->label_len && row->label == NULL) ||
+	    row->ckaid_len > KH_KS_DESC_MAX || (row->ckaid_len && row->ckaid == NULL) ||
+	    row->extra_len > KH_KS_DESC_MAX || (row->extra_len && row->extra == NULL))
+		return KH_ERR_BAD_FIELD;
+	return KH_OK;
+}
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+static void put_lp8(uint8_t *p, size_t *off, const char *s)
+{
+	size_t l = strlen(s);
+	p[(*off)++] = (uint8_t)l;
+	memcpy(p + *off, s, l);
+	*off += l;
+}
+
+/* The canonical associated data: every bound column, each length-prefixed
+ * or fixed-width, so no two different rows encode alike. */
+static int make_aad(const struct kh_key_row *row, uint8_t **out, size_t *outlen)
+{
+	const char *major = kh_mk_name(row->major);
+	size_t cap = 4 + 4 + KH_KEY_ID_LEN + 3 * (1 + KH_KS_NAME_MAX) + 4 + 4 + row->attrs_len;
+	size_t n = 0;
+	uint8_t *p = malloc(cap);
+	if (p == NULL)
+		return KH_ERR_NOMEM;
+	memcpy(p, AAD_MAGIC, 4);
+	n = 4;
+	put_u32(p + n, row->slot);
+	n += 4;
+	memcpy(p + n, row->key_id, KH_KEY_ID_LEN);
+	n += KH_KEY_ID_LEN;
+	put_lp8(p, &n, major);
+	put_lp8(p, &n, row->cls);
+	put_lp8(p, &n, row->ktype);
+	put_u32(p + n, row->bits);
+	n += 4;
+	put_u32(p + n, (uint32_t)row->attrs_len);
+	n += 4;
+	if (row->attrs_len)
+		memcpy(p + n, row->attrs, row->attrs_len);
+	n += row->attrs_len;
+	*out = p;
+	*outlen = n;
+	return KH_OK;
+}
+
+static void bind_opt(sqlite3_stmt *st, int col, const uint8_t *p, size_t n)
+{
+	if (n == 0)
+		sqlite3_bind_null(st, col);
+	else
+		sqlite3_bind_blob(st, col, p, (int)n, SQLITE_STATIC);
+}
+
+/* Insert (or replace) one row with its wrapped form, in one transaction. */
+static int store(struct kh_hsm *hsm, const struct kh_key_row *row, const uint8_t *wrapped,
+                 size_t wlen, unsigned flags, const char *actor, int64_t *created)
+{
+	sqlite3 *h = kh_db_sqlite(hsm->db);
+	sqlite3_stmt *st = NULL;
+	/* kh_hsm_now takes hsm->mu, which must not be taken under the database
+	 * lock: callers inside a transaction set created themselves */
+	int64_t now = row->created ? row->created : (int64_t)kh_hsm_now(hsm);
+	char text[128];
+	int r;
+
+	if ((r = kh_db_begin(hsm->db)) != KH_OK)
+		return r;
+	if (flags & KH_KS_REPLACE) {
+		if (sqlite3_prepare_v2(h, "DELETE FROM keys WHERE slot=?", -1, &st, NULL) !=
+		    SQLITE_OK) {
+			r = kh_db_err(hsm->db, sqlite3_errcode(h));
+			goto out;
+		}
+		sqlite3_bind_int64(st, 1, row->slot);
+		if ((r = sqlite3_step(st)) != SQLITE_DONE) {
+			r = kh_db_err(hsm->db, r);
+			goto out;
+		}
+		sqlite3_finalize(st);
+		st = NULL;
+	}
+	if (sqlite3_prepare_v2(h, "INSERT INTO keys(" COLS ") VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", -1,
+	                       &st, NULL) != SQLITE_OK) {
+		r = kh_db_err(hsm->db, sqlite3_errcode(h));
+		goto out;
+	}
+	sqlite3_bind_int64(st, 1, row->slot);
+	sqlite3_bind_blob(st, 2, row->key_id, KH_KEY_ID_LEN, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, kh_mk_name(row->major), -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, row->cls, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 5, row->ktype, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 6, row->bits);
+	/* attrs is NOT NULL in the schema: an empty set is a zero-length blob */
+	sqlite3_bind_blob(st, 7, row->attrs_len ? (const void *)row->attrs : (const void *)"",
+	                  (int)row->attrs_len, SQLITE_STATIC);
+	sqlite3_bind_blob(st, 8, wrapped, (int)wlen, SQLITE_STATIC);
+	bind_opt(st, 9, row->label, row->label_len);
+	bind_opt(st, 10, row->ckaid, row->ckaid_len);
+	bind_opt(st, 11, row->extra, row->extra_len);
+	sqlite3_bind_int64(st, 12, now);
+	if ((r = sqlite3_step(st)) != SQLITE_DONE) {
+		r = kh_db_err(hsm->db, r);
+		goto out;
+	}
+	if (!(flags & KH_KS_QUIET)) {
+		snprintf(text, sizeof(text), "slot %u %s %s-%u under %s", row->slot, row->cls,
+		         row->ktype, row->bits, kh_mk_name(row->major));
+		if ((r = kh_audit_append(hsm, actor, "key.put", text)) != KH_OK)
+			goto out;
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	if ((r = kh_db_commit(hsm->db)) == KH_OK && created)
+		*created = now;
+	return r;
+out:
+	sqlite3_finalize(st);
+	kh_db_rollback(hsm->db);
+	return r;
+}
+
+int kh_keystore_put(struct kh_hsm *hsm, struct kh_key_row *row, const uint8_t *material,
+                    size_t mlen, unsigned flags, const char *actor)
+{
+	uint8_t *aad = NULL, *wrapped = NULL;
+	size_t aadlen = 0, wlen = 0;
+	int r;
+
+	if ((r = validate(row)) != KH_OK)
+		return r;
+	if (mlen == 0 || mlen > KH_KS_MATERIAL_MAX || material == NULL)
+		return KH_ERR_BAD_FIELD;
+	if ((flags & KH_KS_NEW_ID) && RAND_bytes(row->key_id, KH_KEY_ID_LEN) != 1)
+		return KH_ERR_CRYPTO;
+	if ((r = make_aad(row, &aad, &aadlen)) != KH_OK)
+		goto out;
+	if ((wrapped = malloc(mlen + KH_MK_SEAL_OVERHEAD)) == NULL) {
+		r = KH_ERR_NOMEM;
+		goto out;
+	}
+	if ((r = kh_mk_seal(hsm, row->major, aad, aadlen, material, mlen, wrapped, &wlen)) != KH_OK)
+		goto out;
+	r = store(hsm, row, wrapped, wlen, flags, actor, &row->created);
+out:
+	free(aad);
+	free(wrapped);
+	return r;
+}
+
+int kh_keystore_unwrap(struct kh_hsm *hsm, const struct kh_key_row *row, uint8_t **material,
+                       size_t *mlen)
+{
+	uint8_t *aad = NULL, *m = NULL;
+	size_t aadlen = 0, n = 0, cap;
+	int r;
+
+	if (row->wrapped == NULL || row->wrapped_len <= KH_MK_SEAL_OVERHEAD ||
+	    row->wrapped_len > KH_KS_MATERIAL_MAX + KH_MK_SEAL_OVERHEAD)
+		return KH_ERR_CRYPTO;
+	if (validate(row) != KH_OK)
+		return KH_ERR_CRYPTO;
+	cap = row->wrapped_len - KH_MK_SEAL_OVERHEAD;
+	if ((r = make_aad(row, &aad, &aadlen)) != KH_OK)
+		goto out;
+	if ((m = kh_secure_alloc(cap)) == NULL) {
+		r = KH_ERR_NOMEM;
+		goto out;
+	}
+	if ((r = kh_mk_open(hsm, row->major, aad, aadlen, row->wrapped, row->wrapped_len, m, &n)) !=
+	    KH_OK)
+		goto out;
+	*material = m;
+	*mlen = n;
+	m = NULL;
+out:
+	kh_secure_free(m, cap);
+	free(aad);
+	return r;
+}
+
+int kh_keystore_put_wrapped(struct kh_hsm *hsm, const struct kh_key_row *row, unsigned flags,
+                            const char *actor)
+{
+	uint8_t *m = NULL;
+	size_t mlen = 0;
+	int r;
+
+	if ((r = validate(row)) != KH_OK)
+		return r;
+	if ((r = kh_keystore_unwrap(hsm, row, &m, &mlen)) != KH_OK)
+		return r;
+	kh_secure_free(m, mlen);
+	return store(hsm, row, row->wrapped, row->wrapped_len, flags & ~(unsigned)KH_KS_NEW_ID,
+	             actor, NULL);
+}
+
+int kh_keystore_delete(struct kh_hsm *hsm, uint32_t slot, const char *actor)
+{
+	sqlite3 *h = kh_db_sqlite(hsm->db);
+	sqlite3_stmt *st = NULL;
+	char text[48];
+	int r;
+
+	if ((r = kh_db_begin(hsm->db)) != KH_OK)
+		return r;
+	if (sqlite3_prepare_v2(h, "DELETE FROM keys WHERE slot=?", -1, &st, NULL) != SQLITE_OK) {
+		r = kh_db_err(hsm->db, sqlite3_errcode(h));
+		goto fail;
+	}
+	sqlite3_bind_int64(st, 1, slot);
+	if ((r = sqlite3_step(st)) != SQLITE_DONE) {
+		r = kh_db_err(hsm->db, r);
+		goto fail;
+	}
+	if (sqlite3_changes(h) == 0) {
+		r = KH_ERR_NOT_FOUND;
+		goto fail;
+	}
+	snprintf(text, sizeof(text), "slot %u", slot);
+	if ((r = kh_audit_append(hsm, actor, "key.delete", text)) != KH_OK)
+		goto fail;
+	sqlite3_finalize(st);
+	return kh_db_commit(hsm->db);
+fail:
+	sqlite3_finalize(st);
+	kh_db_rollback(hsm->db);
+	return r;
+}
+
+static int dup_col(sqlite3_stmt *q, int col, size_t max, uint8_t **out, size_t *len)
+{
+	size_t n = (size_t)sqlite3_column_bytes(q, col);
+	const void *v = sqlite3_column_blob(q, col);
+	*out = NULL;
+	*len = 0;
+	if (n == 0 || v == NULL)
+		return KH_OK;
+	if (n > max)
+		return KH_ERR_STORAGE;
+	if ((*out = malloc(n)) == NULL)
+		return KH_ERR_NOMEM;
+	memcpy(*out, v, n);
+	*len = n;
+	return KH_OK;
+}
+
+static int text_col(sqlite3_stmt *q, int col, char out[static KH_KS_NAME_MAX])
+{
+	const unsigned char *t = sqlite3_column_text(q, col);
+	size_t n = (size_t)sqlite3_column_bytes(q, col);
+	if (t == NULL || n >= KH_KS_NAME_MAX)
+		return KH_ERR_STORAGE;
+	memcpy(out, t, n);
+	out[n] = '\0';
+	return KH_OK;
+}
+
+/* Columns in COLS order; the row is the database's word, but still bounded. */
+static int row_from(sqlite3_stmt *q, struct kh_key_row *row, bool summary_only)
+{
+	sqlite3_int64 slot = sqlite3_column_int64(q, 0), bits = sqlite3_column_int64(q, 5);
+	const char *major = (const char *)sqlite3_column_text(q, 2);
+	int r;
+
+	memset(row, 0, sizeof(*row));
+	if (slot < 0 || slot > KH_SLOT_MAX || bits < 0 || bits > 65536 ||
+	    sqlite3_column_bytes(q, 1) != KH_KEY_ID_LEN || major == NULL ||
+	    kh_mk_id_parse(major, &row->major) != KH_OK)
+		return KH_ERR_STORAGE;
+	row->slot = (uint32_t)slot;
+	row->bits = (uint32_t)bits;
+	memcpy(row->key_id, sqlite3_column_blob(q, 1), KH_KEY_ID_LEN);
+	if ((r = text_col(q, 3, row->cls)) != KH_OK || (r = text_col(q, 4, row->ktype)) != KH_OK)
+		return r;
+	row->created = sqlite3_column_int64(q, 11);
+	if (summary_only)
+		return KH_OK;
+	if ((r = dup_col(q, 6, KH_KS_ATTRS_MAX, &row->attrs, &row->attrs_len)) != KH_OK ||
+	    (r = dup_col(q, 7, KH_KS_MATERIAL_MAX + KH_MK_SEAL_OVERHEAD, &row->wrapped,
+	                 &row->wrapped_len)) != KH_OK ||
+	    (r = dup_col(q, 8, KH_KS_DESC_MAX, &row->label, &row->label_len)) != KH_OK ||
+	    (r = dup_col(q, 9, KH_KS_DESC_MAX, &row->ckaid, &row->ckaid_len)) != KH_OK ||
+	    (r = dup_col(q, 10, KH_KS_DESC_MAX, &row->extra, &row->extra_len)) != KH_OK) {
+		kh_keystore_row_free(row);
+		return r;
+	}
+	return KH_OK;
+}
+
+int kh_keystore_get(struct kh_hsm *hsm, uint32_t slot, struct kh_key_row *out)
+{
+	sqlite3 *h = kh_db_sqlite(hsm->db);
+	sqlite3_stmt *q = NULL;
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	kh_db_lock(hsm->db);
+	if (sqlite3_prepare_v2(h, "SELECT " COLS " FROM keys WHERE slot=?", -1, &q, NULL) !=
+	    SQLITE_OK) {
+		r = kh_db_err(hsm->db, sqlite3_errcode(h));
+		goto out;
+	}
+	sqlite3_bind_int64(q, 1, slot);
+	r = sqlite3_step(q);
+	if (r == SQLITE_ROW)
+		r = row_from(q, out, false);
+	else if (r == SQLITE_DONE)
+		r = KH_ERR_NOT_FOUND;
+	else
+		r = kh_db_err(hsm->db, r);
+out:
+	sqlite3_finalize(q);
+	kh_db_unlock(hsm->db);
+	return r;
+}
+
+int kh_keystore_set_desc(struct kh_hsm *hsm, uint32_t slot, const uint8_t *label, size_t label_len,
+                         const uint8_t *ckaid, size_t ckaid_len, const uint8_t *extra,
+                         size_t extra_len, const char *actor)
+{
+	sqlite3 *h = kh_db_sqlite(hsm->db);
+	sqlite3_stmt *st = NULL;
+	char text[48];
+	int r;
+
+	if ((label && label_len > KH_KS_DESC_MAX) || (ckaid && ckaid_len > KH_KS_DESC_MAX) ||
+	    (extra && extra_len > KH_KS_DESC_MAX))
+		return KH_ERR_BAD_FIELD;
+	if ((r = kh_db_begin(hsm->db)) != KH_OK)
+		return r;
+	/* ?2/?4/?6 say whether to change the field; CASE keeps one statement */
+	if (sqlite3_prepare_v2(h,
+	                       "UPDATE keys SET label=CASE WHEN ?2 THEN ?1 ELSE label END, "
+	                       "ckaid=CASE WHEN ?4 THEN ?3 ELSE ckaid END, "
+	                       "extra=CASE WHEN ?6 THEN ?5 ELSE extra END WHERE slot=?7",
+	                       -1, &st, NULL) != SQLITE_OK) {
+		r = kh_db_err(hsm->db, sqlite3_errcode(h));
+		goto fail;
+	}
+	bind_opt(st, 1, label, label ? label_len : 0);
+	sqlite3_bind_int(st, 2, label != NULL);
+	bind_opt(st, 3, ckaid, ckaid ? ckaid_len : 0);
+	sqlite3_bind_int(st, 4, ckaid != NULL);
+	bind_opt(st, 5, extra, extra ? extra_len : 0);
+	sqlite3_bind_int(st, 6, extra != NULL);
+	sqlite3_bind_int64(st, 7, slot);
+	if ((r = sqlite3_step(st)) != SQLITE_DONE) {
+		r = kh_db_err(hsm->db, r);
+		goto fail;
+	}
+	if (sqlite3_changes(h) == 0) {
+		r = KH_ERR_NOT_FOUND;
+		goto fail;
+	}
+	snprintf(text, sizeof(text), "slot %u", slot);
+	if ((r = kh_audit_append(hsm, actor, "key.settings", text)) != KH_OK)
+		goto fail;
+	sqlite3_finalize(st);
+	return kh_db_commit(hsm->db);
+fail:
+	sqlite3_finalize(st);
+	kh_db_rollback(hsm->db);
+	return r;
+}
+
+int kh_keystore_count(struct kh_hsm *hsm, uint32_t lo, uint32_t hi, uint64_t *count)
+{
+	sqlite3 *h = kh_db_sqlite(hsm->db);
+	sqlite3_stmt *q = NULL;
+	int r;
+
+	kh_db_lock(hsm->db);
+	if (sqlite3_prepare_v2(h, "SELECT count(*) FROM keys WHERE slot BETWEEN ? AND ?", -1, &q,
+	                       NULL) != SQLITE_OK) {
+		r = kh_db_err(hsm->db, sqlite3_errcode(h));
+		goto out;
+	}
+	sqlite3_bind_int64(q, 1, lo);
+	sqlite3_bind_int64(q, 2, hi);
+	if ((r = sqlite3_step(q)) == SQLITE_ROW) {
+		*count = (uint64_t)sqlite3_column_int64(q, 0);
+		r = KH_OK;
+	} else {
+		r = kh_db_err(hsm->db, r);
+	}
+out:
+	sqlite3_finalize(q);
+	kh_db_unlock(hsm->db);
+	return r;
+}
+
+int kh_keystore_list(struct kh_hsm *hsm, uint32_t from, struct kh_key_summary *out, size_t max,
+                     size_t *n, bool *more)
+{
+	sqlite3 *h = kh_db_sqlite(hsm->db);
+	sqlite3_stmt *q = NULL;
+	struct kh_key_row row;
+	int r, rc;
+
+	*n = 0;
+	*more = false;
+	kh_db_lock(hsm->db);
+	if (sqlite3_prepare_v2(h, "SELECT " COLS " FROM keys WHERE slot >= ? ORDER BY slot LIMIT ?",
+	                       -1, &q, NULL) != SQLITE_OK) {
+		r = kh_db_err(hsm->db, sqlite3_errcode(h));
+		goto out;
+	}
+	sqlite3_bind_int64(q, 1, from);
+	sqlite3_bind_int64(q, 2, (sqlite3_int64)max + 1);
+	r = KH_OK;
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		if (*n == max) {
+			*more = true;
+			break;
+		}
+		if ((r = row_from(q, &row, true)) != KH_OK)
+			goto out;
+		out[*n].slot = row.slot;
+		memcpy(out[*n].key_id, row.key_id, KH_KEY_ID_LEN);
+		out[*n].major = row.major;
+		memcpy(out[*n].cls, row.cls, sizeof(row.cls));
+		memcpy(out[*n].ktype, row.ktype, sizeof(row.ktype));
+		out[*n].bits = row.bits;
+		(*n)++;
+	}
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		r = kh_db_err(hsm->db, rc);
+out:
+	sqlite3_finalize(q);
+	kh_db_unlock(hsm->db);
+	return r;
+}
+
+int kh_keystore_foreach(struct kh_hsm *hsm, int (*fn)(void *arg, const struct kh_key_row *row),
+                        void *arg)
+{
+	sqlite3 *h = kh_db_sqlite(hsm->db);
+	sqlite3_stmt *q = NULL;
+	struct kh_key_row row;
+	int r, rc;
+
+	kh_db_lock(hsm->db);
+	if (sqlite3_prepare_v2(h, "SELECT " COLS " FROM keys ORDER BY slot", -1, &q, NULL) !=
+	    SQLITE_OK) {
+		r = kh_db_err(hsm->db, sqlite3_errcode(h));
+		goto out;
+	}
+	r = KH_OK;
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		if ((r = row_from(q, &row, false)) != KH_OK)
+			goto out;
+		r = fn(arg, &row);
+		kh_keystore_row_free(&row);
+		if (r != KH_OK)
+			goto out;
+	}
+	if (rc != SQLITE_DONE)
+		r = kh_db_err(hsm->db, rc);
+out:
+	sqlite3_finalize(q);
+	kh_db_unlock(hsm->db);
+	return r;
+}

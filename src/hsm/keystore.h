@@ -1,0 +1,98 @@
+/*
+ * The key table's stored form. Every key is wrapped under its major key
+ * (FTK or PMK) with kh_mk_seal, and the associated data binds slot, key
+ * identifier, major key, class, type, length and the canonical bound
+ * attributes: editing any of those columns makes the key unusable, never
+ * weaker. Label, CKA_ID and other descriptive attributes sit beside it.
+ * Nothing here returns key material except kh_keystore_unwrap (secure heap).
+ */
+#ifndef KH_KEYSTORE_H
+#define KH_KEYSTORE_H
+
+#include "hsm/hsm.h"
+#include "hsm/majorkey.h"
+
+#define KH_KEY_ID_LEN 16
+#define KH_KS_NAME_MAX 16 /* class and ktype, NUL included */
+#define KH_KS_ATTRS_MAX 4096
+#define KH_KS_MATERIAL_MAX 16384
+#define KH_KS_DESC_MAX 65536 /* label, ckaid, extra each */
+
+/* Flags for kh_keystore_put. */
+#define KH_KS_REPLACE 0x1 /* overwrite whatever is in the slot */
+#define KH_KS_NEW_ID 0x2  /* make a fresh random key_id (written back to row) */
+#define KH_KS_QUIET 0x4   /* no audit entry: the caller audits the whole operation */
+
+/* One row of table keys. Buffers returned by kh_keystore_get/foreach are
+ * owned by the row (kh_keystore_row_free); for put the caller's buffers are
+ * only read. A zero-length descriptive field is stored as NULL. */
+struct kh_key_row {
+	uint32_t slot;
+	uint8_t key_id[KH_KEY_ID_LEN];
+	enum kh_mk_id major;        /* KH_MK_FTK or KH_MK_PMK */
+	char cls[KH_KS_NAME_MAX];   /* e.g. "secret", "private", "public" */
+	char ktype[KH_KS_NAME_MAX]; /* e.g. "AES", "RSA", "EC" */
+	uint32_t bits;
+	uint8_t *attrs; /* canonical bound attributes */
+	size_t attrs_len;
+	uint8_t *wrapped; /* nonce || ciphertext || tag (get only) */
+	size_t wrapped_len;
+	uint8_t *label;
+	size_t label_len;
+	uint8_t *ckaid;
+	size_t ckaid_len;
+	uint8_t *extra;
+	size_t extra_len;
+	int64_t created; /* 0: put sets it to the HSM clock (callers
+	                  * inside a transaction must set it: reading
+	                  * the clock takes hsm->mu) */
+};
+
+struct kh_key_summary {
+	uint32_t slot;
+	uint8_t key_id[KH_KEY_ID_LEN];
+	enum kh_mk_id major;
+	char cls[KH_KS_NAME_MAX];
+	char ktype[KH_KS_NAME_MAX];
+	uint32_t bits;
+};
+
+void kh_keystore_row_free(struct kh_key_row *row);
+
+/* Wrap material under row->major and store the row (one transaction, with
+ * an audit entry unless KH_KS_QUIET). KH_ERR_EXISTS if the slot is taken
+ * (without KH_KS_REPLACE) or the key_id is already used by another slot;
+ * KH_ERR_MAJOR_KEY_NOT_LOADED if the major key is missing. */
+KH_MUST_CHECK int kh_keystore_put(struct kh_hsm *hsm, struct kh_key_row *row,
+                                  const uint8_t *material, size_t mlen, unsigned flags,
+                                  const char *actor);
+/* Store a row whose wrapped form was made elsewhere (a group member with
+ * the same major key): it is verified to open here before it is stored. */
+KH_MUST_CHECK int kh_keystore_put_wrapped(struct kh_hsm *hsm, const struct kh_key_row *row,
+                                          unsigned flags, const char *actor);
+/* KH_ERR_NOT_FOUND if the slot is empty. */
+KH_MUST_CHECK int kh_keystore_delete(struct kh_hsm *hsm, uint32_t slot, const char *actor);
+KH_MUST_CHECK int kh_keystore_get(struct kh_hsm *hsm, uint32_t slot, struct kh_key_row *out);
+/* Replace descriptive fields; a NULL pointer leaves that field unchanged. */
+KH_MUST_CHECK int kh_keystore_set_desc(struct kh_hsm *hsm, uint32_t slot, const uint8_t *label,
+                                       size_t label_len, const uint8_t *ckaid, size_t ckaid_len,
+                                       const uint8_t *extra, size_t extra_len, const char *actor);
+/* Unwrap a row's material into a fresh secure-heap buffer
+ * (kh_secure_free(*material, *mlen)). KH_ERR_CRYPTO if any bound column
+ * was altered; KH_ERR_MAJOR_KEY_NOT_LOADED if its major key is missing. */
+KH_MUST_CHECK int kh_keystore_unwrap(struct kh_hsm *hsm, const struct kh_key_row *row,
+                                     uint8_t **material, size_t *mlen);
+
+/* Number of keys, optionally only those in [lo, hi]. */
+KH_MUST_CHECK int kh_keystore_count(struct kh_hsm *hsm, uint32_t lo, uint32_t hi, uint64_t *count);
+/* Up to max summaries of slots >= from, in slot order; *more tells whether
+ * further rows exist. */
+KH_MUST_CHECK int kh_keystore_list(struct kh_hsm *hsm, uint32_t from, struct kh_key_summary *out,
+                                   size_t max, size_t *n, bool *more);
+/* Call fn for every row in slot order (under the database lock: fn must
+ * not start a transaction). A non-OK return from fn stops and is returned. */
+KH_MUST_CHECK int kh_keystore_foreach(struct kh_hsm *hsm,
+                                      int (*fn)(void *arg, const struct kh_key_row *row),
+                                      void *arg);
+
+#endif

@@ -1,0 +1,548 @@
+/* Unit tests for backups: a backup made on one device restores onto a
+ * second device holding the same BEK and other PMK/FTK (keys re-wrapped
+ * and usable); a wrong BEK, a truncated or garbled backup, or a missing
+ * major key changes nothing; the decoders refuse every malformed input. */
+#include "kh_testutil.h"
+#include "hsm/audit.h"
+#include "hsm/backup.h"
+#include "hsm/db.h"
+#include "hsm/keystore.h"
+#include "hsm/majorkey.h"
+#include "common/kh_mem.h"
+
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char resp[1 << 20];
+static char req[1 << 20];
+static uint8_t kb[32], kb_other[32], kp1[32], kp2[32], kf1[32], kf2[32];
+static uint8_t m1[32], m2[24], m3[1];
+
+static void admin(struct kh_hsm *hsm, struct kh_session *s)
+{
+	kh_test_session(s, KH_PORT_ADMIN);
+	s->nident = 2;
+	snprintf(s->ident[0], KH_NAME_MAX, "Admin1");
+	snprintf(s->ident[1], KH_NAME_MAX, "Admin2");
+	s->role.perms = ~0ULL;
+	s->role.logins_required = 2;
+	s->role.ports = KH_PORT_ADMIN;
+	s->active = true;
+	s->role_gen = atomic_load(&hsm->role_gen);
+}
+
+static int call(struct kh_hsm *hsm, struct kh_session *s)
+{
+	int r = kh_test_call(hsm, s, req, resp, sizeof(resp));
+	/* a config restore bumps role_gen; this test session is not a real login */
+	s->role_gen = atomic_load(&hsm->role_gen);
+	return r;
+}
+
+static const char *field(const char *tag)
+{
+	static char out[1 << 20];
+	char pat[4] = {';', tag[0], tag[1], '\0'};
+	const char *p = strstr(resp, pat);
+	out[0] = '\0';
+	if (p == NULL)
+		return out;
+	p += 3;
+	size_t n = strcspn(p, ";");
+	memcpy(out, p, n);
+	out[n] = '\0';
+	return out;
+}
+
+static void load(struct kh_hsm *hsm, enum kh_mk_id id, const uint8_t *k)
+{
+	assert_int_equal(kh_mk_load(hsm, id, k, 32, "unit", "majorkey.load", "t", NULL), KH_OK);
+}
+
+static int db_exec(struct kh_hsm *hsm, const char *sql)
+{
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(kh_db_sqlite(hsm->db), sql, -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return rc;
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int64_t db_int(struct kh_hsm *hsm, const char *sql)
+{
+	sqlite3_stmt *st;
+	int64_t v;
+	assert_int_equal(sqlite3_prepare_v2(kh_db_sqlite(hsm->db), sql, -1, &st, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	v = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return v;
+}
+
+/* SHA-256 over every row of the tables a restore may change. */
+static void fingerprint(struct kh_hsm *hsm, uint8_t out[32])
+{
+	static const char *const q[] = {
+	    "SELECT * FROM settings WHERE key <> 'audit_head' ORDER BY key",
+	    "SELECT * FROM roles ORDER BY id",
+	    "SELECT * FROM identities ORDER BY id",
+	    "SELECT * FROM keys ORDER BY slot",
+	    "SELECT * FROM major_keys ORDER BY name",
+	};
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	unsigned int len = 0;
+	assert_int_equal(EVP_DigestInit_ex(md, EVP_sha256(), NULL), 1);
+	for (size_t i = 0; i < sizeof(q) / sizeof(q[0]); i++) {
+		sqlite3_stmt *st;
+		assert_int_equal(sqlite3_prepare_v2(kh_db_sqlite(hsm->db), q[i], -1, &st, NULL),
+		                 SQLITE_OK);
+		while (sqlite3_step(st) == SQLITE_ROW) {
+			for (int c = 0; c < sqlite3_column_count(st); c++) {
+				int n = sqlite3_column_bytes(st, c);
+				const void *b = sqlite3_column_blob(st, c);
+				EVP_DigestUpdate(md, &n, sizeof(n));
+				if (n)
+					EVP_DigestUpdate(md, b, (size_t)n);
+			}
+		}
+		sqlite3_finalize(st);
+	}
+	assert_int_equal(EVP_DigestFinal_ex(md, out, &len), 1);
+	EVP_MD_CTX_free(md);
+}
+
+static void put_key(struct kh_hsm *hsm, uint32_t slot, enum kh_mk_id major, const uint8_t *m,
+                    size_t n, const char *label)
+{
+	static uint8_t attrs[] = {0x10, 0x20, 0x30};
+	struct kh_key_row t;
+	memset(&t, 0, sizeof(t));
+	t.slot = slot;
+	t.major = major;
+	strcpy(t.cls, slot == 3 ? "data" : "secret");
+	strcpy(t.ktype, slot == 2 ? "HMAC" : "AES");
+	t.bits = (uint32_t)n * 8;
+	t.attrs = slot == 3 ? NULL : attrs;
+	t.attrs_len = slot == 3 ? 0 : sizeof(attrs);
+	t.label = (uint8_t *)(uintptr_t)label;
+	t.label_len = label ? strlen(label) : 0;
+	assert_int_equal(kh_keystore_put(hsm, &t, m, n, KH_KS_NEW_ID, "unit"), KH_OK);
+}
+
+/* Device A: BEK kb, PMK kp1, FTK kf1, three keys, an extra role and identity. */
+static void setup_a(struct kh_hsm *a)
+{
+	load(a, KH_MK_BEK, kb);
+	load(a, KH_MK_PMK, kp1);
+	load(a, KH_MK_FTK, kf1);
+	put_key(a, 1, KH_MK_PMK, m1, sizeof(m1), "first");
+	put_key(a, 2, KH_MK_FTK, m2, sizeof(m2), NULL);
+	put_key(a, 3, KH_MK_PMK, m3, sizeof(m3), "third");
+	assert_int_equal(db_exec(a, "INSERT INTO roles(name, perms, ranges, commands, "
+	                            "logins_required, ports, sources) VALUES('App One', 'keys', "
+	                            "'S:1000-1999', 'ECHO,RAND', 1, 1, 1)"),
+	                 SQLITE_OK);
+	assert_int_equal(db_exec(a,
+	                         "INSERT INTO identities(name, role_id, pw_hash, pw_salt, "
+	                         "pw_params, must_change, created, changed) SELECT 'app.user', id, "
+	                         "x'0011223344', x'AABB', 'scrypt:15:8:1', 0, 1, 2 FROM roles "
+	                         "WHERE name='App One'"),
+	                 SQLITE_OK);
+	assert_int_equal(kh_db_setting_put_int(a->db, "lockout_threshold", 7), KH_OK);
+	assert_int_equal(kh_db_setting_put_int(a->db, "clock_offset", 5000), KH_OK);
+}
+
+static void backup(struct kh_hsm *a, struct kh_session *s, const char *scope, char **bd)
+{
+	if (scope)
+		snprintf(req, sizeof(req), "[AOBKUP;SC%s;]", scope);
+	else
+		snprintf(req, sizeof(req), "[AOBKUP;]");
+	assert_int_equal(call(a, s), KH_OK);
+	*bd = strdup(field("BD"));
+	assert_non_null(*bd);
+	assert_true(strlen(*bd) > 2 * (KH_BACKUP_HDR_LEN + KH_MK_SEAL_OVERHEAD));
+}
+
+static int restore(struct kh_hsm *b, struct kh_session *s, const char *bd)
+{
+	int n = snprintf(req, sizeof(req), "[AOBKRS;BD%s;]", bd);
+	assert_true(n > 0 && (size_t)n < sizeof(req));
+	return call(b, s);
+}
+
+struct events {
+	char last[8][64];
+	size_t n;
+};
+
+static int collect(void *arg, const struct kh_audit_entry *e)
+{
+	struct events *ev = arg;
+	snprintf(ev->last[ev->n % 8], 64, "%s", e->event);
+	ev->n++;
+	return KH_OK;
+}
+
+static bool audited(struct kh_hsm *hsm, const char *event)
+{
+	struct events ev = {0};
+	uint64_t count = 0, next = 0;
+	assert_int_equal(kh_audit_count(hsm, &count), KH_OK);
+	assert_int_equal(kh_audit_read(hsm, count > 8 ? count - 7 : 1, 8, collect, &ev, &next),
+	                 KH_OK);
+	for (size_t i = 0; i < 8 && i < ev.n; i++)
+		if (strcmp(ev.last[i], event) == 0)
+			return true;
+	return false;
+}
+
+static void assert_key(struct kh_hsm *hsm, uint32_t slot, const uint8_t *m, size_t n)
+{
+	struct kh_key_row row;
+	uint8_t *out = NULL;
+	size_t olen = 0;
+	assert_int_equal(kh_keystore_get(hsm, slot, &row), KH_OK);
+	assert_int_equal(kh_keystore_unwrap(hsm, &row, &out, &olen), KH_OK);
+	assert_int_equal(olen, n);
+	assert_memory_equal(out, m, n);
+	kh_secure_free(out, olen);
+	kh_keystore_row_free(&row);
+}
+
+static void test_backup_restore_other_device(void **state)
+{
+	struct kh_hsm a, b;
+	struct kh_session sa, sb;
+	char da[256], db[256], kcv[7], serial_b[32], serial_after[32];
+	char *bd = NULL;
+	struct kh_key_row ra, rb;
+	uint64_t gen;
+
+	kh_test_hsm_open(&a, da);
+	kh_test_hsm_open(&b, db);
+	admin(&a, &sa);
+	admin(&b, &sb);
+	setup_a(&a);
+	backup(&a, &sa, NULL, &bd);
+	assert_int_equal(kh_mk_kcv(kb, 32, kcv), KH_OK);
+	assert_string_equal(field("KV"), kcv);
+	assert_true(audited(&a, "backup.create"));
+	/* the backup carries no key material in clear */
+	{
+		char hx[65];
+		kh_hex_encode(m1, sizeof(m1), hx);
+		assert_null(strstr(bd, hx));
+		kh_hex_encode(m2, sizeof(m2), hx);
+		assert_null(strstr(bd, hx));
+	}
+
+	/* device B: same BEK, other PMK and FTK, a key of its own */
+	load(&b, KH_MK_BEK, kb);
+	load(&b, KH_MK_PMK, kp2);
+	load(&b, KH_MK_FTK, kf2);
+	put_key(&b, 9, KH_MK_PMK, m1, sizeof(m1), "b only");
+	assert_int_equal(kh_db_setting_get_str(b.db, "serial", serial_b, sizeof(serial_b)), KH_OK);
+	assert_int_equal(b.lockout_threshold, 5);
+	gen = atomic_load(&b.role_gen);
+
+	assert_int_equal(restore(&b, &sb, bd), KH_OK);
+	assert_string_equal(field("KC"), "3");
+	assert_string_equal(field("RC"), "3");
+	assert_string_equal(field("IC"), "3");
+	assert_true(audited(&b, "backup.restore"));
+	assert_true(atomic_load(&b.role_gen) > gen);
+
+	/* keys: same ids and material, re-wrapped under B's PMK/FTK */
+	assert_int_equal(kh_keystore_get(&b, 9, &rb), KH_ERR_NOT_FOUND);
+	assert_key(&b, 1, m1, sizeof(m1));
+	assert_key(&b, 2, m2, sizeof(m2));
+	assert_key(&b, 3, m3, sizeof(m3));
+	for (uint32_t slot = 1; slot <= 3; slot++) {
+		assert_int_equal(kh_keystore_get(&a, slot, &ra), KH_OK);
+		assert_int_equal(kh_keystore_get(&b, slot, &rb), KH_OK);
+		assert_memory_equal(ra.key_id, rb.key_id, KH_KEY_ID_LEN);
+		assert_int_equal(ra.major, rb.major);
+		assert_string_equal(ra.cls, rb.cls);
+		assert_string_equal(ra.ktype, rb.ktype);
+		assert_int_equal(ra.attrs_len, rb.attrs_len);
+		assert_int_equal(ra.label_len, rb.label_len);
+		assert_int_equal(ra.created, rb.created);
+		assert_int_equal(ra.wrapped_len, rb.wrapped_len);
+		assert_memory_not_equal(ra.wrapped, rb.wrapped, ra.wrapped_len);
+		/* A's wrapped form means nothing under B's major keys */
+		assert_int_equal(kh_keystore_put_wrapped(&b, &ra, KH_KS_REPLACE, "unit"),
+		                 KH_ERR_CRYPTO);
+		kh_keystore_row_free(&ra);
+		kh_keystore_row_free(&rb);
+	}
+	/* config: roles, identities and settings, but not device settings */
+	assert_int_equal(db_int(&b, "SELECT count(*) FROM roles WHERE name='App One' AND "
+	                            "ranges='S:1000-1999'"),
+	                 1);
+	assert_int_equal(db_int(&b, "SELECT count(*) FROM identities i JOIN roles r ON "
+	                            "i.role_id=r.id WHERE i.name='app.user' AND r.name='App One' "
+	                            "AND i.pw_hash=x'0011223344'"),
+	                 1);
+	assert_int_equal(b.lockout_threshold, 7);
+	assert_int_equal(kh_db_setting_get_int(b.db, "clock_offset", 0), 0);
+	assert_int_equal(kh_db_setting_get_str(b.db, "serial", serial_after, sizeof(serial_after)),
+	                 KH_OK);
+	assert_string_equal(serial_after, serial_b);
+
+	/* a keys-only backup leaves config alone, and the reverse */
+	free(bd);
+	assert_int_equal(kh_db_setting_put_int(b.db, "lockout_threshold", 9), KH_OK);
+	backup(&a, &sa, "keys", &bd);
+	assert_int_equal(restore(&b, &sb, bd), KH_OK);
+	assert_string_equal(field("RC"), "0");
+	assert_string_equal(field("KC"), "3");
+	assert_int_equal(kh_db_setting_get_int(b.db, "lockout_threshold", 0), 9);
+	free(bd);
+	put_key(&b, 50, KH_MK_FTK, m2, sizeof(m2), NULL);
+	backup(&a, &sa, "config", &bd);
+	assert_int_equal(restore(&b, &sb, bd), KH_OK);
+	assert_string_equal(field("KC"), "0");
+	assert_key(&b, 50, m2, sizeof(m2));
+	assert_int_equal(kh_db_setting_get_int(b.db, "lockout_threshold", 0), 7);
+	free(bd);
+
+	snprintf(req, sizeof(req), "[AOBKUP;SCeverything;]");
+	assert_int_equal(call(&a, &sa), KH_ERR_BAD_FIELD);
+	kh_test_hsm_close(&b, db);
+	kh_test_hsm_close(&a, da);
+	(void)state;
+}
+
+static void test_refusals_change_nothing(void **state)
+{
+	struct kh_hsm a, c;
+	struct kh_session sa, sc;
+	char da[256], dc[256], *bd = NULL, *bad;
+	uint8_t before[32], after[32];
+	size_t len;
+
+	kh_test_hsm_open(&a, da);
+	kh_test_hsm_open(&c, dc);
+	admin(&a, &sa);
+	admin(&c, &sc);
+	setup_a(&a);
+	backup(&a, &sa, NULL, &bd);
+	len = strlen(bd);
+	bad = malloc(len + 3);
+	assert_non_null(bad);
+
+	/* C: no BEK at all */
+	load(&c, KH_MK_PMK, kp2);
+	put_key(&c, 4, KH_MK_PMK, m1, sizeof(m1), "c");
+	fingerprint(&c, before);
+	assert_int_equal(restore(&c, &sc, bd), KH_ERR_MAJOR_KEY_NOT_LOADED);
+	assert_non_null(strstr(resp, "BEK"));
+	snprintf(req, sizeof(req), "[AOBKUP;]");
+	assert_int_equal(call(&c, &sc), KH_ERR_MAJOR_KEY_NOT_LOADED);
+
+	fingerprint(&c, after);
+	assert_memory_equal(before, after, 32);
+
+	/* C: another BEK */
+	load(&c, KH_MK_BEK, kb_other);
+	fingerprint(&c, before);
+	assert_int_equal(restore(&c, &sc, bd), KH_ERR_BACKUP_INVALID);
+	{
+		char k1[7], k2[7];
+		assert_int_equal(kh_mk_kcv(kb, 32, k1), KH_OK);
+		assert_int_equal(kh_mk_kcv(kb_other, 32, k2), KH_OK);
+		assert_non_null(strstr(resp, k1));
+		assert_non_null(strstr(resp, k2));
+	}
+	fingerprint(&c, after);
+	assert_memory_equal(before, after, 32);
+
+	/* C: the right BEK but no FTK for key 2 */
+	assert_int_equal(kh_mk_erase(&c, KH_MK_BEK, "unit"), KH_OK);
+	load(&c, KH_MK_BEK, kb);
+	fingerprint(&c, before);
+	assert_int_equal(restore(&c, &sc, bd), KH_ERR_MAJOR_KEY_NOT_LOADED);
+	assert_non_null(strstr(resp, "FTK"));
+	fingerprint(&c, after);
+	assert_memory_equal(before, after, 32);
+
+	/* truncated and garbled backups */
+	const size_t hdr = 2 * KH_BACKUP_HDR_LEN;
+	const size_t cuts[] = {0,       2,      8, hdr, hdr + 24, hdr + 2 * KH_MK_SEAL_OVERHEAD,
+	                       len / 2, len - 2};
+	for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+		memcpy(bad, bd, cuts[i]);
+		bad[cuts[i]] = '\0';
+		int r = restore(&c, &sc, bad);
+		assert_true(r == KH_ERR_BACKUP_INVALID || (cuts[i] == 0 && r == KH_ERR_BAD_FIELD));
+	}
+	/* one flipped nibble: magic, version, scope, KCV, time, nonce, body, tag */
+	const size_t flips[] = {0, 8, 10, 13, 30, hdr + 3, hdr + 30, len / 2, len - 1};
+	for (size_t i = 0; i < sizeof(flips) / sizeof(flips[0]); i++) {
+		memcpy(bad, bd, len + 1);
+		bad[flips[i]] = bad[flips[i]] == 'A' ? 'B' : 'A';
+		assert_int_equal(restore(&c, &sc, bad), KH_ERR_BACKUP_INVALID);
+		assert_non_null(strstr(resp, "EC29;"));
+	}
+	/* a byte appended */
+	memcpy(bad, bd, len);
+	memcpy(bad + len, "00", 3);
+	assert_int_equal(restore(&c, &sc, bad), KH_ERR_BACKUP_INVALID);
+	/* not hex, odd length, missing */
+	memcpy(bad, bd, len + 1);
+	bad[len / 2] = 'Z';
+	assert_int_equal(restore(&c, &sc, bad), KH_ERR_BAD_FIELD);
+	memcpy(bad, bd, len - 1);
+	bad[len - 1] = '\0';
+	assert_int_equal(restore(&c, &sc, bad), KH_ERR_BAD_FIELD);
+	snprintf(req, sizeof(req), "[AOBKRS;]");
+	assert_int_equal(call(&c, &sc), KH_ERR_MISSING_FIELD);
+	fingerprint(&c, after);
+	assert_memory_equal(before, after, 32);
+
+	/* with the FTK loaded the same backup goes in */
+	load(&c, KH_MK_FTK, kf2);
+	assert_int_equal(restore(&c, &sc, bd), KH_OK);
+	assert_key(&c, 2, m2, sizeof(m2));
+	free(bad);
+	free(bd);
+	kh_test_hsm_close(&c, dc);
+	kh_test_hsm_close(&a, da);
+	(void)state;
+}
+
+/* The decoders on their own, as a fuzz target calls them. */
+static void test_decoders(void **state)
+{
+	struct kh_hsm a;
+	struct kh_backup_hdr h;
+	struct kh_backup_counts cnt;
+	char da[256];
+	uint8_t *file = NULL, *pt = NULL, *mut = NULL;
+	size_t flen = 0, ptlen = 0;
+
+	kh_test_hsm_open(&a, da);
+	setup_a(&a);
+	assert_int_equal(kh_backup_create(&a, KH_BACKUP_ALL, "unit", &file, &flen, &cnt), KH_OK);
+	assert_int_equal(cnt.keys, 3);
+	assert_int_equal(cnt.roles, 3);
+	assert_int_equal(kh_backup_parse_header(file, flen, &h), KH_OK);
+	assert_int_equal(h.scope, KH_BACKUP_ALL);
+	assert_int_equal(h.version, 1);
+	assert_true(h.created > 0);
+	/* header: every field */
+	{
+		uint8_t hb[KH_BACKUP_HDR_LEN + KH_MK_SEAL_OVERHEAD];
+		memcpy(hb, file, sizeof(hb));
+		assert_int_equal(kh_backup_parse_header(hb, sizeof(hb), &h), KH_OK);
+		assert_int_equal(kh_backup_parse_header(hb, sizeof(hb) - 1, &h),
+		                 KH_ERR_BACKUP_INVALID);
+		hb[4] = 2;
+		assert_int_equal(kh_backup_parse_header(hb, sizeof(hb), &h), KH_ERR_BACKUP_INVALID);
+		hb[4] = 1;
+		hb[5] = 0;
+		assert_int_equal(kh_backup_parse_header(hb, sizeof(hb), &h), KH_ERR_BACKUP_INVALID);
+		hb[5] = 4;
+		assert_int_equal(kh_backup_parse_header(hb, sizeof(hb), &h), KH_ERR_BACKUP_INVALID);
+		hb[5] = 3;
+		hb[6] = 'g';
+		assert_int_equal(kh_backup_parse_header(hb, sizeof(hb), &h), KH_ERR_BACKUP_INVALID);
+		hb[6] = '0';
+		hb[0] = 'X';
+		assert_int_equal(kh_backup_parse_header(hb, sizeof(hb), &h), KH_ERR_BACKUP_INVALID);
+		assert_int_equal(kh_backup_parse_header(NULL, 0, &h), KH_ERR_BACKUP_INVALID);
+	}
+	/* body: decrypt it here (as restore does) and attack the decoder */
+	pt = malloc(flen);
+	assert_non_null(pt);
+	assert_int_equal(kh_mk_open_ex(&a, KH_MK_BEK, "keyhold backup v1", file, KH_BACKUP_HDR_LEN,
+	                               file + KH_BACKUP_HDR_LEN, flen - KH_BACKUP_HDR_LEN, pt,
+	                               &ptlen),
+	                 KH_OK);
+	assert_int_equal(kh_backup_decode(pt, ptlen, KH_BACKUP_ALL, NULL, NULL, &cnt), KH_OK);
+	assert_int_equal(cnt.keys, 3);
+	assert_int_equal(cnt.identities, 3);
+	assert_true(cnt.needs[KH_MK_PMK] && cnt.needs[KH_MK_FTK] && !cnt.needs[KH_MK_BEK]);
+	assert_non_null(memmem(pt, ptlen, m1, sizeof(m1)));
+	/* wrong scope, every truncation, a trailing byte */
+	assert_int_equal(kh_backup_decode(pt, ptlen, KH_BACKUP_KEYS, NULL, NULL, NULL),
+	                 KH_ERR_BACKUP_INVALID);
+	assert_int_equal(kh_backup_decode(pt, ptlen, KH_BACKUP_CONFIG, NULL, NULL, NULL),
+	                 KH_ERR_BACKUP_INVALID);
+	assert_int_equal(kh_backup_decode(pt, ptlen, 0, NULL, NULL, NULL), KH_ERR_BACKUP_INVALID);
+	assert_int_equal(kh_backup_decode(pt, ptlen, 8, NULL, NULL, NULL), KH_ERR_BACKUP_INVALID);
+	for (size_t n = 0; n < ptlen; n++) {
+		mut = malloc(n ? n : 1); /* exact-size copies let ASan see any overread */
+		memcpy(mut, pt, n);
+		assert_int_equal(kh_backup_decode(mut, n, KH_BACKUP_ALL, NULL, NULL, NULL),
+		                 KH_ERR_BACKUP_INVALID);
+		free(mut);
+	}
+	mut = malloc(ptlen + 1);
+	memcpy(mut, pt, ptlen);
+	mut[ptlen] = 0;
+	assert_int_equal(kh_backup_decode(mut, ptlen + 1, KH_BACKUP_ALL, NULL, NULL, NULL),
+	                 KH_ERR_BACKUP_INVALID);
+	/* every byte changed in turn: never a crash; length and count fields
+	 * set to their maximum must be refused */
+	size_t refused = 0;
+	for (size_t i = 0; i < ptlen; i++) {
+		memcpy(mut, pt, ptlen);
+		mut[i] = 0xFF;
+		if (kh_backup_decode(mut, ptlen, KH_BACKUP_ALL, NULL, NULL, NULL) != KH_OK)
+			refused++;
+		mut[i] ^= 0x5A;
+		KH_IGNORE(kh_backup_decode(mut, ptlen, KH_BACKUP_ALL, NULL, NULL, NULL) != KH_OK);
+	}
+	assert_true(refused > 0);
+	/* a minimal valid body of each scope */
+	{
+		static const uint8_t keys0[] = {'K', 'H', 'B', 'P', 0, 0, 0, 0};
+		static const uint8_t cfg0[] = {'K', 'H', 'B', 'P', 0, 0, 0, 0,
+		                               0,   0,   0,   0,   0, 0, 0, 0};
+		static const uint8_t huge[] = {'K', 'H', 'B', 'P', 0xFF, 0xFF, 0xFF, 0xFF};
+		assert_int_equal(
+		    kh_backup_decode(keys0, sizeof(keys0), KH_BACKUP_KEYS, NULL, NULL, &cnt),
+		    KH_OK);
+		assert_int_equal(cnt.keys, 0);
+		assert_int_equal(
+		    kh_backup_decode(cfg0, sizeof(cfg0), KH_BACKUP_CONFIG, NULL, NULL, NULL),
+		    KH_OK);
+		assert_int_equal(
+		    kh_backup_decode(huge, sizeof(huge), KH_BACKUP_KEYS, NULL, NULL, NULL),
+		    KH_ERR_BACKUP_INVALID);
+	}
+	free(mut);
+	kh_wipe(pt, flen);
+	free(pt);
+	free(file);
+	kh_test_hsm_close(&a, da);
+	(void)state;
+}
+
+int main(void)
+{
+	for (int i = 0; i < 32; i++) {
+		kb[i] = (uint8_t)(0xB0 + i);
+		kb_other[i] = (uint8_t)(0xB1 + i);
+		kp1[i] = (uint8_t)(0x10 + i * 3);
+		kp2[i] = (uint8_t)(0x20 + i * 5);
+		kf1[i] = (uint8_t)(0x30 + i * 7);
+		kf2[i] = (uint8_t)(0x40 + i * 9);
+		m1[i] = (uint8_t)(0xD1 ^ (i * 37));
+	}
+	for (int i = 0; i < 24; i++)
+		m2[i] = (uint8_t)(0x6B ^ (i * 41));
+	m3[0] = 0x99;
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_backup_restore_other_device),
+	    cmocka_unit_test(test_refusals_change_nothing),
+	    cmocka_unit_test(test_decoders),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

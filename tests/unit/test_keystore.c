@@ -1,0 +1,351 @@
+/* Unit tests for the key table's stored form: wrapping, retrieval,
+ * replacement, tamper detection on every bound column, replication of the
+ * wrapped form, listing and counting. */
+#include "kh_testutil.h"
+#include "hsm/db.h"
+#include "hsm/keystore.h"
+#include "hsm/majorkey.h"
+#include "common/kh_mem.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static uint8_t pmk[32], ftk[32];
+
+static void load_majors(struct kh_hsm *hsm, const uint8_t *p, const uint8_t *f)
+{
+	if (p)
+		assert_int_equal(
+		    kh_mk_load(hsm, KH_MK_PMK, p, 32, "unit", "majorkey.load", "t", NULL), KH_OK);
+	if (f)
+		assert_int_equal(
+		    kh_mk_load(hsm, KH_MK_FTK, f, 16, "unit", "majorkey.load", "t", NULL), KH_OK);
+}
+
+static void template(struct kh_key_row *r, uint32_t slot, enum kh_mk_id major)
+{
+	static uint8_t attrs[] = {0x01, 0x02, 0x03, 0x04, 0xAA};
+	static uint8_t label[] = "my label";
+	memset(r, 0, sizeof(*r));
+	r->slot = slot;
+	r->major = major;
+	strcpy(r->cls, "secret");
+	strcpy(r->ktype, "AES");
+	r->bits = 256;
+	r->attrs = attrs;
+	r->attrs_len = sizeof(attrs);
+	r->label = label;
+	r->label_len = sizeof(label) - 1;
+}
+
+static void material(uint8_t m[32], uint8_t seed)
+{
+	for (int i = 0; i < 32; i++)
+		m[i] = (uint8_t)(seed + i * 11);
+}
+
+static int db_exec(struct kh_hsm *hsm, const char *sql)
+{
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(kh_db_sqlite(hsm->db), sql, -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return rc;
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static void assert_unwraps(struct kh_hsm *hsm, uint32_t slot, const uint8_t *m, size_t n)
+{
+	struct kh_key_row row;
+	uint8_t *out = NULL;
+	size_t olen = 0;
+	assert_int_equal(kh_keystore_get(hsm, slot, &row), KH_OK);
+	assert_int_equal(kh_keystore_unwrap(hsm, &row, &out, &olen), KH_OK);
+	assert_int_equal(olen, n);
+	assert_memory_equal(out, m, n);
+	kh_secure_free(out, olen);
+	kh_keystore_row_free(&row);
+}
+
+static void test_put_get_unwrap(void **state)
+{
+	struct kh_hsm hsm;
+	struct kh_key_row t, row;
+	uint8_t m[32], zero[KH_KEY_ID_LEN] = {0}, id1[KH_KEY_ID_LEN];
+	char dir[256];
+
+	kh_test_hsm_open(&hsm, dir);
+	material(m, 1);
+	template(&t, 10, KH_MK_PMK);
+	assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID, "unit"),
+	                 KH_ERR_MAJOR_KEY_NOT_LOADED);
+	load_majors(&hsm, pmk, ftk);
+	assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID, "unit"), KH_OK);
+	assert_memory_not_equal(t.key_id, zero, KH_KEY_ID_LEN);
+	assert_true(t.created > 0);
+	memcpy(id1, t.key_id, KH_KEY_ID_LEN);
+
+	assert_int_equal(kh_keystore_get(&hsm, 10, &row), KH_OK);
+	assert_int_equal(row.slot, 10);
+	assert_memory_equal(row.key_id, id1, KH_KEY_ID_LEN);
+	assert_int_equal(row.major, KH_MK_PMK);
+	assert_string_equal(row.cls, "secret");
+	assert_string_equal(row.ktype, "AES");
+	assert_int_equal(row.bits, 256);
+	assert_int_equal(row.attrs_len, 5);
+	assert_int_equal(row.label_len, 8);
+	assert_memory_equal(row.label, "my label", 8);
+	assert_null(row.ckaid);
+	assert_int_equal(row.wrapped_len, 32 + KH_MK_SEAL_OVERHEAD);
+	assert_null(memmem(row.wrapped, row.wrapped_len, m, 8));
+	kh_keystore_row_free(&row);
+	assert_unwraps(&hsm, 10, m, 32);
+	assert_int_equal(kh_keystore_get(&hsm, 11, &row), KH_ERR_NOT_FOUND);
+
+	/* the slot is taken; replacing keeps nothing of the old key */
+	material(m, 2);
+	assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID, "unit"), KH_ERR_EXISTS);
+	assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID | KH_KS_REPLACE, "unit"),
+	                 KH_OK);
+	assert_memory_not_equal(t.key_id, id1, KH_KEY_ID_LEN);
+	assert_unwraps(&hsm, 10, m, 32);
+	/* a key_id is unique across slots */
+	t.slot = 12;
+	assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, 0, "unit"), KH_ERR_EXISTS);
+
+	/* FTK-wrapped key */
+	template(&t, 20, KH_MK_FTK);
+	material(m, 3);
+	assert_int_equal(kh_keystore_put(&hsm, &t, m, 17, KH_KS_NEW_ID, "unit"), KH_OK);
+	assert_unwraps(&hsm, 20, m, 17);
+
+	/* invalid rows */
+	template(&t, 30, KH_MK_BEK);
+	assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID, "unit"), KH_ERR_BAD_FIELD);
+	template(&t, KH_SLOT_MAX + 1, KH_MK_PMK);
+	assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID, "unit"), KH_ERR_BAD_FIELD);
+	template(&t, 30, KH_MK_PMK);
+	strcpy(t.cls, "se;cret");
+	assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID, "unit"), KH_ERR_BAD_FIELD);
+	template(&t, 30, KH_MK_PMK);
+	t.ktype[0] = '\0';
+	assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID, "unit"), KH_ERR_BAD_FIELD);
+	template(&t, 30, KH_MK_PMK);
+	assert_int_equal(kh_keystore_put(&hsm, &t, m, 0, KH_KS_NEW_ID, "unit"), KH_ERR_BAD_FIELD);
+	t.attrs_len = KH_KS_ATTRS_MAX + 1;
+	assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID, "unit"), KH_ERR_BAD_FIELD);
+
+	/* delete */
+	assert_int_equal(kh_keystore_delete(&hsm, 20, "unit"), KH_OK);
+	assert_int_equal(kh_keystore_get(&hsm, 20, &row), KH_ERR_NOT_FOUND);
+	assert_int_equal(kh_keystore_delete(&hsm, 20, "unit"), KH_ERR_NOT_FOUND);
+
+	/* without its major key a key cannot be used */
+	assert_int_equal(kh_mk_erase(&hsm, KH_MK_PMK, "unit"), KH_OK);
+	assert_int_equal(kh_keystore_get(&hsm, 10, &row), KH_OK);
+	uint8_t *out = NULL;
+	size_t olen = 0;
+	assert_int_equal(kh_keystore_unwrap(&hsm, &row, &out, &olen), KH_ERR_MAJOR_KEY_NOT_LOADED);
+	kh_keystore_row_free(&row);
+	kh_test_hsm_close(&hsm, dir);
+	(void)state;
+}
+
+/* Editing any bound column makes the key unusable; descriptive ones do not. */
+static void test_tamper(void **state)
+{
+	static const struct {
+		const char *sql;
+		uint32_t slot_after;
+	} edits[] = {
+	    {"UPDATE keys SET slot = 101 WHERE slot = 100", 101},
+	    {"UPDATE keys SET key_id = zeroblob(16) WHERE slot = 100", 100},
+	    {"UPDATE keys SET major = 'FTK' WHERE slot = 100", 100},
+	    {"UPDATE keys SET class = 'public' WHERE slot = 100", 100},
+	    {"UPDATE keys SET ktype = 'HMAC' WHERE slot = 100", 100},
+	    {"UPDATE keys SET bits = 128 WHERE slot = 100", 100},
+	    {"UPDATE keys SET attrs = x'0102030400' WHERE slot = 100", 100},
+	    {"UPDATE keys SET attrs = x'01020304' WHERE slot = 100", 100},
+	    {"UPDATE keys SET wrapped = substr(wrapped, 1, 20) || x'00' || substr(wrapped, 22) "
+	     "WHERE slot = 100",
+	     100},
+	    {"UPDATE keys SET wrapped = substr(wrapped, 1, length(wrapped) - 1) WHERE slot = 100",
+	     100},
+	};
+	struct kh_hsm hsm;
+	struct kh_key_row t, row;
+	uint8_t m[32], *out = NULL;
+	size_t olen = 0;
+	char dir[256];
+
+	kh_test_hsm_open(&hsm, dir);
+	load_majors(&hsm, pmk, ftk);
+	material(m, 9);
+	for (size_t e = 0; e < sizeof(edits) / sizeof(edits[0]); e++) {
+		template(&t, 100, KH_MK_PMK);
+		assert_int_equal(
+		    kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID | KH_KS_REPLACE, "unit"), KH_OK);
+		/* the byte edited in the wrapped form must change */
+		assert_int_equal(db_exec(&hsm,
+		                         "UPDATE keys SET wrapped = substr(wrapped, 1, 20) || "
+		                         "x'FF' || substr(wrapped, 22) WHERE slot = 100"),
+		                 SQLITE_OK);
+		assert_int_equal(kh_keystore_get(&hsm, 100, &row), KH_OK);
+		assert_int_equal(kh_keystore_unwrap(&hsm, &row, &out, &olen), KH_ERR_CRYPTO);
+		kh_keystore_row_free(&row);
+		/* start again from a good row */
+		assert_int_equal(
+		    kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID | KH_KS_REPLACE, "unit"), KH_OK);
+		assert_unwraps(&hsm, 100, m, 32);
+		assert_int_equal(db_exec(&hsm, edits[e].sql), SQLITE_OK);
+		assert_int_equal(kh_keystore_get(&hsm, edits[e].slot_after, &row), KH_OK);
+		assert_int_equal(kh_keystore_unwrap(&hsm, &row, &out, &olen), KH_ERR_CRYPTO);
+		kh_keystore_row_free(&row);
+		assert_int_equal(db_exec(&hsm, "DELETE FROM keys"), SQLITE_OK);
+	}
+	/* descriptive columns change freely */
+	template(&t, 100, KH_MK_PMK);
+	assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID, "unit"), KH_OK);
+	assert_int_equal(db_exec(&hsm, "UPDATE keys SET label = x'41', ckaid = x'0102', "
+	                               "extra = x'03' WHERE slot = 100"),
+	                 SQLITE_OK);
+	assert_unwraps(&hsm, 100, m, 32);
+	assert_int_equal(
+	    kh_keystore_set_desc(&hsm, 100, (const uint8_t *)"new", 3, NULL, 0, NULL, 0, "unit"),
+	    KH_OK);
+	assert_int_equal(kh_keystore_get(&hsm, 100, &row), KH_OK);
+	assert_int_equal(row.label_len, 3);
+	assert_memory_equal(row.label, "new", 3);
+	assert_int_equal(row.ckaid_len, 2); /* untouched */
+	kh_keystore_row_free(&row);
+	assert_int_equal(
+	    kh_keystore_set_desc(&hsm, 100, NULL, 0, (const uint8_t *)"", 0, NULL, 0, "unit"),
+	    KH_OK);
+	assert_int_equal(kh_keystore_get(&hsm, 100, &row), KH_OK);
+	assert_int_equal(row.ckaid_len, 0);
+	assert_int_equal(row.label_len, 3);
+	kh_keystore_row_free(&row);
+	assert_int_equal(kh_keystore_set_desc(&hsm, 7, NULL, 0, NULL, 0, NULL, 0, "unit"),
+	                 KH_ERR_NOT_FOUND);
+	assert_unwraps(&hsm, 100, m, 32);
+	kh_test_hsm_close(&hsm, dir);
+	(void)state;
+}
+
+/* A group member with the same major key stores the copied wrapped form;
+ * one with another major key refuses it. */
+static void test_replicate_wrapped(void **state)
+{
+	struct kh_hsm a, b, c;
+	struct kh_key_row t, row;
+	uint8_t m[32], other[32];
+	char da[256], db[256], dc[256];
+
+	kh_test_hsm_open(&a, da);
+	kh_test_hsm_open(&b, db);
+	kh_test_hsm_open(&c, dc);
+	load_majors(&a, pmk, NULL);
+	load_majors(&b, pmk, NULL);
+	memset(other, 0x33, sizeof(other));
+	load_majors(&c, other, NULL);
+	material(m, 40);
+	template(&t, 5, KH_MK_PMK);
+	assert_int_equal(kh_keystore_put(&a, &t, m, 32, KH_KS_NEW_ID, "unit"), KH_OK);
+	assert_int_equal(kh_keystore_get(&a, 5, &row), KH_OK);
+	assert_int_equal(kh_keystore_put_wrapped(&b, &row, 0, "unit"), KH_OK);
+	assert_unwraps(&b, 5, m, 32);
+	{
+		struct kh_key_row rb;
+		assert_int_equal(kh_keystore_get(&b, 5, &rb), KH_OK);
+		assert_memory_equal(rb.key_id, row.key_id, KH_KEY_ID_LEN);
+		assert_int_equal(rb.wrapped_len, row.wrapped_len);
+		assert_memory_equal(rb.wrapped, row.wrapped, row.wrapped_len);
+		kh_keystore_row_free(&rb);
+	}
+	assert_int_equal(kh_keystore_put_wrapped(&c, &row, 0, "unit"), KH_ERR_CRYPTO);
+	assert_int_equal(kh_keystore_get(&c, 5, &t), KH_ERR_NOT_FOUND);
+	/* moving it to another slot on the way is refused too */
+	row.slot = 6;
+	assert_int_equal(kh_keystore_put_wrapped(&b, &row, 0, "unit"), KH_ERR_CRYPTO);
+	kh_keystore_row_free(&row);
+	kh_test_hsm_close(&c, dc);
+	kh_test_hsm_close(&b, db);
+	kh_test_hsm_close(&a, da);
+	(void)state;
+}
+
+struct seen {
+	uint32_t slots[64];
+	size_t n;
+};
+
+static int visit(void *arg, const struct kh_key_row *row)
+{
+	struct seen *s = arg;
+	if (s->n == 64)
+		return KH_ERR_TOO_LARGE;
+	s->slots[s->n++] = row->slot;
+	return row->wrapped_len > KH_MK_SEAL_OVERHEAD ? KH_OK : KH_ERR_INTERNAL;
+}
+
+static void test_count_list(void **state)
+{
+	struct kh_hsm hsm;
+	struct kh_key_row t;
+	struct kh_key_summary sum[4];
+	struct seen seen = {0};
+	uint8_t m[32];
+	uint64_t n = 0;
+	size_t got = 0;
+	bool more = false;
+	char dir[256];
+
+	kh_test_hsm_open(&hsm, dir);
+	load_majors(&hsm, pmk, NULL);
+	material(m, 7);
+	assert_int_equal(kh_keystore_count(&hsm, 0, KH_SLOT_MAX, &n), KH_OK);
+	assert_int_equal(n, 0);
+	for (uint32_t slot = 1; slot <= 10; slot++) {
+		template(&t, slot * 10, KH_MK_PMK);
+		t.bits = slot;
+		assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID, "unit"), KH_OK);
+	}
+	assert_int_equal(kh_keystore_count(&hsm, 0, KH_SLOT_MAX, &n), KH_OK);
+	assert_int_equal(n, 10);
+	assert_int_equal(kh_keystore_count(&hsm, 25, 55, &n), KH_OK);
+	assert_int_equal(n, 3);
+	assert_int_equal(kh_keystore_list(&hsm, 0, sum, 4, &got, &more), KH_OK);
+	assert_int_equal(got, 4);
+	assert_true(more);
+	assert_int_equal(sum[0].slot, 10);
+	assert_int_equal(sum[3].slot, 40);
+	assert_int_equal(sum[3].bits, 4);
+	assert_string_equal(sum[3].ktype, "AES");
+	assert_int_equal(kh_keystore_list(&hsm, 41, sum, 4, &got, &more), KH_OK);
+	assert_int_equal(got, 4);
+	assert_int_equal(sum[0].slot, 50);
+	assert_true(more);
+	assert_int_equal(kh_keystore_list(&hsm, 90, sum, 4, &got, &more), KH_OK);
+	assert_int_equal(got, 2);
+	assert_false(more);
+	assert_int_equal(kh_keystore_foreach(&hsm, visit, &seen), KH_OK);
+	assert_int_equal(seen.n, 10);
+	for (size_t i = 0; i < 10; i++)
+		assert_int_equal(seen.slots[i], (i + 1) * 10);
+	kh_test_hsm_close(&hsm, dir);
+	(void)state;
+}
+
+int main(void)
+{
+	memset(pmk, 0x5C, sizeof(pmk));
+	memset(ftk, 0x3A, sizeof(ftk));
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_put_get_unwrap),
+	    cmocka_unit_test(test_tamper),
+	    cmocka_unit_test(test_replicate_wrapped),
+	    cmocka_unit_test(test_count_list),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
