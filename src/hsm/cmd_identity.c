@@ -213,6 +213,8 @@ KH_ACT(kh_cmd_idmd)
 		goto fail;
 	if ((r = kh_db_commit(c->hsm->db)) != KH_OK)
 		goto out;
+	if (has_rn)
+		atomic_fetch_add(&c->hsm->role_gen, 1); /* sessions re-check their identities */
 	r = kh_msg_put(resp, "BB", "Y");
 	goto out;
 fail:
@@ -250,6 +252,7 @@ KH_ACT(kh_cmd_iddl)
 		goto fail;
 	if ((r = kh_db_commit(c->hsm->db)) != KH_OK)
 		return r;
+	atomic_fetch_add(&c->hsm->role_gen, 1); /* sessions re-check their identities */
 	return kh_msg_put(resp, "BB", "Y");
 fail:
 	kh_db_rollback(c->hsm->db);

@@ -5,6 +5,8 @@
  */
 #include "hsm/dispatch.h"
 #include "hsm/roles.h"
+#include "hsm/identity.h"
+#include "common/kh_mem.h"
 #include "common/kh_buf.h"
 #include "common/kh_log.h"
 
@@ -84,12 +86,35 @@ static int tp_role(struct kh_hsm *hsm, struct kh_role *out)
 	return KH_OK;
 }
 
-/* The logged-in role, refreshed if it changed since login. */
+/* The logged-in role, refreshed if roles or identities changed since login:
+ * an identity that was deleted or moved to another role is logged out of
+ * the session, and the role re-read. */
 static int session_role(struct kh_hsm *hsm, struct kh_session *s)
 {
 	uint64_t gen = atomic_load(&hsm->role_gen);
 	if (s->role_gen == gen)
 		return KH_OK;
+	size_t keep = 0;
+	for (size_t i = 0; i < s->nident; i++) {
+		struct kh_ident id;
+		int r = kh_ident_load(hsm, s->ident[i], &id);
+		if (r == KH_OK && id.role_id == s->role.id) {
+			if (keep != i)
+				memcpy(s->ident[keep], s->ident[i], KH_NAME_MAX);
+			keep++;
+		} else if (r != KH_OK && r != KH_ERR_NOT_FOUND) {
+			return r;
+		}
+	}
+	for (size_t i = keep; i < s->nident; i++)
+		kh_wipe(s->ident[i], KH_NAME_MAX);
+	s->nident = keep;
+	if (keep == 0) {
+		memset(&s->role, 0, sizeof(s->role));
+		s->active = false;
+		s->role_gen = gen;
+		return KH_ERR_NOT_FOUND;
+	}
 	struct kh_role fresh;
 	int r = kh_role_load_by_id(hsm, s->role.id, &fresh);
 	if (r != KH_OK)
@@ -131,7 +156,8 @@ int kh_dispatch(struct kh_hsm *hsm, struct kh_session *s, const struct kh_frame 
 	}
 	if (!(cmd->flags & KH_CF_SESSION)) {
 		if (s->nident > 0 && (r = session_role(hsm, s)) != KH_OK) {
-			snprintf(s->detail, sizeof(s->detail), "logged-in role no longer exists");
+			snprintf(s->detail, sizeof(s->detail),
+				 "the logged-in identities or their role changed: log in again");
 			r = KH_ERR_NOT_LOGGED_IN;
 			goto fail;
 		}

@@ -147,6 +147,30 @@ static void test_admin_settings_and_time(void **state)
 	assert_non_null(strstr(x->out, "FIY;"));
 }
 
+/* A session whose identity is deleted (or moved to another role) loses that
+ * login at its next command instead of keeping the old role's rights. */
+static void test_deleted_identity_logged_out(void **state)
+{
+	struct fx *x = *state;
+	struct kh_session app;
+	char pw[64], req[256];
+	hexstr("app-password-1", pw);
+	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNapp;LQ1;PMkeys;KRS:10-20;CMECHO,GPKM;]"), KH_OK);
+	snprintf(req, sizeof(req), "[AOIDAD;IDappuser;RNapp;PW%s;]", pw);
+	assert_int_equal(CALL(x, &x->admin, req), KH_OK);
+	kh_test_session(&app, KH_PORT_PROD);
+	snprintf(req, sizeof(req), "[AOLOGN;IDappuser;PW%s;]", pw);
+	assert_int_equal(CALL(x, &app, req), KH_OK);
+	assert_true(app.active);
+	assert_int_equal(CALL(x, &app, "[AOGPKM;]"), KH_OK);
+	assert_int_equal(CALL(x, &x->admin, "[AOIDDL;IDappuser;]"), KH_OK);
+	assert_int_equal(CALL(x, &app, "[AOGPKM;]"), KH_ERR_NOT_LOGGED_IN);
+	assert_int_equal(app.nident, 0);
+	assert_false(app.active);
+	/* back to the Transaction Processing role's rights */
+	assert_int_equal(CALL(x, &app, "[AOECHO;]"), KH_OK);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -154,6 +178,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_transaction_processing_defaults, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restricted_role, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_admin_settings_and_time, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_deleted_identity_logged_out, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
