@@ -2,7 +2,7 @@
 """Search a live process's memory for secrets that must not be there.
 
 usage: memscan.py PID NEEDLES_FILE
-NEEDLES_FILE holds one secret per line. Each is searched as raw bytes and as
+NEEDLES_FILE holds one secret per line, hex-encoded. Each is searched as raw bytes and as
 upper- and lower-case hex (the wire form). Prints every hit with its region
 and exits 1 if any was found. Regions larger than 1 GiB (sanitizer shadow
 memory) and unreadable ones are skipped; both are reported.
@@ -18,8 +18,9 @@ def main():
         for line in f.read().splitlines():
             if not line:
                 continue
-            needles.append(line)
-            hx = binascii.hexlify(line)
+            raw = binascii.unhexlify(line.strip())
+            needles.append(raw)
+            hx = binascii.hexlify(raw)
             needles.append(hx.upper())
             needles.append(hx.lower())
     hits = 0
