@@ -208,6 +208,10 @@ static void test_delete(void **state)
 	assert_int_equal(logn(x, &other, "Admin2", "Tr0ub4dor&3-second", NULL), KH_OK);
 	assert_true(other.active);
 	assert_int_equal(CALL(x, &other, "[AOIDDL;IDAdmin1;]"), KH_OK);
+	/* the session that had Admin1 logged in loses that login */
+	assert_int_equal(CALL(x, &x->admin, "[AOIDLS;]"), KH_ERR_NOT_LOGGED_IN);
+	assert_int_equal(x->admin.nident, 1);
+	x->admin = other;
 	assert_int_equal(CALL(x, &x->admin, "[AOIDLS;]"), KH_OK);
 	assert_int_equal(idad(x, "Admin4", "Administrator", "admin-password-4", NULL), KH_OK);
 	assert_int_equal(CALL(x, &other, "[AOIDMD;IDAdmin4;RNR1;]"), KH_OK);
