@@ -7,10 +7,12 @@ set -euo pipefail
 : "${KH_SRC:=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
 HSM_BIN="$KH_BUILD/keyhold-hsm"
 CLI_BIN="$KH_BUILD/keyhold"
-export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}"
-
 T=$(mktemp -d /tmp/kh-it-XXXXXX)
 chmod 700 "$T"
+# Daemons run detached with stderr on /dev/null: sanitizer reports (from the
+# daemons and the CLI alike) go to files that kh_cleanup turns into a failure.
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=1:log_path=$T/sanitizer"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}print_stacktrace=1:log_path=$T/sanitizer"
 declare -a KH_PIDFILES=()
 
 kh_cleanup() {
@@ -24,6 +26,11 @@ kh_cleanup() {
       kill -KILL "$pid" 2>/dev/null || true
     fi
   done
+  if compgen -G "$T/sanitizer.*" >/dev/null; then
+    echo "--- sanitizer reports ---" >&2
+    cat "$T"/sanitizer.* >&2
+    rc=1
+  fi
   if [ "$rc" -ne 0 ]; then
     echo "--- daemon logs ($T) ---" >&2
     for f in "$T"/*.log; do [ -f "$f" ] && { echo "== $f" >&2; tail -n 40 "$f" >&2; }; done
