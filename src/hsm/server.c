@@ -113,9 +113,10 @@ static void conn_free(struct conn *c)
 	if (c->ev_timer)
 		event_free(c->ev_timer);
 	if (c->ssl) {
-		if (c->handshake_done)
+		if (c->handshake_done && !SSL_in_init(c->ssl))
 			(void)SSL_shutdown(c->ssl);
 		SSL_free(c->ssl);
+		ERR_clear_error(); /* leave nothing for the next connection on this thread */
 	}
 	if (c->fd >= 0)
 		close(c->fd);
@@ -152,6 +153,7 @@ static int flush_out(struct conn *c)
 		ssize_t w;
 		if (c->ssl) {
 			size_t written = 0;
+			ERR_clear_error(); /* SSL_get_error reads the thread's queue */
 			int r = SSL_write_ex(c->ssl, kh_buf_ptr(c->out), n, &written);
 			if (r <= 0) {
 				int e = SSL_get_error(c->ssl, r);
@@ -187,6 +189,7 @@ static int fill_in(struct conn *c)
 			return -1;
 		if (c->ssl) {
 			size_t got = 0;
+			ERR_clear_error();
 			int r = SSL_read_ex(c->ssl, p, want, &got);
 			if (r <= 0) {
 				int e = SSL_get_error(c->ssl, r);
@@ -196,7 +199,12 @@ static int fill_in(struct conn *c)
 					c->eof = true;
 					return 0;
 				}
-				if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
+				/* a peer that closes without close_notify is an ordinary
+				 * hang-up here: only complete frames are ever acted on */
+				if ((e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) ||
+				    (e == SSL_ERROR_SSL && ERR_GET_REASON(ERR_peek_error()) ==
+								   SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
+					ERR_clear_error();
 					c->eof = true;
 					return 0;
 				}
@@ -311,6 +319,7 @@ static void conn_io(struct conn *c)
 		return;
 	}
 	if (c->ssl && !c->handshake_done) {
+		ERR_clear_error();
 		int r = SSL_accept(c->ssl);
 		if (r <= 0) {
 			int e = SSL_get_error(c->ssl, r);
