@@ -61,28 +61,33 @@ void kh_session_actor(const struct kh_session *s, char *out, size_t outsz)
 		snprintf(out, outsz, "-");
 }
 
-/* The Transaction Processing role, re-read when any role changed. The
- * database is read without holding hsm->mu: the lock order is db before
- * hsm->mu, never the reverse (see hsm.h). */
-static int tp_role(struct kh_hsm *hsm, struct kh_role *out)
+/* The Transaction Processing role, cached in the session and re-read only
+ * when some role changed: the common path is one atomic load, no lock. The
+ * device-wide copy spares a database read per connection. The database is
+ * never read while holding hsm->mu (lock order: db, then hsm->mu). */
+static int tp_role(struct kh_hsm *hsm, struct kh_session *s, const struct kh_role **out)
 {
 	uint64_t gen = atomic_load(&hsm->role_gen);
-	pthread_mutex_lock(&hsm->mu);
-	bool fresh_enough = hsm->tp_role_gen == gen && hsm->tp_role.name[0] != '\0';
-	if (fresh_enough)
-		*out = hsm->tp_role;
-	pthread_mutex_unlock(&hsm->mu);
-	if (fresh_enough)
+	if (s->tp_gen == gen + 1) {
+		*out = &s->tp;
 		return KH_OK;
-	struct kh_role loaded;
-	int r = kh_role_load(hsm, KH_ROLE_TP, &loaded);
-	if (r != KH_OK)
-		return r;
+	}
 	pthread_mutex_lock(&hsm->mu);
-	hsm->tp_role = loaded;
-	hsm->tp_role_gen = gen;
+	bool fresh = hsm->tp_role_gen == gen + 1;
+	if (fresh)
+		s->tp = hsm->tp_role;
 	pthread_mutex_unlock(&hsm->mu);
-	*out = loaded;
+	if (!fresh) {
+		int r = kh_role_load(hsm, KH_ROLE_TP, &s->tp);
+		if (r != KH_OK)
+			return r;
+		pthread_mutex_lock(&hsm->mu);
+		hsm->tp_role = s->tp;
+		hsm->tp_role_gen = gen + 1;
+		pthread_mutex_unlock(&hsm->mu);
+	}
+	s->tp_gen = gen + 1;
+	*out = &s->tp;
 	return KH_OK;
 }
 
@@ -138,7 +143,6 @@ int kh_dispatch(struct kh_hsm *hsm, struct kh_session *s, const struct kh_frame 
 {
 	const struct kh_cmd *cmd = kh_cmd_find(req->cmd);
 	struct kh_ctx c = {.hsm = hsm, .s = s, .cmd = cmd, .role = NULL};
-	struct kh_role role;
 	size_t mark = kh_buf_len(out);
 	int r;
 
@@ -162,12 +166,10 @@ int kh_dispatch(struct kh_hsm *hsm, struct kh_session *s, const struct kh_frame 
 			goto fail;
 		}
 		if (s->active) {
-			role = s->role;
-			c.role = &role;
+			c.role = &s->role;
 		} else if (s->port == KH_PORT_PROD) {
-			if ((r = tp_role(hsm, &role)) != KH_OK)
+			if ((r = tp_role(hsm, s, &c.role)) != KH_OK)
 				goto fail;
-			c.role = &role;
 		} else if (!(cmd->flags & KH_CF_PREADMIN)) {
 			r = KH_ERR_NOT_LOGGED_IN;
 			goto fail;

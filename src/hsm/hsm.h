@@ -104,6 +104,8 @@ struct kh_session {
 	uint64_t role_gen;                    /* hsm->role_gen when role was read */
 	bool active;                          /* nident >= role.logins_required */
 	struct kh_mk_ceremony *ceremony;      /* major-key ceremony in progress */
+	struct kh_role tp;                    /* Transaction Processing role, cached */
+	uint64_t tp_gen;                      /* hsm->role_gen + 1 when tp was read; 0 = none */
 	char detail[160];                     /* error detail for the current reply; no secrets */
 };
 

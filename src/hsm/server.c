@@ -212,6 +212,11 @@ static int fill_in(struct conn *c)
 				return -1;
 			}
 			kh_buf_commit(c->in, got);
+			/* the read event is level-triggered: stop once the TLS layer
+			 * holds nothing more, instead of paying for a read() that
+			 * can only fail with EAGAIN */
+			if (!SSL_has_pending(c->ssl))
+				return 0;
 		} else {
 			ssize_t r = recv(c->fd, p, want, 0);
 			if (r < 0) {
@@ -224,6 +229,8 @@ static int fill_in(struct conn *c)
 				return 0;
 			}
 			kh_buf_commit(c->in, (size_t)r);
+			if ((size_t)r < want)
+				return 0; /* drained; the level-triggered event says when more comes */
 		}
 	}
 }
@@ -411,6 +418,8 @@ static void worker_adopt(struct worker *w, struct pending *p)
 			SSL_CTX_free(ctx);
 			if (c->ssl == NULL || SSL_set_fd(c->ssl, c->fd) != 1)
 				goto drop;
+			/* record header and body in one read() */
+			SSL_set_read_ahead(c->ssl, 1);
 			SSL_set_accept_state(c->ssl);
 		}
 	}
