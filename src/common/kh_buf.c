@@ -1,7 +1,8 @@
 /*
  * Bounded, self-wiping buffer. Storage is plain heap memory (the secure heap
  * is too small for per-connection buffers) but it is cleansed whenever bytes
- * leave the buffer's live region or the storage is released or moved.
+ * leave the buffer's live region or the storage is released or moved. The
+ * reader (kh_rd) only ever hands out pointers inside the bytes it was given.
  */
 #include "common/kh_buf.h"
 #include "common/kh_mem.h"
@@ -199,4 +200,34 @@ long kh_buf_find(const struct kh_buf *b, size_t from, uint8_t c)
 		return -1;
 	const uint8_t *s = memchr(b->d + b->off + from, c, b->len - from);
 	return s ? (long)(s - (b->d + b->off)) : -1;
+}
+
+const uint8_t *kh_rd_take(struct kh_rd *r, size_t k)
+{
+	if (r->bad || r->n - r->off < k) {
+		r->bad = true;
+		return NULL;
+	}
+	const uint8_t *q = r->p + r->off;
+	r->off += k;
+	return q;
+}
+
+unsigned kh_rd_u8(struct kh_rd *r)
+{
+	const uint8_t *q = kh_rd_take(r, 1);
+	return q ? q[0] : 0;
+}
+
+unsigned kh_rd_u16(struct kh_rd *r)
+{
+	const uint8_t *q = kh_rd_take(r, 2);
+	return q ? ((unsigned)q[0] << 8) | q[1] : 0;
+}
+
+uint32_t kh_rd_u32(struct kh_rd *r)
+{
+	const uint8_t *q = kh_rd_take(r, 4);
+	return q ? ((uint32_t)q[0] << 24) | ((uint32_t)q[1] << 16) | ((uint32_t)q[2] << 8) | q[3]
+	         : 0;
 }

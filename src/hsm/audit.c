@@ -137,24 +137,12 @@ static int head_put(struct kh_hsm *hsm, uint64_t seq, const uint8_t mac[MAC_LEN]
 	return kh_db_setting_put(hsm->db, HEAD_KEY, head, sizeof(head));
 }
 
-static int prepare(struct kh_hsm *hsm, const char *sql, sqlite3_stmt **st)
-{
-	int rc = sqlite3_prepare_v2(kh_db_sqlite(hsm->db), sql, -1, st, NULL);
-	return rc == SQLITE_OK ? KH_OK : kh_db_err(hsm->db, rc);
-}
-
 static int max_seq(struct kh_hsm *hsm, uint64_t *seq)
 {
-	sqlite3_stmt *st = NULL;
-	int r, rc;
-	if ((r = prepare(hsm, "SELECT COALESCE(MAX(seq),0) FROM audit", &st)) != KH_OK)
-		return r;
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		*seq = (uint64_t)sqlite3_column_int64(st, 0);
-	else
-		r = kh_db_err(hsm->db, rc == SQLITE_DONE ? SQLITE_ERROR : rc);
-	sqlite3_finalize(st);
+	int64_t v = 0;
+	int r = kh_db_int(hsm->db, "SELECT COALESCE(MAX(seq),0) FROM audit", NULL, 0, &v);
+	if (r == KH_OK)
+		*seq = (uint64_t)v;
 	return r;
 }
 
@@ -195,8 +183,9 @@ int kh_audit_append(struct kh_hsm *hsm, const char *actor, const char *event, co
 	if ((r = entry_mac(hsm->audit_key, prev, seq, ts, actor, al, event, el, detail, dl, mac)) !=
 	    KH_OK)
 		goto fail;
-	if ((r = prepare(hsm, "INSERT INTO audit(seq,ts,actor,event,detail,mac) VALUES(?,?,?,?,?,?)",
-			 &st)) != KH_OK)
+	if ((r = kh_db_prepare(
+	         hsm->db, "INSERT INTO audit(seq,ts,actor,event,detail,mac) VALUES(?,?,?,?,?,?)",
+	         &st)) != KH_OK)
 		goto fail;
 	sqlite3_bind_int64(st, 1, (int64_t)seq);
 	sqlite3_bind_int64(st, 2, ts);
@@ -269,8 +258,9 @@ static int genuine_elsewhere(struct kh_hsm *hsm, uint64_t seq, const uint8_t pre
 	int r, rc;
 
 	*found = false;
-	if ((r = prepare(hsm, "SELECT seq,ts,actor,event,detail,mac FROM audit WHERE seq<>?", &st)) !=
-	    KH_OK)
+	if ((r = kh_db_prepare(hsm->db,
+	                       "SELECT seq,ts,actor,event,detail,mac FROM audit WHERE seq<>?",
+	                       &st)) != KH_OK)
 		return r;
 	sqlite3_bind_int64(st, 1, (int64_t)seq);
 	while (!*found && (rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -294,16 +284,10 @@ static void bad(struct kh_audit_result *res, uint64_t seq, const char *reason)
 
 static int roles_exist(struct kh_hsm *hsm, bool *exist)
 {
-	sqlite3_stmt *st = NULL;
-	int r = prepare(hsm, "SELECT EXISTS(SELECT 1 FROM roles)", &st);
-	if (r != KH_OK)
-		return r;
-	int rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		*exist = sqlite3_column_int(st, 0) != 0;
-	else
-		r = kh_db_err(hsm->db, rc == SQLITE_DONE ? SQLITE_ERROR : rc);
-	sqlite3_finalize(st);
+	int64_t v = 0;
+	int r = kh_db_int(hsm->db, "SELECT EXISTS(SELECT 1 FROM roles)", NULL, 0, &v);
+	if (r == KH_OK)
+		*exist = v != 0;
 	return r;
 }
 
@@ -353,8 +337,9 @@ int kh_audit_verify(struct kh_hsm *hsm, struct kh_audit_result *res)
 	res->ok = true;
 	memcpy(prev, zero_mac, MAC_LEN);
 	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm, "SELECT seq,ts,actor,event,detail,mac FROM audit ORDER BY seq", &st)) !=
-	    KH_OK)
+	if ((r = kh_db_prepare(hsm->db,
+	                       "SELECT seq,ts,actor,event,detail,mac FROM audit ORDER BY seq",
+	                       &st)) != KH_OK)
 		goto out;
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		row_get(st, &w);
@@ -397,19 +382,10 @@ out:
 
 int kh_audit_count(struct kh_hsm *hsm, uint64_t *count)
 {
-	sqlite3_stmt *st = NULL;
-	int r, rc;
-	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm, "SELECT COUNT(*) FROM audit", &st)) != KH_OK)
-		goto out;
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		*count = (uint64_t)sqlite3_column_int64(st, 0);
-	else
-		r = kh_db_err(hsm->db, rc == SQLITE_DONE ? SQLITE_ERROR : rc);
-out:
-	sqlite3_finalize(st);
-	kh_db_unlock(hsm->db);
+	int64_t v = 0;
+	int r = kh_db_int(hsm->db, "SELECT COUNT(*) FROM audit", NULL, 0, &v);
+	if (r == KH_OK)
+		*count = (uint64_t)v;
 	return r;
 }
 
@@ -423,9 +399,10 @@ int kh_audit_read(struct kh_hsm *hsm, uint64_t first, size_t max, kh_audit_visit
 
 	*next = 0;
 	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm,
-			 "SELECT seq,ts,actor,event,detail FROM audit WHERE seq>=? ORDER BY seq LIMIT ?",
-			 &st)) != KH_OK)
+	if ((r = kh_db_prepare(
+	         hsm->db,
+	         "SELECT seq,ts,actor,event,detail FROM audit WHERE seq>=? ORDER BY seq LIMIT ?",
+	         &st)) != KH_OK)
 		goto out;
 	sqlite3_bind_int64(st, 1, first > INT64_MAX ? INT64_MAX : (int64_t)first);
 	sqlite3_bind_int64(st, 2, (int64_t)max + 1); /* one more tells whether more remain */

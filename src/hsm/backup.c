@@ -9,6 +9,7 @@
 #include "hsm/db.h"
 #include "hsm/hsm_core.h"
 #include "hsm/keystore.h"
+#include "common/kh_buf.h"
 #include "common/kh_mem.h"
 
 #include <stdio.h>
@@ -126,61 +127,30 @@ static void put_lp(struct lbuf *b, unsigned bits, const void *d, size_t n)
 
 /* ---- decoding (pure) -------------------------------------------------------- */
 
-struct rd {
-	const uint8_t *p;
-	size_t n, off;
-	bool bad;
-};
-
-static const uint8_t *take(struct rd *r, size_t k)
+static int64_t get_i64(struct kh_rd *r)
 {
-	if (r->bad || r->n - r->off < k) {
-		r->bad = true;
-		return NULL;
-	}
-	const uint8_t *q = r->p + r->off;
-	r->off += k;
-	return q;
-}
-
-static unsigned get_u8(struct rd *r)
-{
-	const uint8_t *q = take(r, 1);
-	return q ? q[0] : 0;
-}
-
-static uint32_t get_u32(struct rd *r)
-{
-	const uint8_t *q = take(r, 4);
-	return q ? ((uint32_t)q[0] << 24) | ((uint32_t)q[1] << 16) | ((uint32_t)q[2] << 8) | q[3]
-	         : 0;
-}
-
-static int64_t get_i64(struct rd *r)
-{
-	uint64_t hi = get_u32(r), lo = get_u32(r);
+	uint64_t hi = kh_rd_u32(r), lo = kh_rd_u32(r);
 	return (int64_t)((hi << 32) | lo);
 }
 
-static bool get_bool(struct rd *r)
+static bool get_bool(struct kh_rd *r)
 {
-	unsigned v = get_u8(r);
+	unsigned v = kh_rd_u8(r);
 	if (v > 1)
 		r->bad = true;
 	return v == 1;
 }
 
 /* Length-prefixed bytes, at most max. */
-static const uint8_t *get_lp(struct rd *r, unsigned bits, size_t max, size_t *len)
+static const uint8_t *get_lp(struct kh_rd *r, unsigned bits, size_t max, size_t *len)
 {
 	size_t n;
 	if (bits == 8) {
-		n = get_u8(r);
+		n = kh_rd_u8(r);
 	} else if (bits == 16) {
-		const uint8_t *q = take(r, 2);
-		n = q ? ((size_t)q[0] << 8) | q[1] : 0;
+		n = kh_rd_u16(r);
 	} else {
-		n = get_u32(r);
+		n = kh_rd_u32(r);
 	}
 	*len = 0;
 	if (r->bad)
@@ -190,11 +160,11 @@ static const uint8_t *get_lp(struct rd *r, unsigned bits, size_t max, size_t *le
 		return NULL;
 	}
 	*len = n;
-	return take(r, n);
+	return kh_rd_take(r, n);
 }
 
 /* Printable text without the reserved bytes of the wire, min..max bytes. */
-static const char *get_text(struct rd *r, unsigned bits, size_t min, size_t max, size_t *len)
+static const char *get_text(struct kh_rd *r, unsigned bits, size_t min, size_t max, size_t *len)
 {
 	const uint8_t *q = get_lp(r, bits, max, len);
 	if (q == NULL)
@@ -207,7 +177,7 @@ static const char *get_text(struct rd *r, unsigned bits, size_t min, size_t max,
 	return (const char *)q;
 }
 
-static void get_name(struct rd *r, char out[static 16])
+static void get_name(struct kh_rd *r, char out[static 16])
 {
 	size_t n = 0;
 	const char *s = get_text(r, 8, 1, 15, &n);
@@ -232,13 +202,13 @@ static bool after(const char *prev, size_t plen, const char *cur, size_t clen)
 	return c < 0 || (c == 0 && plen < clen);
 }
 
-static int decode_config(struct rd *r, const struct kh_backup_visitor *v, void *arg,
+static int decode_config(struct kh_rd *r, const struct kh_backup_visitor *v, void *arg,
                          struct kh_backup_counts *cnt)
 {
 	uint32_t n;
 	int rv;
 
-	n = get_u32(r);
+	n = kh_rd_u32(r);
 	const char *prev = NULL;
 	size_t prevlen = 0;
 	for (uint32_t i = 0; i < n && !r->bad; i++) {
@@ -254,7 +224,7 @@ static int decode_config(struct rd *r, const struct kh_backup_visitor *v, void *
 		if (v && v->setting && (rv = v->setting(arg, &s)) != KH_OK)
 			return rv;
 	}
-	n = get_u32(r);
+	n = kh_rd_u32(r);
 	int64_t last = INT64_MIN;
 	for (uint32_t i = 0; i < n && !r->bad; i++) {
 		struct kh_backup_role ro;
@@ -263,9 +233,9 @@ static int decode_config(struct rd *r, const struct kh_backup_visitor *v, void *
 		ro.perms = get_text(r, 16, 0, TEXT_MAX, &ro.perms_len);
 		ro.ranges = get_text(r, 16, 0, TEXT_MAX, &ro.ranges_len);
 		ro.commands = get_text(r, 16, 0, TEXT_MAX, &ro.commands_len);
-		ro.logins_required = get_u32(r);
-		ro.ports = get_u32(r);
-		ro.sources = get_u32(r);
+		ro.logins_required = kh_rd_u32(r);
+		ro.ports = kh_rd_u32(r);
+		ro.sources = kh_rd_u32(r);
 		ro.dual_factor = get_bool(r);
 		ro.builtin = get_bool(r);
 		if (r->bad || ro.id <= last || ro.logins_required > 3)
@@ -275,7 +245,7 @@ static int decode_config(struct rd *r, const struct kh_backup_visitor *v, void *
 		if (v && v->role && (rv = v->role(arg, &ro)) != KH_OK)
 			return rv;
 	}
-	n = get_u32(r);
+	n = kh_rd_u32(r);
 	last = INT64_MIN;
 	for (uint32_t i = 0; i < n && !r->bad; i++) {
 		struct kh_backup_identity id;
@@ -286,7 +256,7 @@ static int decode_config(struct rd *r, const struct kh_backup_visitor *v, void *
 		id.pw_salt = get_lp(r, 16, BLOB_MAX, &id.pw_salt_len);
 		id.pw_params = get_text(r, 16, 0, TEXT_MAX, &id.pw_params_len);
 		id.must_change = get_bool(r);
-		id.failures = get_u32(r);
+		id.failures = kh_rd_u32(r);
 		id.locked_until = get_i64(r);
 		id.builtin = get_bool(r);
 		id.created = get_i64(r);
@@ -301,22 +271,22 @@ static int decode_config(struct rd *r, const struct kh_backup_visitor *v, void *
 	return r->bad ? KH_ERR_BACKUP_INVALID : KH_OK;
 }
 
-static int decode_keys(struct rd *r, const struct kh_backup_visitor *v, void *arg,
+static int decode_keys(struct kh_rd *r, const struct kh_backup_visitor *v, void *arg,
                        struct kh_backup_counts *cnt)
 {
-	uint32_t n = get_u32(r);
+	uint32_t n = kh_rd_u32(r);
 	int64_t last = -1;
 	int rv;
 
 	for (uint32_t i = 0; i < n && !r->bad; i++) {
 		struct kh_backup_key k;
 		char major[16];
-		k.slot = get_u32(r);
-		k.key_id = take(r, KH_KEY_ID_LEN);
+		k.slot = kh_rd_u32(r);
+		k.key_id = kh_rd_take(r, KH_KEY_ID_LEN);
 		get_name(r, major);
 		get_name(r, k.cls);
 		get_name(r, k.ktype);
-		k.bits = get_u32(r);
+		k.bits = kh_rd_u32(r);
 		k.attrs = get_lp(r, 32, KH_KS_ATTRS_MAX, &k.attrs_len);
 		k.material = get_lp(r, 32, KH_KS_MATERIAL_MAX, &k.material_len);
 		k.label = get_lp(r, 32, KH_KS_DESC_MAX, &k.label_len);
@@ -339,7 +309,7 @@ static int decode_keys(struct rd *r, const struct kh_backup_visitor *v, void *ar
 int kh_backup_decode(const uint8_t *p, size_t n, unsigned scope, const struct kh_backup_visitor *v,
                      void *arg, struct kh_backup_counts *counts)
 {
-	struct rd r = {.p = p, .n = n};
+	struct kh_rd r = {.p = p, .n = n};
 	struct kh_backup_counts cnt = {0};
 	const uint8_t *q;
 	int rv = KH_OK;
@@ -348,7 +318,7 @@ int kh_backup_decode(const uint8_t *p, size_t n, unsigned scope, const struct kh
 		rv = KH_ERR_BACKUP_INVALID;
 		goto out;
 	}
-	if ((q = take(&r, 4)) == NULL || memcmp(q, BODY_MAGIC, 4) != 0) {
+	if ((q = kh_rd_take(&r, 4)) == NULL || memcmp(q, BODY_MAGIC, 4) != 0) {
 		rv = KH_ERR_BACKUP_INVALID;
 		goto out;
 	}
@@ -371,17 +341,17 @@ static bool is_uhex(uint8_t c)
 
 int kh_backup_parse_header(const uint8_t *p, size_t n, struct kh_backup_hdr *h)
 {
-	struct rd r = {.p = p, .n = n};
+	struct kh_rd r = {.p = p, .n = n};
 	const uint8_t *q;
 
 	memset(h, 0, sizeof(*h));
 	if (p == NULL || n < KH_BACKUP_HDR_LEN + KH_MK_SEAL_OVERHEAD || n > KH_BACKUP_MAX)
 		return KH_ERR_BACKUP_INVALID;
-	if ((q = take(&r, 4)) == NULL || memcmp(q, HDR_MAGIC, 4) != 0)
+	if ((q = kh_rd_take(&r, 4)) == NULL || memcmp(q, HDR_MAGIC, 4) != 0)
 		return KH_ERR_BACKUP_INVALID;
-	h->version = get_u8(&r);
-	h->scope = get_u8(&r);
-	if ((q = take(&r, 6)) == NULL)
+	h->version = kh_rd_u8(&r);
+	h->scope = kh_rd_u8(&r);
+	if ((q = kh_rd_take(&r, 6)) == NULL)
 		return KH_ERR_BACKUP_INVALID;
 	for (int i = 0; i < 6; i++) {
 		if (!is_uhex(q[i]))

@@ -19,7 +19,7 @@
 
 #define IDENT_LIST_MAX (1024u * 1024)
 
-static int get_ident_name(struct kh_ctx *c, const struct kh_frame *req, char name[KH_NAME_MAX])
+int kh_cmd_ident_name(struct kh_ctx *c, const struct kh_frame *req, char name[KH_NAME_MAX])
 {
 	int r = kh_frame_str(req, "ID", name, KH_NAME_MAX);
 	if (r == KH_OK && !kh_ident_name_valid(name))
@@ -113,7 +113,7 @@ KH_ACT(kh_cmd_idad)
 	int r;
 
 	memset(&h, 0, sizeof(h));
-	if ((r = get_ident_name(c, req, name)) != KH_OK)
+	if ((r = kh_cmd_ident_name(c, req, name)) != KH_OK)
 		goto out;
 	if ((r = target_role(c, req, &role)) != KH_OK)
 		goto out;
@@ -158,7 +158,7 @@ KH_ACT(kh_cmd_idmd)
 
 	memset(&h, 0, sizeof(h));
 	memset(&role, 0, sizeof(role));
-	if ((r = get_ident_name(c, req, name)) != KH_OK)
+	if ((r = kh_cmd_ident_name(c, req, name)) != KH_OK)
 		goto out;
 	if (has_rn && (r = target_role(c, req, &role)) != KH_OK)
 		goto out;
@@ -230,7 +230,7 @@ KH_ACT(kh_cmd_iddl)
 	char name[KH_NAME_MAX], detail[120], actor[KH_MAX_LOGINS * KH_NAME_MAX];
 	int r;
 
-	if ((r = get_ident_name(c, req, name)) != KH_OK)
+	if ((r = kh_cmd_ident_name(c, req, name)) != KH_OK)
 		return r;
 	for (size_t i = 0; i < c->s->nident; i++)
 		if (strcasecmp(c->s->ident[i], name) == 0) {

@@ -48,16 +48,6 @@ static int get_password(struct kh_ctx *c, const struct kh_frame *req, const char
 	return r;
 }
 
-static int get_ident_name(struct kh_ctx *c, const struct kh_frame *req, char name[KH_NAME_MAX])
-{
-	int r = kh_frame_str(req, "ID", name, KH_NAME_MAX);
-	if (r == KH_OK && !kh_ident_name_valid(name))
-		r = KH_ERR_BAD_FIELD;
-	if (r != KH_OK)
-		kh_ctx_detail(c, "ID");
-	return r;
-}
-
 static const char *port_word(const struct kh_session *s)
 {
 	if (s->port == KH_PORT_PROD)
@@ -96,7 +86,7 @@ KH_ACT(kh_cmd_logn)
 	int r;
 
 	memset(&nh, 0, sizeof(nh));
-	if ((r = get_ident_name(c, req, name)) != KH_OK)
+	if ((r = kh_cmd_ident_name(c, req, name)) != KH_OK)
 		goto out;
 	if ((r = get_password(c, req, "PW", false, &pw)) != KH_OK)
 		goto out;
@@ -188,7 +178,7 @@ KH_ACT(kh_cmd_logo)
 
 	kh_session_actor(s, actor, sizeof(actor));
 	if (kh_frame_has(req, "ID")) {
-		if ((r = get_ident_name(c, req, name)) != KH_OK)
+		if ((r = kh_cmd_ident_name(c, req, name)) != KH_OK)
 			return r;
 		int i = session_find(s, name);
 		if (i < 0) {
@@ -231,7 +221,7 @@ KH_ACT(kh_cmd_chpw)
 	int r;
 
 	memset(&nh, 0, sizeof(nh));
-	if ((r = get_ident_name(c, req, name)) != KH_OK)
+	if ((r = kh_cmd_ident_name(c, req, name)) != KH_OK)
 		goto out;
 	if ((r = get_password(c, req, "PW", false, &pw)) != KH_OK)
 		goto out;

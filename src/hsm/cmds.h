@@ -1,6 +1,7 @@
 /*
- * Every command handler, by subsystem. The table in commands.c maps wire
- * names to these; docs/PROTOCOL.md describes each one.
+ * Every command handler, by subsystem, and the request readers they share.
+ * The table in commands.c maps wire names to the handlers; docs/PROTOCOL.md
+ * describes each one.
  */
 #ifndef KH_CMDS_H
 #define KH_CMDS_H
@@ -37,6 +38,11 @@ KH_ACT(kh_cmd_idad);
 KH_ACT(kh_cmd_idmd);
 KH_ACT(kh_cmd_iddl);
 KH_ACT(kh_cmd_idls);
+
+/* The request's ID field as a valid identity name; on error the reply's
+ * detail names the field. Also used by the session commands. */
+KH_MUST_CHECK int kh_cmd_ident_name(struct kh_ctx *c, const struct kh_frame *req,
+                                    char name[KH_NAME_MAX]);
 
 /* cmd_audit.c */
 KH_ACT(kh_cmd_auds);

@@ -205,6 +205,61 @@ sqlite3 *kh_db_sqlite(struct kh_db *db)
 	return db->h;
 }
 
+int kh_db_prepare(struct kh_db *db, const char *sql, sqlite3_stmt **st)
+{
+	int rc = sqlite3_prepare_v2(db->h, sql, -1, st, NULL);
+	return rc == SQLITE_OK ? KH_OK : kh_db_err(db, rc);
+}
+
+int kh_db_int(struct kh_db *db, const char *sql, const int64_t *args, int nargs, int64_t *out)
+{
+	sqlite3_stmt *st = NULL;
+	int r, rc;
+	kh_db_lock(db);
+	if ((r = kh_db_prepare(db, sql, &st)) != KH_OK)
+		goto out;
+	for (int i = 0; i < nargs; i++)
+		sqlite3_bind_int64(st, i + 1, args[i]);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*out = sqlite3_column_int64(st, 0);
+	else
+		r = kh_db_err(db, rc == SQLITE_DONE ? SQLITE_ERROR : rc);
+out:
+	sqlite3_finalize(st);
+	kh_db_unlock(db);
+	return r;
+}
+
+int kh_db_list(struct kh_db *db, const char *sql, kh_db_item_fn item, void *arg, char *out,
+               size_t outsz)
+{
+	sqlite3_stmt *st = NULL;
+	size_t pos = 0;
+	int r, rc;
+
+	if (outsz == 0)
+		return KH_ERR_TOO_LARGE;
+	out[0] = '\0';
+	kh_db_lock(db);
+	if ((r = kh_db_prepare(db, sql, &st)) != KH_OK)
+		goto out;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		int w = item(st, arg, pos ? "," : "", out + pos, outsz - pos);
+		if (w < 0 || (size_t)w >= outsz - pos) {
+			r = KH_ERR_TOO_LARGE;
+			goto out;
+		}
+		pos += (size_t)w;
+	}
+	if (rc != SQLITE_DONE)
+		r = kh_db_err(db, rc);
+out:
+	sqlite3_finalize(st);
+	kh_db_unlock(db);
+	return r;
+}
+
 void kh_db_lock(struct kh_db *db)
 {
 	pthread_mutex_lock(&db->mu);

@@ -41,6 +41,22 @@ KH_MUST_CHECK int kh_db_setting_put_str(struct kh_db *db, const char *key, const
 int64_t kh_db_setting_get_int(struct kh_db *db, const char *key, int64_t dflt);
 KH_MUST_CHECK int kh_db_setting_put_int(struct kh_db *db, const char *key, int64_t v);
 
+/* Prepare one statement: KH_OK or the mapped sqlite error. */
+KH_MUST_CHECK int kh_db_prepare(struct kh_db *db, const char *sql, sqlite3_stmt **st);
+/* Under the lock, run sql (its first nargs parameters bound to the int64s
+ * args) and read the integer in the first column of its first row; a query
+ * that returns no row is a storage error. */
+KH_MUST_CHECK int kh_db_int(struct kh_db *db, const char *sql, const int64_t *args, int nargs,
+                            int64_t *out);
+/* Writes one row of st as a list item at out (room bytes, like snprintf and
+ * returning what it returns), preceded by sep. */
+typedef int (*kh_db_item_fn)(sqlite3_stmt *st, void *arg, const char *sep, char *out, size_t room);
+/* Under the lock, run sql and join the items item writes for its rows with
+ * commas into out (always NUL-terminated); KH_ERR_TOO_LARGE if they do not
+ * all fit. */
+KH_MUST_CHECK int kh_db_list(struct kh_db *db, const char *sql, kh_db_item_fn item, void *arg,
+                             char *out, size_t outsz);
+
 /* Map an sqlite result to a kh_err (logs the sqlite message, which never
  * contains secrets because all values are bound parameters). */
 int kh_db_err(struct kh_db *db, int rc);

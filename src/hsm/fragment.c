@@ -5,6 +5,7 @@
  */
 #include "hsm/fragment.h"
 #include "hsm/majorkey.h"
+#include "common/kh_buf.h"
 #include "common/kh_mem.h"
 
 #include <string.h>
@@ -19,47 +20,17 @@
 #define SCRYPT_P 1
 #define SCRYPT_MAXMEM (64u * 1024 * 1024)
 
-/* A bounded reader over untrusted bytes: every take checks the remainder. */
-struct rd {
-	const uint8_t *p;
-	size_t n, off;
-	bool bad;
-};
-
-static const uint8_t *take(struct rd *r, size_t k)
-{
-	if (r->bad || r->n - r->off < k) {
-		r->bad = true;
-		return NULL;
-	}
-	const uint8_t *q = r->p + r->off;
-	r->off += k;
-	return q;
-}
-
-static unsigned take_u8(struct rd *r)
-{
-	const uint8_t *q = take(r, 1);
-	return q ? q[0] : 0;
-}
-
-static unsigned take_u16(struct rd *r)
-{
-	const uint8_t *q = take(r, 2);
-	return q ? ((unsigned)q[0] << 8) | q[1] : 0;
-}
-
 /* Length-prefixed short text of [A-Z] only, into out (NUL-terminated). */
-static void take_name(struct rd *r, char out[static 8])
+static void take_name(struct kh_rd *r, char out[static 8])
 {
-	unsigned l = take_u8(r);
+	unsigned l = kh_rd_u8(r);
 	const uint8_t *q;
 	out[0] = '\0';
 	if (l == 0 || l > 7) {
 		r->bad = true;
 		return;
 	}
-	if ((q = take(r, l)) == NULL)
+	if ((q = kh_rd_take(r, l)) == NULL)
 		return;
 	for (unsigned i = 0; i < l; i++) {
 		if (q[i] < 'A' || q[i] > 'Z') {
@@ -78,22 +49,22 @@ static bool is_uhex(uint8_t c)
 
 int kh_fragment_parse(const uint8_t *p, size_t n, struct kh_fragment_hdr *h)
 {
-	struct rd r = {.p = p, .n = n};
+	struct kh_rd r = {.p = p, .n = n};
 	const uint8_t *q;
 
 	memset(h, 0, sizeof(*h));
 	if (p == NULL || n > KH_FRAGMENT_MAX_LEN)
 		return KH_ERR_FRAGMENT_INVALID;
-	if ((q = take(&r, 4)) == NULL || memcmp(q, MAGIC, 4) != 0)
+	if ((q = kh_rd_take(&r, 4)) == NULL || memcmp(q, MAGIC, 4) != 0)
 		return KH_ERR_FRAGMENT_INVALID;
-	h->version = take_u8(&r);
+	h->version = kh_rd_u8(&r);
 	take_name(&r, h->name);
 	take_name(&r, h->alg);
-	h->bits = take_u16(&r);
-	h->m = take_u8(&r);
-	h->n = take_u8(&r);
-	h->number = take_u8(&r);
-	if ((q = take(&r, 6)) != NULL) {
+	h->bits = kh_rd_u16(&r);
+	h->m = kh_rd_u8(&r);
+	h->n = kh_rd_u8(&r);
+	h->number = kh_rd_u8(&r);
+	if ((q = kh_rd_take(&r, 6)) != NULL) {
 		for (int i = 0; i < 6; i++) {
 			if (!is_uhex(q[i]))
 				r.bad = true;
@@ -101,9 +72,9 @@ int kh_fragment_parse(const uint8_t *p, size_t n, struct kh_fragment_hdr *h)
 		}
 		h->kcv[6] = '\0';
 	}
-	if ((q = take(&r, KH_FRAGMENT_SALT_LEN)) != NULL)
+	if ((q = kh_rd_take(&r, KH_FRAGMENT_SALT_LEN)) != NULL)
 		memcpy(h->salt, q, KH_FRAGMENT_SALT_LEN);
-	if ((q = take(&r, KH_FRAGMENT_NONCE_LEN)) != NULL)
+	if ((q = kh_rd_take(&r, KH_FRAGMENT_NONCE_LEN)) != NULL)
 		memcpy(h->nonce, q, KH_FRAGMENT_NONCE_LEN);
 	if (r.bad)
 		return KH_ERR_FRAGMENT_INVALID;

@@ -110,12 +110,6 @@ void kh_ident_pwhash_wipe(struct kh_pwhash *h)
 
 #define IDENT_COLS "id,name,role_id,must_change,failures,locked_until,builtin"
 
-static int prepare(struct kh_hsm *hsm, const char *sql, sqlite3_stmt **st)
-{
-	int rc = sqlite3_prepare_v2(kh_db_sqlite(hsm->db), sql, -1, st, NULL);
-	return rc == SQLITE_OK ? KH_OK : kh_db_err(hsm->db, rc);
-}
-
 static void ident_from_row(sqlite3_stmt *st, struct kh_ident *out)
 {
 	const unsigned char *name = sqlite3_column_text(st, 1);
@@ -134,7 +128,8 @@ int kh_ident_load(struct kh_hsm *hsm, const char *name, struct kh_ident *out)
 	sqlite3_stmt *st = NULL;
 	int r, rc;
 	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm, "SELECT " IDENT_COLS " FROM identities WHERE name=?", &st)) != KH_OK)
+	if ((r = kh_db_prepare(hsm->db, "SELECT " IDENT_COLS " FROM identities WHERE name=?",
+	                       &st)) != KH_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
 	rc = sqlite3_step(st);
@@ -162,8 +157,9 @@ static int load_verifier(struct kh_hsm *hsm, int64_t id, struct verifier *v)
 	sqlite3_stmt *st = NULL;
 	int r, rc;
 	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm, "SELECT pw_hash,pw_salt,pw_params FROM identities WHERE id=?", &st)) !=
-	    KH_OK)
+	if ((r = kh_db_prepare(hsm->db,
+	                       "SELECT pw_hash,pw_salt,pw_params FROM identities WHERE id=?",
+	                       &st)) != KH_OK)
 		goto out;
 	sqlite3_bind_int64(st, 1, id);
 	rc = sqlite3_step(st);
@@ -209,8 +205,9 @@ static int record_failure(struct kh_hsm *hsm, const struct kh_ident *id, const c
 
 	if ((r = kh_db_begin(hsm->db)) != KH_OK)
 		return r;
-	if ((r = prepare(hsm, "UPDATE identities SET failures=failures+1 WHERE id=? RETURNING failures",
-			 &st)) != KH_OK)
+	if ((r = kh_db_prepare(
+	         hsm->db, "UPDATE identities SET failures=failures+1 WHERE id=? RETURNING failures",
+	         &st)) != KH_OK)
 		goto fail;
 	sqlite3_bind_int64(st, 1, id->id);
 	rc = sqlite3_step(st);
@@ -226,7 +223,8 @@ static int record_failure(struct kh_hsm *hsm, const struct kh_ident *id, const c
 	sqlite3_finalize(st);
 	st = NULL;
 	if (failures >= threshold) {
-		if ((r = prepare(hsm, "UPDATE identities SET locked_until=? WHERE id=?", &st)) != KH_OK)
+		if ((r = kh_db_prepare(hsm->db, "UPDATE identities SET locked_until=? WHERE id=?",
+		                       &st)) != KH_OK)
 			goto fail;
 		sqlite3_bind_int64(st, 1, now + seconds);
 		sqlite3_bind_int64(st, 2, id->id);
@@ -313,10 +311,11 @@ int kh_ident_insert(struct kh_hsm *hsm, const char *name, int64_t role_id,
 	sqlite3_stmt *st = NULL;
 	int r;
 	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm,
-			 "INSERT INTO identities(name,role_id,pw_hash,pw_salt,pw_params,must_change,"
-			 "failures,locked_until,builtin,created,changed) VALUES(?,?,?,?,?,?,0,0,?,?,?)",
-			 &st)) != KH_OK)
+	if ((r = kh_db_prepare(
+	         hsm->db,
+	         "INSERT INTO identities(name,role_id,pw_hash,pw_salt,pw_params,must_change,"
+	         "failures,locked_until,builtin,created,changed) VALUES(?,?,?,?,?,?,0,0,?,?,?)",
+	         &st)) != KH_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 2, role_id);
@@ -341,7 +340,7 @@ static int update_ints(struct kh_hsm *hsm, const char *sql, int64_t id, const in
 	sqlite3_stmt *st = NULL;
 	int r;
 	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm, sql, &st)) != KH_OK)
+	if ((r = kh_db_prepare(hsm->db, sql, &st)) != KH_OK)
 		goto out;
 	for (int i = 0; i < nvals; i++)
 		sqlite3_bind_int64(st, i + 1, vals[i]);
@@ -361,10 +360,11 @@ int kh_ident_set_password(struct kh_hsm *hsm, int64_t id, const struct kh_pwhash
 	sqlite3_stmt *st = NULL;
 	int r;
 	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm,
-			 "UPDATE identities SET pw_hash=?,pw_salt=?,pw_params=?,must_change=?,"
-			 "changed=? WHERE id=?",
-			 &st)) != KH_OK)
+	if ((r = kh_db_prepare(
+	         hsm->db,
+	         "UPDATE identities SET pw_hash=?,pw_salt=?,pw_params=?,must_change=?,"
+	         "changed=? WHERE id=?",
+	         &st)) != KH_OK)
 		goto out;
 	sqlite3_bind_blob(st, 1, pw->hash, sizeof(pw->hash), SQLITE_TRANSIENT);
 	sqlite3_bind_blob(st, 2, pw->salt, sizeof(pw->salt), SQLITE_TRANSIENT);
@@ -414,44 +414,27 @@ int kh_ident_delete(struct kh_hsm *hsm, int64_t id)
 	return update_ints(hsm, "DELETE FROM identities WHERE id=?", id, NULL, 0);
 }
 
+static int ident_item(sqlite3_stmt *st, void *arg, const char *sep, char *out, size_t room)
+{
+	const int64_t *now = arg;
+	char role[KH_NAME_MAX];
+	const unsigned char *iname = sqlite3_column_text(st, 0);
+	const unsigned char *rname = sqlite3_column_text(st, 1);
+	const char *state = sqlite3_column_int64(st, 2) > *now ? "locked"
+	                    : sqlite3_column_int(st, 3)        ? "change"
+	                                                       : "ok";
+	snprintf(role, sizeof(role), "%s", rname ? (const char *)rname : "");
+	for (char *p = role; *p; p++)
+		if (*p == ' ')
+			*p = '_';
+	return snprintf(out, room, "%s%s:%s:%s", sep, iname ? (const char *)iname : "", role,
+	                state);
+}
+
 int kh_ident_list(struct kh_hsm *hsm, int64_t now, char *out, size_t outsz)
 {
-	sqlite3_stmt *st = NULL;
-	size_t pos = 0;
-	int r, rc;
-
-	if (outsz == 0)
-		return KH_ERR_TOO_LARGE;
-	out[0] = '\0';
-	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm,
-			 "SELECT i.name, r.name, i.locked_until, i.must_change FROM identities i "
-			 "JOIN roles r ON r.id = i.role_id ORDER BY i.id",
-			 &st)) != KH_OK)
-		goto out;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		char role[KH_NAME_MAX];
-		const unsigned char *iname = sqlite3_column_text(st, 0);
-		const unsigned char *rname = sqlite3_column_text(st, 1);
-		const char *state = sqlite3_column_int64(st, 2) > now ? "locked"
-				    : sqlite3_column_int(st, 3)    ? "change"
-								   : "ok";
-		snprintf(role, sizeof(role), "%s", rname ? (const char *)rname : "");
-		for (char *p = role; *p; p++)
-			if (*p == ' ')
-				*p = '_';
-		int w = snprintf(out + pos, outsz - pos, "%s%s:%s:%s", pos ? "," : "",
-				 iname ? (const char *)iname : "", role, state);
-		if (w < 0 || (size_t)w >= outsz - pos) {
-			r = KH_ERR_TOO_LARGE;
-			goto out;
-		}
-		pos += (size_t)w;
-	}
-	if (rc != SQLITE_DONE)
-		r = kh_db_err(hsm->db, rc);
-out:
-	sqlite3_finalize(st);
-	kh_db_unlock(hsm->db);
-	return r;
+	return kh_db_list(hsm->db,
+	                  "SELECT i.name, r.name, i.locked_until, i.must_change FROM identities i "
+	                  "JOIN roles r ON r.id = i.role_id ORDER BY i.id",
+	                  ident_item, &now, out, outsz);
 }

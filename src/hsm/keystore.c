@@ -253,37 +253,48 @@ int kh_keystore_put_wrapped(struct kh_hsm *hsm, const struct kh_key_row *row, un
 	             actor, NULL);
 }
 
+/* Ends the transaction a change to one slot began: finalizes st, rolls back,
+ * and returns r. */
+static int slot_change_fail(struct kh_hsm *hsm, sqlite3_stmt *st, int r)
+{
+	sqlite3_finalize(st);
+	kh_db_rollback(hsm->db);
+	return r;
+}
+
+/* Runs st, the prepared change to the key in slot, inside the transaction
+ * the caller began; a change that touches no row is KH_ERR_NOT_FOUND. On
+ * success the change is audited as event and committed, otherwise rolled
+ * back. Finalizes st. */
+static int slot_change_finish(struct kh_hsm *hsm, sqlite3_stmt *st, uint32_t slot,
+                              const char *actor, const char *event)
+{
+	char text[48];
+	int r;
+
+	if ((r = sqlite3_step(st)) != SQLITE_DONE)
+		return slot_change_fail(hsm, st, kh_db_err(hsm->db, r));
+	if (sqlite3_changes(kh_db_sqlite(hsm->db)) == 0)
+		return slot_change_fail(hsm, st, KH_ERR_NOT_FOUND);
+	snprintf(text, sizeof(text), "slot %u", slot);
+	if ((r = kh_audit_append(hsm, actor, event, text)) != KH_OK)
+		return slot_change_fail(hsm, st, r);
+	sqlite3_finalize(st);
+	return kh_db_commit(hsm->db);
+}
+
 int kh_keystore_delete(struct kh_hsm *hsm, uint32_t slot, const char *actor)
 {
 	sqlite3 *h = kh_db_sqlite(hsm->db);
 	sqlite3_stmt *st = NULL;
-	char text[48];
 	int r;
 
 	if ((r = kh_db_begin(hsm->db)) != KH_OK)
 		return r;
-	if (sqlite3_prepare_v2(h, "DELETE FROM keys WHERE slot=?", -1, &st, NULL) != SQLITE_OK) {
-		r = kh_db_err(hsm->db, sqlite3_errcode(h));
-		goto fail;
-	}
+	if (sqlite3_prepare_v2(h, "DELETE FROM keys WHERE slot=?", -1, &st, NULL) != SQLITE_OK)
+		return slot_change_fail(hsm, st, kh_db_err(hsm->db, sqlite3_errcode(h)));
 	sqlite3_bind_int64(st, 1, slot);
-	if ((r = sqlite3_step(st)) != SQLITE_DONE) {
-		r = kh_db_err(hsm->db, r);
-		goto fail;
-	}
-	if (sqlite3_changes(h) == 0) {
-		r = KH_ERR_NOT_FOUND;
-		goto fail;
-	}
-	snprintf(text, sizeof(text), "slot %u", slot);
-	if ((r = kh_audit_append(hsm, actor, "key.delete", text)) != KH_OK)
-		goto fail;
-	sqlite3_finalize(st);
-	return kh_db_commit(hsm->db);
-fail:
-	sqlite3_finalize(st);
-	kh_db_rollback(hsm->db);
-	return r;
+	return slot_change_finish(hsm, st, slot, actor, "key.delete");
 }
 
 static int dup_col(sqlite3_stmt *q, int col, size_t max, uint8_t **out, size_t *len)
@@ -379,7 +390,6 @@ int kh_keystore_set_desc(struct kh_hsm *hsm, uint32_t slot, const uint8_t *label
 {
 	sqlite3 *h = kh_db_sqlite(hsm->db);
 	sqlite3_stmt *st = NULL;
-	char text[48];
 	int r;
 
 	if ((label && label_len > KH_KS_DESC_MAX) || (ckaid && ckaid_len > KH_KS_DESC_MAX) ||
@@ -392,10 +402,8 @@ int kh_keystore_set_desc(struct kh_hsm *hsm, uint32_t slot, const uint8_t *label
 	                       "UPDATE keys SET label=CASE WHEN ?2 THEN ?1 ELSE label END, "
 	                       "ckaid=CASE WHEN ?4 THEN ?3 ELSE ckaid END, "
 	                       "extra=CASE WHEN ?6 THEN ?5 ELSE extra END WHERE slot=?7",
-	                       -1, &st, NULL) != SQLITE_OK) {
-		r = kh_db_err(hsm->db, sqlite3_errcode(h));
-		goto fail;
-	}
+	                       -1, &st, NULL) != SQLITE_OK)
+		return slot_change_fail(hsm, st, kh_db_err(hsm->db, sqlite3_errcode(h)));
 	bind_opt(st, 1, label, label ? label_len : 0);
 	sqlite3_bind_int(st, 2, label != NULL);
 	bind_opt(st, 3, ckaid, ckaid ? ckaid_len : 0);
@@ -403,23 +411,7 @@ int kh_keystore_set_desc(struct kh_hsm *hsm, uint32_t slot, const uint8_t *label
 	bind_opt(st, 5, extra, extra ? extra_len : 0);
 	sqlite3_bind_int(st, 6, extra != NULL);
 	sqlite3_bind_int64(st, 7, slot);
-	if ((r = sqlite3_step(st)) != SQLITE_DONE) {
-		r = kh_db_err(hsm->db, r);
-		goto fail;
-	}
-	if (sqlite3_changes(h) == 0) {
-		r = KH_ERR_NOT_FOUND;
-		goto fail;
-	}
-	snprintf(text, sizeof(text), "slot %u", slot);
-	if ((r = kh_audit_append(hsm, actor, "key.settings", text)) != KH_OK)
-		goto fail;
-	sqlite3_finalize(st);
-	return kh_db_commit(hsm->db);
-fail:
-	sqlite3_finalize(st);
-	kh_db_rollback(hsm->db);
-	return r;
+	return slot_change_finish(hsm, st, slot, actor, "key.settings");
 }
 
 int kh_keystore_count(struct kh_hsm *hsm, uint32_t lo, uint32_t hi, uint64_t *count)

@@ -798,13 +798,23 @@ static int pem_walk(const uint8_t *p, size_t n, size_t maxlen, const char *label
 	return KH_OK;
 }
 
+/* The one DER object of type it that spans all len bytes, or NULL. */
+static void *der_exact(const ASN1_ITEM *it, const uint8_t *der, size_t len)
+{
+	const uint8_t *q = der;
+	ASN1_VALUE *v = ASN1_item_d2i(NULL, &q, (long)len, it);
+	if (v != NULL && q != der + len) {
+		ASN1_item_free(v, it);
+		v = NULL;
+	}
+	return v;
+}
+
 static int each_cert(void *arg, const uint8_t *der, size_t len, const char **why)
 {
 	STACK_OF(X509) *sk = arg;
-	const uint8_t *q = der;
-	X509 *x = d2i_X509(NULL, &q, (long)len);
-	if (x == NULL || q != der + len) {
-		X509_free(x);
+	X509 *x = der_exact(ASN1_ITEM_rptr(X509), der, len);
+	if (x == NULL) {
 		set_why(why, "certificate DER is malformed");
 		return KH_ERR_BAD_FIELD;
 	}
@@ -818,10 +828,8 @@ static int each_cert(void *arg, const uint8_t *der, size_t len, const char **why
 static int each_crl(void *arg, const uint8_t *der, size_t len, const char **why)
 {
 	STACK_OF(X509_CRL) *sk = arg;
-	const uint8_t *q = der;
-	X509_CRL *c = d2i_X509_CRL(NULL, &q, (long)len);
-	if (c == NULL || q != der + len) {
-		X509_CRL_free(c);
+	X509_CRL *c = der_exact(ASN1_ITEM_rptr(X509_CRL), der, len);
+	if (c == NULL) {
 		set_why(why, "CRL DER is malformed");
 		return KH_ERR_BAD_FIELD;
 	}
@@ -835,10 +843,8 @@ static int each_crl(void *arg, const uint8_t *der, size_t len, const char **why)
 static int each_csr(void *arg, const uint8_t *der, size_t len, const char **why)
 {
 	X509_REQ **out = arg;
-	const uint8_t *q = der;
-	X509_REQ *req = d2i_X509_REQ(NULL, &q, (long)len);
-	if (req == NULL || q != der + len) {
-		X509_REQ_free(req);
+	X509_REQ *req = der_exact(ASN1_ITEM_rptr(X509_REQ), der, len);
+	if (req == NULL) {
 		set_why(why, "CSR DER is malformed");
 		return KH_ERR_BAD_FIELD;
 	}
@@ -931,56 +937,62 @@ static int bio_take(BIO *bio, uint8_t **out, size_t *len)
 	return KH_OK;
 }
 
-int kh_pki_cert_pem(X509 *x, uint8_t **out, size_t *len)
-{
-	BIO *bio = BIO_new(BIO_s_mem());
-	int r = KH_ERR_CRYPTO;
-	if (bio == NULL)
-		return KH_ERR_NOMEM;
-	if (PEM_write_bio_X509(bio, x) == 1)
-		r = bio_take(bio, out, len);
-	BIO_free(bio);
-	return r;
-}
+/* PEM of count objects, put(bio, obj, i) writing the i-th. */
+typedef int (*pem_put_fn)(BIO *bio, void *obj, int i);
 
-int kh_pki_certs_pem(STACK_OF(X509) *sk, uint8_t **out, size_t *len)
+static int pem_out(pem_put_fn put, void *obj, int count, uint8_t **out, size_t *len)
 {
 	BIO *bio = BIO_new(BIO_s_mem());
 	int r = KH_ERR_CRYPTO;
 	if (bio == NULL)
 		return KH_ERR_NOMEM;
-	for (int i = 0; i < sk_X509_num(sk); i++)
-		if (PEM_write_bio_X509(bio, sk_X509_value(sk, i)) != 1)
+	for (int i = 0; i < count; i++)
+		if (put(bio, obj, i) != 1)
 			goto out;
 	r = bio_take(bio, out, len);
 out:
 	BIO_free(bio);
 	return r;
+}
+
+static int put_cert(BIO *bio, void *x, int i)
+{
+	(void)i;
+	return PEM_write_bio_X509(bio, x);
+}
+
+static int put_certs(BIO *bio, void *sk, int i)
+{
+	return PEM_write_bio_X509(bio, sk_X509_value(sk, i));
+}
+
+static int put_csr(BIO *bio, void *req, int i)
+{
+	(void)i;
+	return PEM_write_bio_X509_REQ(bio, req);
+}
+
+static int put_crls(BIO *bio, void *sk, int i)
+{
+	return PEM_write_bio_X509_CRL(bio, sk_X509_CRL_value(sk, i));
+}
+
+int kh_pki_cert_pem(X509 *x, uint8_t **out, size_t *len)
+{
+	return pem_out(put_cert, x, 1, out, len);
+}
+
+int kh_pki_certs_pem(STACK_OF(X509) * sk, uint8_t **out, size_t *len)
+{
+	return pem_out(put_certs, sk, sk_X509_num(sk), out, len);
 }
 
 int kh_pki_csr_pem(X509_REQ *req, uint8_t **out, size_t *len)
 {
-	BIO *bio = BIO_new(BIO_s_mem());
-	int r = KH_ERR_CRYPTO;
-	if (bio == NULL)
-		return KH_ERR_NOMEM;
-	if (PEM_write_bio_X509_REQ(bio, req) == 1)
-		r = bio_take(bio, out, len);
-	BIO_free(bio);
-	return r;
+	return pem_out(put_csr, req, 1, out, len);
 }
 
 int kh_pki_crls_pem(STACK_OF(X509_CRL) *sk, uint8_t **out, size_t *len)
 {
-	BIO *bio = BIO_new(BIO_s_mem());
-	int r = KH_ERR_CRYPTO;
-	if (bio == NULL)
-		return KH_ERR_NOMEM;
-	for (int i = 0; i < sk_X509_CRL_num(sk); i++)
-		if (PEM_write_bio_X509_CRL(bio, sk_X509_CRL_value(sk, i)) != 1)
-			goto out;
-	r = bio_take(bio, out, len);
-out:
-	BIO_free(bio);
-	return r;
+	return pem_out(put_crls, sk, sk_X509_CRL_num(sk), out, len);
 }

@@ -349,12 +349,6 @@ bool kh_role_allows_conn(const struct kh_role *r, enum kh_port port, enum kh_sou
 
 #define ROLE_COLS "id,name,perms,ranges,commands,logins_required,ports,sources,dual_factor,builtin"
 
-static int prepare(struct kh_hsm *hsm, const char *sql, sqlite3_stmt **st)
-{
-	int rc = sqlite3_prepare_v2(kh_db_sqlite(hsm->db), sql, -1, st, NULL);
-	return rc == SQLITE_OK ? KH_OK : kh_db_err(hsm->db, rc);
-}
-
 static const char *col_text(sqlite3_stmt *st, int i)
 {
 	const unsigned char *t = sqlite3_column_text(st, i);
@@ -421,7 +415,7 @@ static int load_where(struct kh_hsm *hsm, const char *sql, const char *name, int
 	int r, rc;
 
 	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm, sql, &st)) != KH_OK)
+	if ((r = kh_db_prepare(hsm->db, sql, &st)) != KH_OK)
 		goto out;
 	if (name)
 		sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
@@ -475,10 +469,10 @@ int kh_role_insert(struct kh_hsm *hsm, const struct kh_role *role, int64_t *id)
 	sqlite3_stmt *st = NULL;
 	int r;
 	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm,
-			 "INSERT INTO roles(name,perms,ranges,commands,logins_required,ports,"
-			 "sources,dual_factor,builtin) VALUES(?,?,?,?,?,?,?,?,?)",
-			 &st)) != KH_OK)
+	if ((r = kh_db_prepare(hsm->db,
+	                       "INSERT INTO roles(name,perms,ranges,commands,logins_required,ports,"
+	                       "sources,dual_factor,builtin) VALUES(?,?,?,?,?,?,?,?,?)",
+	                       &st)) != KH_OK)
 		goto out;
 	bind_role(st, role);
 	r = kh_db_err(hsm->db, sqlite3_step(st));
@@ -495,10 +489,11 @@ int kh_role_update(struct kh_hsm *hsm, const struct kh_role *role)
 	sqlite3_stmt *st = NULL;
 	int r;
 	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm,
-			 "UPDATE roles SET name=?,perms=?,ranges=?,commands=?,logins_required=?,"
-			 "ports=?,sources=?,dual_factor=?,builtin=? WHERE id=?",
-			 &st)) != KH_OK)
+	if ((r = kh_db_prepare(
+	         hsm->db,
+	         "UPDATE roles SET name=?,perms=?,ranges=?,commands=?,logins_required=?,"
+	         "ports=?,sources=?,dual_factor=?,builtin=? WHERE id=?",
+	         &st)) != KH_OK)
 		goto out;
 	bind_role(st, role);
 	sqlite3_bind_int64(st, 10, role->id);
@@ -516,7 +511,7 @@ int kh_role_delete(struct kh_hsm *hsm, int64_t id)
 	sqlite3_stmt *st = NULL;
 	int r;
 	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm, "DELETE FROM roles WHERE id=?", &st)) != KH_OK)
+	if ((r = kh_db_prepare(hsm->db, "DELETE FROM roles WHERE id=?", &st)) != KH_OK)
 		goto out;
 	sqlite3_bind_int64(st, 1, id);
 	r = kh_db_err(hsm->db, sqlite3_step(st));
@@ -530,70 +525,26 @@ out:
 
 int kh_role_identity_count(struct kh_hsm *hsm, int64_t id, int64_t *count)
 {
-	sqlite3_stmt *st = NULL;
-	int r, rc;
-	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm, "SELECT COUNT(*) FROM identities WHERE role_id=?", &st)) != KH_OK)
-		goto out;
-	sqlite3_bind_int64(st, 1, id);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		*count = sqlite3_column_int64(st, 0);
-	else
-		r = kh_db_err(hsm->db, rc == SQLITE_DONE ? SQLITE_ERROR : rc);
-out:
-	sqlite3_finalize(st);
-	kh_db_unlock(hsm->db);
-	return r;
+	return kh_db_int(hsm->db, "SELECT COUNT(*) FROM identities WHERE role_id=?", &id, 1, count);
+}
+
+static int role_item(sqlite3_stmt *st, void *arg, const char *sep, char *out, size_t room)
+{
+	(void)arg;
+	return snprintf(out, room, "%s%s", sep, col_text(st, 0));
 }
 
 int kh_role_list(struct kh_hsm *hsm, char *out, size_t outsz)
 {
-	sqlite3_stmt *st = NULL;
-	size_t pos = 0;
-	int r, rc;
-
-	if (outsz == 0)
-		return KH_ERR_TOO_LARGE;
-	out[0] = '\0';
-	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm, "SELECT name FROM roles ORDER BY id", &st)) != KH_OK)
-		goto out;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		const char *name = col_text(st, 0);
-		int w = snprintf(out + pos, outsz - pos, "%s%s", pos ? "," : "", name);
-		if (w < 0 || (size_t)w >= outsz - pos) {
-			r = KH_ERR_TOO_LARGE;
-			goto out;
-		}
-		pos += (size_t)w;
-	}
-	if (rc != SQLITE_DONE)
-		r = kh_db_err(hsm->db, rc);
-out:
-	sqlite3_finalize(st);
-	kh_db_unlock(hsm->db);
-	return r;
+	return kh_db_list(hsm->db, "SELECT name FROM roles ORDER BY id", role_item, NULL, out,
+	                  outsz);
 }
 
 /* ---- bootstrap ---- */
 
 static int role_count(struct kh_hsm *hsm, int64_t *n)
 {
-	sqlite3_stmt *st = NULL;
-	int r, rc;
-	kh_db_lock(hsm->db);
-	if ((r = prepare(hsm, "SELECT COUNT(*) FROM roles", &st)) != KH_OK)
-		goto out;
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		*n = sqlite3_column_int64(st, 0);
-	else
-		r = kh_db_err(hsm->db, rc == SQLITE_DONE ? SQLITE_ERROR : rc);
-out:
-	sqlite3_finalize(st);
-	kh_db_unlock(hsm->db);
-	return r;
+	return kh_db_int(hsm->db, "SELECT COUNT(*) FROM roles", NULL, 0, n);
 }
 
 static void builtin_roles(struct kh_role *admin, struct kh_role *tp)

@@ -13,7 +13,7 @@ wait_for() { # PATTERN
   screen >&2; tmux list-sessions >&2 || true; fail "terminal never showed: $1"
 }
 type_line() { tmux send-keys -t "$sess" -l -- "$1"; tmux send-keys -t "$sess" Enter; }
-trap 'rc=$?; tmux kill-session -t "$sess" 2>/dev/null; (exit $rc); kh_cleanup' EXIT
+trap 'rc=$?; tmux kill-session -t "$sess" 2>/dev/null || true; (exit $rc); kh_cleanup' EXIT
 
 HOME=$T tmux new-session -d -s "$sess" -x 160 -y 50 \
   "HOME=$T ASAN_OPTIONS=$ASAN_OPTIONS $CLI_BIN --console $T/I/console.sock"

@@ -11,34 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct fx {
-	struct kh_hsm hsm;
-	char dir[256];
-	struct kh_session admin;
-	char out[262144];
-};
-
-#define CALL(x, s, req) kh_test_call(&(x)->hsm, (s), (req), (x)->out, sizeof((x)->out))
-
-static void hexstr(const char *s, char *out)
-{
-	kh_hex_encode((const uint8_t *)s, strlen(s), out);
-}
-
-static int logn(struct fx *x, struct kh_session *s, const char *id, const char *pw, const char *np)
-{
-	char req[1200], hp[520], hn[520];
-	hexstr(pw, hp);
-	if (np) {
-		hexstr(np, hn);
-		snprintf(req, sizeof(req), "[AOLOGN;ID%s;PW%s;NP%s;]", id, hp, hn);
-	} else {
-		snprintf(req, sizeof(req), "[AOLOGN;ID%s;PW%s;]", id, hp);
-	}
-	return CALL(x, s, req);
-}
-
-static void sql(struct fx *x, const char *q)
+static void sql(struct kh_test_fx *x, const char *q)
 {
 	char *err = NULL;
 	int rc = sqlite3_exec(kh_db_sqlite(x->hsm.db), q, NULL, NULL, &err);
@@ -49,31 +22,19 @@ static void sql(struct fx *x, const char *q)
 
 static int setup(void **state)
 {
-	struct fx *x = calloc(1, sizeof(*x));
 	struct kh_session s;
-	kh_test_hsm_open(&x->hsm, x->dir);
-	kh_test_session(&x->admin, KH_PORT_ADMIN);
-	assert_int_equal(logn(x, &x->admin, "Admin1", "safest", "first-secret-1"), KH_OK);
-	assert_int_equal(logn(x, &x->admin, "Admin2", "safest", "second-secret-2"), KH_OK);
+	assert_int_equal(kh_test_fx_setup_admin(state), 0);
+	struct kh_test_fx *x = *state;
 	/* a few more entries of various kinds */
 	kh_test_session(&s, KH_PORT_ADMIN);
-	assert_int_equal(logn(x, &s, "Admin1", "wrong-password", NULL), KH_ERR_AUTH_FAILED);
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNOps;PMaudit.view;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNOps;LQ2;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AORLDL;RNOps;]"), KH_OK);
-	*state = x;
+	assert_int_equal(KH_LOGN(x, &s, "Admin1", "wrong-password", NULL), KH_ERR_AUTH_FAILED);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNOps;PMaudit.view;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNOps;LQ2;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLDL;RNOps;]"), KH_OK);
 	return 0;
 }
 
-static int teardown(void **state)
-{
-	struct fx *x = *state;
-	kh_test_hsm_close(&x->hsm, x->dir);
-	free(x);
-	return 0;
-}
-
-static uint64_t count(struct fx *x)
+static uint64_t count(struct kh_test_fx *x)
 {
 	uint64_t n = 0;
 	assert_int_equal(kh_audit_count(&x->hsm, &n), KH_OK);
@@ -82,7 +43,7 @@ static uint64_t count(struct fx *x)
 
 static void test_entries_and_verify_ok(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	struct kh_audit_result res;
 	char hex[64];
 
@@ -91,10 +52,10 @@ static void test_entries_and_verify_ok(void **state)
 	assert_int_equal(kh_audit_verify(&x->hsm, &res), KH_OK);
 	assert_true(res.ok);
 	assert_int_equal(res.checked, 9);
-	assert_int_equal(CALL(x, &x->admin, "[AOAUDV;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOAUDV;]"), KH_OK);
 	assert_string_equal(x->out, "[AOAUDV;BBY;AN9;]");
 
-	assert_int_equal(CALL(x, &x->admin, "[AOAUDS;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOAUDS;]"), KH_OK);
 	assert_non_null(strstr(x->out, "[AOAUDS;AN9;AL1/"));
 	assert_non_null(strstr(x->out, "/system/bootstrap/"));
 	assert_non_null(strstr(x->out, "/Admin1/password.change/"));
@@ -102,29 +63,29 @@ static void test_entries_and_verify_ok(void **state)
 	assert_non_null(strstr(x->out, "/Admin1/login.fail/"));
 	assert_non_null(strstr(x->out, "/Admin1+Admin2/role.add/"));
 	assert_non_null(strstr(x->out, "/Admin1+Admin2/role.delete/"));
-	hexstr("role Ops", hex);
+	kh_test_hexstr("role Ops", hex);
 	assert_non_null(strstr(x->out, hex));
 	assert_null(strstr(x->out, "NX"));
 	/* paging */
-	assert_int_equal(CALL(x, &x->admin, "[AOAUDS;SQ3;NM2;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOAUDS;SQ3;NM2;]"), KH_OK);
 	assert_non_null(strstr(x->out, "AN9;AL3/"));
 	assert_non_null(strstr(x->out, ",4/"));
 	assert_null(strstr(x->out, ",5/"));
 	assert_non_null(strstr(x->out, "NX5;]"));
-	assert_int_equal(CALL(x, &x->admin, "[AOAUDS;SQ100;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOAUDS;SQ100;]"), KH_OK);
 	assert_string_equal(x->out, "[AOAUDS;AN9;AL;]");
-	assert_int_equal(CALL(x, &x->admin, "[AOAUDS;NM0;]"), KH_ERR_BAD_FIELD);
-	assert_int_equal(CALL(x, &x->admin, "[AOAUDS;NM501;]"), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOAUDS;NM0;]"), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOAUDS;NM501;]"), KH_ERR_BAD_FIELD);
 
 	/* more entries keep the chain intact; logout and other modules' appends */
 	assert_int_equal(kh_audit_append(&x->hsm, "-", "mk.load", "PMK loaded, KCV 1A2B3C"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AOLOGO;IDAdmin2;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOLOGO;IDAdmin2;]"), KH_OK);
 	assert_int_equal(kh_audit_verify(&x->hsm, &res), KH_OK);
 	assert_true(res.ok);
 	assert_int_equal(res.checked, 11);
 }
 
-static void expect_bad(struct fx *x, uint64_t seq, const char *reason)
+static void expect_bad(struct kh_test_fx *x, uint64_t seq, const char *reason)
 {
 	struct kh_audit_result res;
 	char want[128];
@@ -133,7 +94,7 @@ static void expect_bad(struct fx *x, uint64_t seq, const char *reason)
 	assert_int_equal(res.bad_seq, seq);
 	assert_string_equal(res.reason, reason);
 	/* and the same through AUDV */
-	assert_int_equal(CALL(x, &x->admin, "[AOAUDV;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOAUDV;]"), KH_OK);
 	snprintf(want, sizeof(want), "BBN;AN%llu;BS%llu;ET%s;]", (unsigned long long)res.checked,
 		 (unsigned long long)seq, reason);
 	assert_non_null(strstr(x->out, want));
@@ -141,42 +102,42 @@ static void expect_bad(struct fx *x, uint64_t seq, const char *reason)
 
 static void test_edited(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	sql(x, "UPDATE audit SET detail='nothing happened' WHERE seq=4");
 	expect_bad(x, 4, "edited");
 }
 
 static void test_edited_actor_and_time(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	sql(x, "UPDATE audit SET actor='Mallory' WHERE seq=2");
 	expect_bad(x, 2, "edited");
 }
 
 static void test_edited_mac(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	sql(x, "UPDATE audit SET mac=zeroblob(32) WHERE seq=6");
 	expect_bad(x, 6, "edited");
 }
 
 static void test_deleted_middle(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	sql(x, "DELETE FROM audit WHERE seq=5");
 	expect_bad(x, 5, "missing");
 }
 
 static void test_deleted_first(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	sql(x, "DELETE FROM audit WHERE seq=1");
 	expect_bad(x, 1, "missing");
 }
 
 static void test_swapped(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	sql(x, "UPDATE audit SET seq=-1 WHERE seq=3;"
 	       "UPDATE audit SET seq=3 WHERE seq=4;"
 	       "UPDATE audit SET seq=4 WHERE seq=-1;");
@@ -185,7 +146,7 @@ static void test_swapped(void **state)
 
 static void test_deleted_last(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	uint64_t n = count(x);
 	char q[80];
 	snprintf(q, sizeof(q), "DELETE FROM audit WHERE seq=%llu", (unsigned long long)n);
@@ -198,7 +159,7 @@ static void test_deleted_last(void **state)
 
 static void test_head_tampering(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	sql(x, "DELETE FROM settings WHERE key='audit_head'");
 	expect_bad(x, count(x) + 1, "truncated");
 	/* appending after that is flagged, not silently chained */
@@ -208,21 +169,21 @@ static void test_head_tampering(void **state)
 
 static void test_head_forged(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	sql(x, "UPDATE settings SET value=zeroblob(72) WHERE key='audit_head'");
 	expect_bad(x, count(x) + 1, "edited");
 }
 
 static void test_whole_log_deleted(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	sql(x, "DELETE FROM audit; DELETE FROM settings WHERE key='audit_head'");
 	expect_bad(x, 1, "truncated");
 }
 
 static void test_no_secrets_in_log(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	sqlite3_stmt *st;
 	assert_int_equal(sqlite3_prepare_v2(kh_db_sqlite(x->hsm.db),
 					    "SELECT actor||event||detail FROM audit", -1, &st, NULL),
@@ -242,18 +203,18 @@ static void test_no_secrets_in_log(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_entries_and_verify_ok, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_edited, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_edited_actor_and_time, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_edited_mac, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_deleted_middle, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_deleted_first, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_swapped, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_deleted_last, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_head_tampering, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_head_forged, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_whole_log_deleted, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_no_secrets_in_log, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_entries_and_verify_ok, setup, kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_edited, setup, kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_edited_actor_and_time, setup, kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_edited_mac, setup, kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_deleted_middle, setup, kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_deleted_first, setup, kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_swapped, setup, kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_deleted_last, setup, kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_head_tampering, setup, kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_head_forged, setup, kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_whole_log_deleted, setup, kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_no_secrets_in_log, setup, kh_test_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

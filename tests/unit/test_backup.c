@@ -20,19 +20,6 @@ static char req[1 << 20];
 static uint8_t kb[32], kb_other[32], kp1[32], kp2[32], kf1[32], kf2[32];
 static uint8_t m1[32], m2[24], m3[1];
 
-static void admin(struct kh_hsm *hsm, struct kh_session *s)
-{
-	kh_test_session(s, KH_PORT_ADMIN);
-	s->nident = 2;
-	snprintf(s->ident[0], KH_NAME_MAX, "Admin1");
-	snprintf(s->ident[1], KH_NAME_MAX, "Admin2");
-	s->role.perms = ~0ULL;
-	s->role.logins_required = 2;
-	s->role.ports = KH_PORT_ADMIN;
-	s->active = true;
-	s->role_gen = atomic_load(&hsm->role_gen);
-}
-
 static int call(struct kh_hsm *hsm, struct kh_session *s)
 {
 	int r = kh_test_call(hsm, s, req, resp, sizeof(resp));
@@ -41,35 +28,9 @@ static int call(struct kh_hsm *hsm, struct kh_session *s)
 	return r;
 }
 
-static const char *field(const char *tag)
-{
-	static char out[1 << 20];
-	char pat[4] = {';', tag[0], tag[1], '\0'};
-	const char *p = strstr(resp, pat);
-	out[0] = '\0';
-	if (p == NULL)
-		return out;
-	p += 3;
-	size_t n = strcspn(p, ";");
-	memcpy(out, p, n);
-	out[n] = '\0';
-	return out;
-}
-
 static void load(struct kh_hsm *hsm, enum kh_mk_id id, const uint8_t *k)
 {
 	assert_int_equal(kh_mk_load(hsm, id, k, 32, "unit", "majorkey.load", "t", NULL), KH_OK);
-}
-
-static int db_exec(struct kh_hsm *hsm, const char *sql)
-{
-	sqlite3_stmt *st;
-	int rc = sqlite3_prepare_v2(kh_db_sqlite(hsm->db), sql, -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return rc;
-	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
-	return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
 static int64_t db_int(struct kh_hsm *hsm, const char *sql)
@@ -142,16 +103,17 @@ static void setup_a(struct kh_hsm *a)
 	put_key(a, 1, KH_MK_PMK, m1, sizeof(m1), "first");
 	put_key(a, 2, KH_MK_FTK, m2, sizeof(m2), NULL);
 	put_key(a, 3, KH_MK_PMK, m3, sizeof(m3), "third");
-	assert_int_equal(db_exec(a, "INSERT INTO roles(name, perms, ranges, commands, "
-	                            "logins_required, ports, sources) VALUES('App One', 'keys', "
-	                            "'S:1000-1999', 'ECHO,RAND', 1, 1, 1)"),
-	                 SQLITE_OK);
-	assert_int_equal(db_exec(a,
-	                         "INSERT INTO identities(name, role_id, pw_hash, pw_salt, "
-	                         "pw_params, must_change, created, changed) SELECT 'app.user', id, "
-	                         "x'0011223344', x'AABB', 'scrypt:15:8:1', 0, 1, 2 FROM roles "
-	                         "WHERE name='App One'"),
-	                 SQLITE_OK);
+	assert_int_equal(
+	    kh_test_db_exec(a, "INSERT INTO roles(name, perms, ranges, commands, "
+	                       "logins_required, ports, sources) VALUES('App One', 'keys', "
+	                       "'S:1000-1999', 'ECHO,RAND', 1, 1, 1)"),
+	    SQLITE_OK);
+	assert_int_equal(
+	    kh_test_db_exec(a, "INSERT INTO identities(name, role_id, pw_hash, pw_salt, "
+	                       "pw_params, must_change, created, changed) SELECT 'app.user', id, "
+	                       "x'0011223344', x'AABB', 'scrypt:15:8:1', 0, 1, 2 FROM roles "
+	                       "WHERE name='App One'"),
+	    SQLITE_OK);
 	assert_int_equal(kh_db_setting_put_int(a->db, "lockout_threshold", 7), KH_OK);
 	assert_int_equal(kh_db_setting_put_int(a->db, "clock_offset", 5000), KH_OK);
 }
@@ -163,7 +125,7 @@ static void backup(struct kh_hsm *a, struct kh_session *s, const char *scope, ch
 	else
 		snprintf(req, sizeof(req), "[AOBKUP;]");
 	assert_int_equal(call(a, s), KH_OK);
-	*bd = strdup(field("BD"));
+	*bd = strdup(kh_test_field(resp, "BD"));
 	assert_non_null(*bd);
 	assert_true(strlen(*bd) > 2 * (KH_BACKUP_HDR_LEN + KH_MK_SEAL_OVERHEAD));
 }
@@ -201,19 +163,6 @@ static bool audited(struct kh_hsm *hsm, const char *event)
 	return false;
 }
 
-static void assert_key(struct kh_hsm *hsm, uint32_t slot, const uint8_t *m, size_t n)
-{
-	struct kh_key_row row;
-	uint8_t *out = NULL;
-	size_t olen = 0;
-	assert_int_equal(kh_keystore_get(hsm, slot, &row), KH_OK);
-	assert_int_equal(kh_keystore_unwrap(hsm, &row, &out, &olen), KH_OK);
-	assert_int_equal(olen, n);
-	assert_memory_equal(out, m, n);
-	kh_secure_free(out, olen);
-	kh_keystore_row_free(&row);
-}
-
 static void test_backup_restore_other_device(void **state)
 {
 	struct kh_hsm a, b;
@@ -225,12 +174,12 @@ static void test_backup_restore_other_device(void **state)
 
 	kh_test_hsm_open(&a, da);
 	kh_test_hsm_open(&b, db);
-	admin(&a, &sa);
-	admin(&b, &sb);
+	kh_test_admin_session(&a, &sa);
+	kh_test_admin_session(&b, &sb);
 	setup_a(&a);
 	backup(&a, &sa, NULL, &bd);
 	assert_int_equal(kh_mk_kcv(kb, 32, kcv), KH_OK);
-	assert_string_equal(field("KV"), kcv);
+	assert_string_equal(kh_test_field(resp, "KV"), kcv);
 	assert_true(audited(&a, "backup.create"));
 	/* the backup carries no key material in clear */
 	{
@@ -251,17 +200,17 @@ static void test_backup_restore_other_device(void **state)
 	gen = atomic_load(&b.role_gen);
 
 	assert_int_equal(restore(&b, &sb, bd), KH_OK);
-	assert_string_equal(field("KC"), "3");
-	assert_string_equal(field("RC"), "3");
-	assert_string_equal(field("IC"), "3");
+	assert_string_equal(kh_test_field(resp, "KC"), "3");
+	assert_string_equal(kh_test_field(resp, "RC"), "3");
+	assert_string_equal(kh_test_field(resp, "IC"), "3");
 	assert_true(audited(&b, "backup.restore"));
 	assert_true(atomic_load(&b.role_gen) > gen);
 
 	/* keys: same ids and material, re-wrapped under B's PMK/FTK */
 	assert_int_equal(kh_keystore_get(&b, 9, &rb), KH_ERR_NOT_FOUND);
-	assert_key(&b, 1, m1, sizeof(m1));
-	assert_key(&b, 2, m2, sizeof(m2));
-	assert_key(&b, 3, m3, sizeof(m3));
+	kh_test_assert_key(&b, 1, m1, sizeof(m1));
+	kh_test_assert_key(&b, 2, m2, sizeof(m2));
+	kh_test_assert_key(&b, 3, m3, sizeof(m3));
 	for (uint32_t slot = 1; slot <= 3; slot++) {
 		assert_int_equal(kh_keystore_get(&a, slot, &ra), KH_OK);
 		assert_int_equal(kh_keystore_get(&b, slot, &rb), KH_OK);
@@ -299,15 +248,15 @@ static void test_backup_restore_other_device(void **state)
 	assert_int_equal(kh_db_setting_put_int(b.db, "lockout_threshold", 9), KH_OK);
 	backup(&a, &sa, "keys", &bd);
 	assert_int_equal(restore(&b, &sb, bd), KH_OK);
-	assert_string_equal(field("RC"), "0");
-	assert_string_equal(field("KC"), "3");
+	assert_string_equal(kh_test_field(resp, "RC"), "0");
+	assert_string_equal(kh_test_field(resp, "KC"), "3");
 	assert_int_equal(kh_db_setting_get_int(b.db, "lockout_threshold", 0), 9);
 	free(bd);
 	put_key(&b, 50, KH_MK_FTK, m2, sizeof(m2), NULL);
 	backup(&a, &sa, "config", &bd);
 	assert_int_equal(restore(&b, &sb, bd), KH_OK);
-	assert_string_equal(field("KC"), "0");
-	assert_key(&b, 50, m2, sizeof(m2));
+	assert_string_equal(kh_test_field(resp, "KC"), "0");
+	kh_test_assert_key(&b, 50, m2, sizeof(m2));
 	assert_int_equal(kh_db_setting_get_int(b.db, "lockout_threshold", 0), 7);
 	free(bd);
 
@@ -328,8 +277,8 @@ static void test_refusals_change_nothing(void **state)
 
 	kh_test_hsm_open(&a, da);
 	kh_test_hsm_open(&c, dc);
-	admin(&a, &sa);
-	admin(&c, &sc);
+	kh_test_admin_session(&a, &sa);
+	kh_test_admin_session(&c, &sc);
 	setup_a(&a);
 	backup(&a, &sa, NULL, &bd);
 	len = strlen(bd);
@@ -408,7 +357,7 @@ static void test_refusals_change_nothing(void **state)
 	/* with the FTK loaded the same backup goes in */
 	load(&c, KH_MK_FTK, kf2);
 	assert_int_equal(restore(&c, &sc, bd), KH_OK);
-	assert_key(&c, 2, m2, sizeof(m2));
+	kh_test_assert_key(&c, 2, m2, sizeof(m2));
 	free(bad);
 	free(bd);
 	kh_test_hsm_close(&c, dc);

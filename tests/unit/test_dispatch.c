@@ -10,140 +10,98 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct fx {
-	struct kh_hsm hsm;
-	char dir[256];
-	struct kh_session admin;
-	char out[65536];
-};
-
-static void hexstr(const char *s, char *out)
-{
-	kh_hex_encode((const uint8_t *)s, strlen(s), out);
-}
-
-static void admin_login(struct fx *x, const char *who)
-{
-	char req[512], pw[64], np[64];
-	hexstr("safest", pw);
-	hexstr("correct horse 1", np);
-	snprintf(req, sizeof(req), "[AOLOGN;ID%s;PW%s;NP%s;]", who, pw, np);
-	assert_int_equal(kh_test_call(&x->hsm, &x->admin, req, x->out, sizeof(x->out)), KH_OK);
-}
-
-static int setup(void **state)
-{
-	struct fx *x = calloc(1, sizeof(*x));
-	kh_test_hsm_open(&x->hsm, x->dir);
-	kh_test_session(&x->admin, KH_PORT_ADMIN);
-	admin_login(x, "Admin1");
-	admin_login(x, "Admin2");
-	assert_true(x->admin.active);
-	*state = x;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	struct fx *x = *state;
-	kh_test_hsm_close(&x->hsm, x->dir);
-	free(x);
-	return 0;
-}
-
-#define CALL(x, s, req) kh_test_call(&(x)->hsm, (s), (req), (x)->out, sizeof((x)->out))
-
 static void test_unknown_and_port(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	struct kh_session prod;
 	kh_test_session(&prod, KH_PORT_PROD);
-	assert_int_equal(CALL(x, &prod, "[AOZZZZ;]"), KH_ERR_UNKNOWN_COMMAND);
+	assert_int_equal(KH_CALL(x, &prod, "[AOZZZZ;]"), KH_ERR_UNKNOWN_COMMAND);
 	assert_non_null(strstr(x->out, "[AOERRO;CMZZZZ;EC5;"));
 	/* an admin command on the Excrypt port */
-	assert_int_equal(CALL(x, &prod, "[AORLLS;]"), KH_ERR_COMMAND_NOT_ALLOWED);
+	assert_int_equal(KH_CALL(x, &prod, "[AORLLS;]"), KH_ERR_COMMAND_NOT_ALLOWED);
 	/* an admin command before login on the admin port */
 	struct kh_session adm;
 	kh_test_session(&adm, KH_PORT_ADMIN);
-	assert_int_equal(CALL(x, &adm, "[AORLLS;]"), KH_ERR_NOT_LOGGED_IN);
-	assert_int_equal(CALL(x, &adm, "[AOSTAT;]"), KH_ERR_NOT_LOGGED_IN);
-	assert_int_equal(CALL(x, &adm, "[AOECHO;AGhi;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &adm, "[AORLLS;]"), KH_ERR_NOT_LOGGED_IN);
+	assert_int_equal(KH_CALL(x, &adm, "[AOSTAT;]"), KH_ERR_NOT_LOGGED_IN);
+	assert_int_equal(KH_CALL(x, &adm, "[AOECHO;AGhi;]"), KH_OK);
 	assert_non_null(strstr(x->out, "[AOECHO;AGhi;BC"));
 }
 
 static void test_transaction_processing_defaults(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	struct kh_session prod;
 	kh_test_session(&prod, KH_PORT_PROD);
-	assert_int_equal(CALL(x, &prod, "[AOECHO;]"), KH_OK);
-	assert_int_equal(CALL(x, &prod, "[AORAND;NB16;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &prod, "[AOECHO;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &prod, "[AORAND;NB16;]"), KH_OK);
 	assert_int_equal(strlen(strstr(x->out, "RN")), 2 + 32 + 2);
-	assert_int_equal(CALL(x, &prod, "[AOGPKM;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &prod, "[AOGPKM;]"), KH_OK);
 	assert_non_null(strstr(x->out, "KC0;"));
-	assert_int_equal(CALL(x, &prod, "[AOHASH;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &prod, "[AOHASH;]"), KH_OK);
 	assert_non_null(strstr(x->out, "SNKH"));
-	assert_int_equal(CALL(x, &prod, "[AOSTAT;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &prod, "[AOSTAT;]"), KH_OK);
 	assert_non_null(strstr(x->out, "FSFIPS=N,PKCS11=Y,FTK=N,PMK=N,BEK=N;"));
 	assert_non_null(strstr(x->out, "MD" KH_MODEL ";"));
-	assert_int_equal(CALL(x, &prod, "[AOPRMD;]"), KH_OK);
-	assert_int_equal(CALL(x, &prod, "[AOTIME;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &prod, "[AOPRMD;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &prod, "[AOTIME;]"), KH_OK);
 	/* TIME only reads the clock for a role without time.set */
-	assert_int_equal(CALL(x, &prod, "[AOTIME;TM20300101000000;]"), KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &prod, "[AOTIME;TM20300101000000;]"), KH_ERR_PERMISSION_DENIED);
 	/* bounds */
-	assert_int_equal(CALL(x, &prod, "[AORAND;NB0;]"), KH_ERR_BAD_FIELD);
-	assert_int_equal(CALL(x, &prod, "[AORAND;NB4097;]"), KH_ERR_BAD_FIELD);
-	assert_int_equal(CALL(x, &prod, "[AORAND;]"), KH_ERR_MISSING_FIELD);
+	assert_int_equal(KH_CALL(x, &prod, "[AORAND;NB0;]"), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALL(x, &prod, "[AORAND;NB4097;]"), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALL(x, &prod, "[AORAND;]"), KH_ERR_MISSING_FIELD);
 	/* the slot exists in no table, but the range check comes first */
-	assert_int_equal(CALL(x, &prod, "[AOGPKR;SL5;]"), KH_ERR_NOT_FOUND);
-	assert_int_equal(CALL(x, &prod, "[AOGPKR;SL1000000;]"), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALL(x, &prod, "[AOGPKR;SL5;]"), KH_ERR_NOT_FOUND);
+	assert_int_equal(KH_CALL(x, &prod, "[AOGPKR;SL1000000;]"), KH_ERR_BAD_FIELD);
 }
 
 static void test_restricted_role(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	struct kh_session prod;
 	/* the reference's restriction of the Transaction Processing role */
-	assert_int_equal(CALL(x, &x->admin,
-			      "[AORLMD;RNAnonymous;PM;KR;CMASYS,ECHO,GPKM,GPKR,GPKS,HASH,PRMD,RAND,"
-			      "STAT,TIME;]"),
-			 KH_OK);
+	assert_int_equal(
+	    KH_CALL(x, &x->admin,
+	            "[AORLMD;RNAnonymous;PM;KR;CMASYS,ECHO,GPKM,GPKR,GPKS,HASH,PRMD,RAND,"
+	            "STAT,TIME;]"),
+	    KH_OK);
 	kh_test_session(&prod, KH_PORT_PROD);
-	assert_int_equal(CALL(x, &prod, "[AOECHO;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &prod, "[AOECHO;]"), KH_OK);
 	/* GPKM needs the Keys permission, which is gone */
-	assert_int_equal(CALL(x, &prod, "[AOGPKM;]"), KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &prod, "[AOGPKM;]"), KH_ERR_PERMISSION_DENIED);
 	assert_non_null(strstr(x->out, "needs keys"));
 	/* give Keys back: then the slot range refuses */
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNAnonymous;PMkeys;]"), KH_OK);
-	assert_int_equal(CALL(x, &prod, "[AOGPKR;SL5;]"), KH_ERR_SLOT_OUT_OF_RANGE);
-	assert_int_equal(CALL(x, &prod, "[AOGPKM;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;PMkeys;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &prod, "[AOGPKR;SL5;]"), KH_ERR_SLOT_OUT_OF_RANGE);
+	assert_int_equal(KH_CALL(x, &prod, "[AOGPKM;]"), KH_OK);
 	assert_non_null(strstr(x->out, "KC0;"));
 	/* disable RAND: the command is refused */
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNAnonymous;CMECHO;]"), KH_OK);
-	assert_int_equal(CALL(x, &prod, "[AORAND;NB8;]"), KH_ERR_COMMAND_NOT_ALLOWED);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;CMECHO;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &prod, "[AORAND;NB8;]"), KH_ERR_COMMAND_NOT_ALLOWED);
 	assert_non_null(strstr(x->out, "RAND not enabled for role"));
-	assert_int_equal(CALL(x, &prod, "[AOECHO;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &prod, "[AOECHO;]"), KH_OK);
 }
 
 static void test_admin_settings_and_time(void **state)
 {
-	struct fx *x = *state;
-	assert_int_equal(CALL(x, &x->admin, "[AOTIME;TM20300101000000;]"), KH_OK);
+	struct kh_test_fx *x = *state;
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOTIME;TM20300101000000;]"), KH_OK);
 	assert_non_null(strstr(x->out, "TM203001010000"));
-	assert_int_equal(CALL(x, &x->admin, "[AOTIME;TM2030;]"), KH_ERR_BAD_FIELD);
-	assert_int_equal(CALL(x, &x->admin, "[AOSETS;LT3;LS60;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AOSETG;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOTIME;TM2030;]"), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOSETS;LT3;LS60;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOSETG;]"), KH_OK);
 	assert_non_null(strstr(x->out, "LT3;LS60;"));
 	/* an invalid value changes nothing */
-	assert_int_equal(CALL(x, &x->admin, "[AOSETS;LT4;LS0;]"), KH_ERR_BAD_FIELD);
-	assert_int_equal(CALL(x, &x->admin, "[AOSETG;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOSETS;LT4;LS0;]"), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOSETG;]"), KH_OK);
 	assert_non_null(strstr(x->out, "LT3;LS60;"));
 	/* FIPS mode refused while a role has Logins Required 1 */
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNapp;LQ1;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AOSETS;FIY;]"), KH_ERR_STATE);
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNapp;LQ2;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AOSETS;FIY;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AOPRMD;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNapp;LQ1;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOSETS;FIY;]"), KH_ERR_STATE);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNapp;LQ2;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOSETS;FIY;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOPRMD;]"), KH_OK);
 	assert_non_null(strstr(x->out, "FIY;"));
 }
 
@@ -151,34 +109,40 @@ static void test_admin_settings_and_time(void **state)
  * login at its next command instead of keeping the old role's rights. */
 static void test_deleted_identity_logged_out(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	struct kh_session app;
 	char pw[64], req[256];
-	hexstr("app-password-1", pw);
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNapp;LQ1;PMkeys;KRS:10-20;CMECHO,GPKM;]"), KH_OK);
+	kh_test_hexstr("app-password-1", pw);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNapp;LQ1;PMkeys;KRS:10-20;CMECHO,GPKM;]"),
+	                 KH_OK);
 	snprintf(req, sizeof(req), "[AOIDAD;IDappuser;RNapp;PW%s;]", pw);
-	assert_int_equal(CALL(x, &x->admin, req), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, req), KH_OK);
 	kh_test_session(&app, KH_PORT_PROD);
 	snprintf(req, sizeof(req), "[AOLOGN;IDappuser;PW%s;]", pw);
-	assert_int_equal(CALL(x, &app, req), KH_OK);
+	assert_int_equal(KH_CALL(x, &app, req), KH_OK);
 	assert_true(app.active);
-	assert_int_equal(CALL(x, &app, "[AOGPKM;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AOIDDL;IDappuser;]"), KH_OK);
-	assert_int_equal(CALL(x, &app, "[AOGPKM;]"), KH_ERR_NOT_LOGGED_IN);
+	assert_int_equal(KH_CALL(x, &app, "[AOGPKM;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDDL;IDappuser;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &app, "[AOGPKM;]"), KH_ERR_NOT_LOGGED_IN);
 	assert_int_equal(app.nident, 0);
 	assert_false(app.active);
 	/* back to the Transaction Processing role's rights */
-	assert_int_equal(CALL(x, &app, "[AOECHO;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &app, "[AOECHO;]"), KH_OK);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_unknown_and_port, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_transaction_processing_defaults, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_restricted_role, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_admin_settings_and_time, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_deleted_identity_logged_out, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_unknown_and_port, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_transaction_processing_defaults,
+	                                    kh_test_fx_setup_admin, kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_restricted_role, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_admin_settings_and_time, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_deleted_identity_logged_out,
+	                                    kh_test_fx_setup_admin, kh_test_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,59 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct fx {
-	struct kh_hsm hsm;
-	char dir[256];
-	struct kh_session admin;
-	char out[65536];
-};
-
-#define CALL(x, s, req) kh_test_call(&(x)->hsm, (s), (req), (x)->out, sizeof((x)->out))
-
-static void hexstr(const char *s, char *out)
-{
-	kh_hex_encode((const uint8_t *)s, strlen(s), out);
-}
-
-static int logn(struct fx *x, struct kh_session *s, const char *id, const char *pw, const char *np)
-{
-	char req[1200], hp[520], hn[520];
-	hexstr(pw, hp);
-	if (np) {
-		hexstr(np, hn);
-		snprintf(req, sizeof(req), "[AOLOGN;ID%s;PW%s;NP%s;]", id, hp, hn);
-	} else {
-		snprintf(req, sizeof(req), "[AOLOGN;ID%s;PW%s;]", id, hp);
-	}
-	return CALL(x, s, req);
-}
-
-static int idad(struct fx *x, const char *id, const char *role, const char *pw, const char *extra)
+static int idad(struct kh_test_fx *x, const char *id, const char *role, const char *pw,
+                const char *extra)
 {
 	char req[1200], hp[520];
-	hexstr(pw, hp);
+	kh_test_hexstr(pw, hp);
 	snprintf(req, sizeof(req), "[AOIDAD;ID%s;RN%s;PW%s;%s]", id, role, hp, extra ? extra : "");
-	return CALL(x, &x->admin, req);
-}
-
-static int setup(void **state)
-{
-	struct fx *x = calloc(1, sizeof(*x));
-	kh_test_hsm_open(&x->hsm, x->dir);
-	kh_test_session(&x->admin, KH_PORT_ADMIN);
-	assert_int_equal(logn(x, &x->admin, "Admin1", "safest", "Tr0ub4dor&3-first"), KH_OK);
-	assert_int_equal(logn(x, &x->admin, "Admin2", "safest", "Tr0ub4dor&3-second"), KH_OK);
-	assert_true(x->admin.active);
-	*state = x;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	struct fx *x = *state;
-	kh_test_hsm_close(&x->hsm, x->dir);
-	free(x);
-	return 0;
+	return KH_CALL(x, &x->admin, req);
 }
 
 static void test_policy_and_hash(void **state)
@@ -105,12 +59,12 @@ static void test_policy_and_hash(void **state)
 
 static void test_add_list(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	struct kh_session s;
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNApp Role;PMkeys;PTprod;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNApp Role;PMkeys;PTprod;]"), KH_OK);
 	assert_int_equal(idad(x, "App1", "App Role", "app-password-1", "MCY;"), KH_OK);
 	assert_int_equal(idad(x, "App2", "app role", "app-password-2", NULL), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AOIDLS;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDLS;]"), KH_OK);
 	assert_non_null(strstr(x->out, "[AOIDLS;ILAdmin1:Administrator:ok,Admin2:Administrator:ok,"
 				       "App1:App_Role:change,App2:App_Role:ok;]"));
 
@@ -123,101 +77,103 @@ static void test_add_list(void **state)
 	assert_int_equal(idad(x, "App3", "App Role", "short", NULL), KH_ERR_WEAK_PASSWORD);
 	assert_int_equal(idad(x, "App 3", "App Role", "app-password-1", NULL), KH_ERR_BAD_FIELD);
 	assert_int_equal(idad(x, "App3", "App Role", "app-password-1", "MCX;"), KH_ERR_BAD_FIELD);
-	assert_int_equal(CALL(x, &x->admin, "[AOIDAD;IDApp3;RNApp Role;]"), KH_ERR_MISSING_FIELD);
-	assert_int_equal(CALL(x, &x->admin, "[AOIDAD;IDApp3;RNApp Role;PWXYZ;]"), KH_ERR_BAD_FIELD);
-	assert_int_equal(CALL(x, &x->admin, "[AOIDLS;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDAD;IDApp3;RNApp Role;]"),
+	                 KH_ERR_MISSING_FIELD);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDAD;IDApp3;RNApp Role;PWXYZ;]"),
+	                 KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDLS;]"), KH_OK);
 	assert_null(strstr(x->out, "App3"));
 
 	/* MC=Y: first login needs NP */
 	kh_test_session(&s, KH_PORT_PROD);
-	assert_int_equal(logn(x, &s, "App1", "app-password-1", NULL),
-			 KH_ERR_PASSWORD_CHANGE_REQUIRED);
-	assert_int_equal(logn(x, &s, "App1", "app-password-1", "app-password-1b"), KH_OK);
-	assert_int_equal(logn(x, &s, "App2", "app-password-2", NULL), KH_OK);
+	assert_int_equal(KH_LOGN(x, &s, "App1", "app-password-1", NULL),
+	                 KH_ERR_PASSWORD_CHANGE_REQUIRED);
+	assert_int_equal(KH_LOGN(x, &s, "App1", "app-password-1", "app-password-1b"), KH_OK);
+	assert_int_equal(KH_LOGN(x, &s, "App2", "app-password-2", NULL), KH_OK);
 	assert_true(s.active);
 }
 
 static void test_modify(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	struct kh_session s;
 	struct kh_ident id;
 	char req[600], hp[200];
 
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNR1;PTadmin;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNR2;PTadmin;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNR1;PTadmin;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNR2;PTadmin;]"), KH_OK);
 	assert_int_equal(idad(x, "U1", "R1", "user-password-1", NULL), KH_OK);
 
 	/* new role */
-	assert_int_equal(CALL(x, &x->admin, "[AOIDMD;IDU1;RNR2;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDMD;IDU1;RNR2;]"), KH_OK);
 	kh_test_session(&s, KH_PORT_ADMIN);
-	assert_int_equal(logn(x, &s, "U1", "user-password-1", NULL), KH_OK);
+	assert_int_equal(KH_LOGN(x, &s, "U1", "user-password-1", NULL), KH_OK);
 	assert_string_equal(s.role.name, "R2");
-	assert_int_equal(CALL(x, &x->admin, "[AOIDMD;IDU1;RNAnonymous;]"), KH_ERR_STATE);
-	assert_int_equal(CALL(x, &x->admin, "[AOIDMD;IDU1;RNNope;]"), KH_ERR_NOT_FOUND);
-	assert_int_equal(CALL(x, &x->admin, "[AOIDMD;IDNobody;MCY;]"), KH_ERR_NOT_FOUND);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDMD;IDU1;RNAnonymous;]"), KH_ERR_STATE);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDMD;IDU1;RNNope;]"), KH_ERR_NOT_FOUND);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDMD;IDNobody;MCY;]"), KH_ERR_NOT_FOUND);
 
 	/* password reset: a one-time password by default */
-	hexstr("reset-password-1", hp);
+	kh_test_hexstr("reset-password-1", hp);
 	snprintf(req, sizeof(req), "[AOIDMD;IDU1;PW%s;]", hp);
-	assert_int_equal(CALL(x, &x->admin, req), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, req), KH_OK);
 	kh_test_session(&s, KH_PORT_ADMIN);
-	assert_int_equal(logn(x, &s, "U1", "user-password-1", NULL), KH_ERR_AUTH_FAILED);
-	assert_int_equal(logn(x, &s, "U1", "reset-password-1", NULL),
-			 KH_ERR_PASSWORD_CHANGE_REQUIRED);
+	assert_int_equal(KH_LOGN(x, &s, "U1", "user-password-1", NULL), KH_ERR_AUTH_FAILED);
+	assert_int_equal(KH_LOGN(x, &s, "U1", "reset-password-1", NULL),
+	                 KH_ERR_PASSWORD_CHANGE_REQUIRED);
 	/* with MC=N it is not */
 	snprintf(req, sizeof(req), "[AOIDMD;IDU1;PW%s;MCN;]", hp);
-	assert_int_equal(CALL(x, &x->admin, req), KH_OK);
-	assert_int_equal(logn(x, &s, "U1", "reset-password-1", NULL), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, req), KH_OK);
+	assert_int_equal(KH_LOGN(x, &s, "U1", "reset-password-1", NULL), KH_OK);
 	/* MC alone */
-	assert_int_equal(CALL(x, &x->admin, "[AOIDMD;IDU1;MCY;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDMD;IDU1;MCY;]"), KH_OK);
 	assert_int_equal(kh_ident_load(&x->hsm, "U1", &id), KH_OK);
 	assert_true(id.must_change);
 	/* a bad field changes nothing, not even the good fields beside it */
 	snprintf(req, sizeof(req), "[AOIDMD;IDU1;RNR1;PW%s;MCN;ULQ;]", hp);
-	assert_int_equal(CALL(x, &x->admin, req), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALL(x, &x->admin, req), KH_ERR_BAD_FIELD);
 	assert_int_equal(kh_ident_load(&x->hsm, "U1", &id), KH_OK);
 	assert_true(id.must_change);
 	struct kh_role r2;
 	assert_int_equal(kh_role_load(&x->hsm, "R2", &r2), KH_OK);
 	assert_int_equal(id.role_id, r2.id);
 	snprintf(req, sizeof(req), "[AOIDMD;IDU1;RNR1;PW%s;]", "41");
-	assert_int_equal(CALL(x, &x->admin, req), KH_ERR_WEAK_PASSWORD);
+	assert_int_equal(KH_CALL(x, &x->admin, req), KH_ERR_WEAK_PASSWORD);
 	assert_int_equal(kh_ident_load(&x->hsm, "U1", &id), KH_OK);
 	assert_int_equal(id.role_id, r2.id);
 }
 
 static void test_delete(void **state)
 {
-	struct fx *x = *state;
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNR1;PTadmin;]"), KH_OK);
+	struct kh_test_fx *x = *state;
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNR1;PTadmin;]"), KH_OK);
 	assert_int_equal(idad(x, "U1", "R1", "user-password-1", NULL), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AOIDDL;IDU1;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AOIDDL;IDU1;]"), KH_ERR_NOT_FOUND);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDDL;IDU1;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDDL;IDU1;]"), KH_ERR_NOT_FOUND);
 	struct kh_session s;
 	kh_test_session(&s, KH_PORT_ADMIN);
-	assert_int_equal(logn(x, &s, "U1", "user-password-1", NULL), KH_ERR_AUTH_FAILED);
+	assert_int_equal(KH_LOGN(x, &s, "U1", "user-password-1", NULL), KH_ERR_AUTH_FAILED);
 
 	/* logged in on this connection */
-	assert_int_equal(CALL(x, &x->admin, "[AOIDDL;IDadmin1;]"), KH_ERR_STATE);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDDL;IDadmin1;]"), KH_ERR_STATE);
 	/* Administrator keeps at least Logins Required identities */
 	assert_int_equal(idad(x, "Admin3", "Administrator", "admin-password-3", NULL), KH_OK);
 	struct kh_session other;
 	kh_test_session(&other, KH_PORT_ADMIN);
-	assert_int_equal(logn(x, &other, "Admin3", "admin-password-3", NULL), KH_OK);
-	assert_int_equal(logn(x, &other, "Admin2", "Tr0ub4dor&3-second", NULL), KH_OK);
+	assert_int_equal(KH_LOGN(x, &other, "Admin3", "admin-password-3", NULL), KH_OK);
+	assert_int_equal(KH_LOGN(x, &other, "Admin2", KH_TEST_ADMIN2_PW, NULL), KH_OK);
 	assert_true(other.active);
-	assert_int_equal(CALL(x, &other, "[AOIDDL;IDAdmin1;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &other, "[AOIDDL;IDAdmin1;]"), KH_OK);
 	/* the session that had Admin1 logged in loses that login */
-	assert_int_equal(CALL(x, &x->admin, "[AOIDLS;]"), KH_ERR_NOT_LOGGED_IN);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDLS;]"), KH_ERR_NOT_LOGGED_IN);
 	assert_int_equal(x->admin.nident, 1);
 	x->admin = other;
-	assert_int_equal(CALL(x, &x->admin, "[AOIDLS;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDLS;]"), KH_OK);
 	assert_int_equal(idad(x, "Admin4", "Administrator", "admin-password-4", NULL), KH_OK);
-	assert_int_equal(CALL(x, &other, "[AOIDMD;IDAdmin4;RNR1;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &other, "[AOIDMD;IDAdmin4;RNR1;]"), KH_OK);
 	/* now exactly two remain: neither may go, nor be moved away */
-	assert_int_equal(CALL(x, &x->admin, "[AOIDDL;IDAdmin3;]"), KH_ERR_STATE);
-	assert_int_equal(CALL(x, &x->admin, "[AOIDMD;IDAdmin3;RNR1;]"), KH_ERR_STATE);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDDL;IDAdmin3;]"), KH_ERR_STATE);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDMD;IDAdmin3;RNR1;]"), KH_ERR_STATE);
 }
 
 /* True if needle occurs in the file's bytes. */
@@ -240,21 +196,21 @@ static bool file_contains(const char *path, const void *needle, size_t n)
 
 static void test_no_password_in_database(void **state)
 {
-	struct fx *x = *state;
-	const char *secrets[] = {"safest", "Tr0ub4dor&3-first", "Tr0ub4dor&3-second",
-				 "Correct-Horse-Battery-9", "Reset-Staple-77"};
+	struct kh_test_fx *x = *state;
+	const char *secrets[] = {"safest", KH_TEST_ADMIN1_PW, KH_TEST_ADMIN2_PW,
+	                         "Correct-Horse-Battery-9", "Reset-Staple-77"};
 	char req[600], hp[200], path[600];
 	struct kh_session s;
 
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNR1;PTadmin;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNR1;PTadmin;]"), KH_OK);
 	assert_int_equal(idad(x, "U1", "R1", "Correct-Horse-Battery-9", NULL), KH_OK);
-	hexstr("Reset-Staple-77", hp);
+	kh_test_hexstr("Reset-Staple-77", hp);
 	snprintf(req, sizeof(req), "[AOIDMD;IDU1;PW%s;]", hp);
-	assert_int_equal(CALL(x, &x->admin, req), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, req), KH_OK);
 	kh_test_session(&s, KH_PORT_ADMIN);
-	assert_int_equal(logn(x, &s, "U1", "wrong-Horse-Battery", NULL), KH_ERR_AUTH_FAILED);
+	assert_int_equal(KH_LOGN(x, &s, "U1", "wrong-Horse-Battery", NULL), KH_ERR_AUTH_FAILED);
 	/* a password typed as the identity name is not recorded either */
-	assert_int_equal(logn(x, &s, "Reset-Staple-77", "x-x-x-x-x", NULL), KH_ERR_AUTH_FAILED);
+	assert_int_equal(KH_LOGN(x, &s, "Reset-Staple-77", "x-x-x-x-x", NULL), KH_ERR_AUTH_FAILED);
 
 	/* push the WAL into the main file too, then scan every file */
 	assert_int_equal(sqlite3_wal_checkpoint_v2(kh_db_sqlite(x->hsm.db), NULL,
@@ -266,7 +222,7 @@ static void test_no_password_in_database(void **state)
 		for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++) {
 			char hex[200];
 			assert_false(file_contains(path, secrets[i], strlen(secrets[i])));
-			hexstr(secrets[i], hex);
+			kh_test_hexstr(secrets[i], hex);
 			assert_false(file_contains(path, hex, strlen(hex)));
 		}
 	}
@@ -278,11 +234,15 @@ static void test_no_password_in_database(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_policy_and_hash),
-		cmocka_unit_test_setup_teardown(test_add_list, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_modify, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_no_password_in_database, setup, teardown),
+	    cmocka_unit_test(test_policy_and_hash),
+	    cmocka_unit_test_setup_teardown(test_add_list, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_modify, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_delete, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_no_password_in_database, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

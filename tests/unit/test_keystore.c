@@ -44,30 +44,6 @@ static void material(uint8_t m[32], uint8_t seed)
 		m[i] = (uint8_t)(seed + i * 11);
 }
 
-static int db_exec(struct kh_hsm *hsm, const char *sql)
-{
-	sqlite3_stmt *st;
-	int rc = sqlite3_prepare_v2(kh_db_sqlite(hsm->db), sql, -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return rc;
-	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
-	return rc == SQLITE_DONE ? SQLITE_OK : rc;
-}
-
-static void assert_unwraps(struct kh_hsm *hsm, uint32_t slot, const uint8_t *m, size_t n)
-{
-	struct kh_key_row row;
-	uint8_t *out = NULL;
-	size_t olen = 0;
-	assert_int_equal(kh_keystore_get(hsm, slot, &row), KH_OK);
-	assert_int_equal(kh_keystore_unwrap(hsm, &row, &out, &olen), KH_OK);
-	assert_int_equal(olen, n);
-	assert_memory_equal(out, m, n);
-	kh_secure_free(out, olen);
-	kh_keystore_row_free(&row);
-}
-
 static void test_put_get_unwrap(void **state)
 {
 	struct kh_hsm hsm;
@@ -100,7 +76,7 @@ static void test_put_get_unwrap(void **state)
 	assert_int_equal(row.wrapped_len, 32 + KH_MK_SEAL_OVERHEAD);
 	assert_null(memmem(row.wrapped, row.wrapped_len, m, 8));
 	kh_keystore_row_free(&row);
-	assert_unwraps(&hsm, 10, m, 32);
+	kh_test_assert_key(&hsm, 10, m, 32);
 	assert_int_equal(kh_keystore_get(&hsm, 11, &row), KH_ERR_NOT_FOUND);
 
 	/* the slot is taken; replacing keeps nothing of the old key */
@@ -109,7 +85,7 @@ static void test_put_get_unwrap(void **state)
 	assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID | KH_KS_REPLACE, "unit"),
 	                 KH_OK);
 	assert_memory_not_equal(t.key_id, id1, KH_KEY_ID_LEN);
-	assert_unwraps(&hsm, 10, m, 32);
+	kh_test_assert_key(&hsm, 10, m, 32);
 	/* a key_id is unique across slots */
 	t.slot = 12;
 	assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, 0, "unit"), KH_ERR_EXISTS);
@@ -118,7 +94,7 @@ static void test_put_get_unwrap(void **state)
 	template(&t, 20, KH_MK_FTK);
 	material(m, 3);
 	assert_int_equal(kh_keystore_put(&hsm, &t, m, 17, KH_KS_NEW_ID, "unit"), KH_OK);
-	assert_unwraps(&hsm, 20, m, 17);
+	kh_test_assert_key(&hsm, 20, m, 17);
 
 	/* invalid rows */
 	template(&t, 30, KH_MK_BEK);
@@ -187,30 +163,30 @@ static void test_tamper(void **state)
 		assert_int_equal(
 		    kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID | KH_KS_REPLACE, "unit"), KH_OK);
 		/* the byte edited in the wrapped form must change */
-		assert_int_equal(db_exec(&hsm,
-		                         "UPDATE keys SET wrapped = substr(wrapped, 1, 20) || "
-		                         "x'FF' || substr(wrapped, 22) WHERE slot = 100"),
-		                 SQLITE_OK);
+		assert_int_equal(
+		    kh_test_db_exec(&hsm, "UPDATE keys SET wrapped = substr(wrapped, 1, 20) || "
+		                          "x'FF' || substr(wrapped, 22) WHERE slot = 100"),
+		    SQLITE_OK);
 		assert_int_equal(kh_keystore_get(&hsm, 100, &row), KH_OK);
 		assert_int_equal(kh_keystore_unwrap(&hsm, &row, &out, &olen), KH_ERR_CRYPTO);
 		kh_keystore_row_free(&row);
 		/* start again from a good row */
 		assert_int_equal(
 		    kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID | KH_KS_REPLACE, "unit"), KH_OK);
-		assert_unwraps(&hsm, 100, m, 32);
-		assert_int_equal(db_exec(&hsm, edits[e].sql), SQLITE_OK);
+		kh_test_assert_key(&hsm, 100, m, 32);
+		assert_int_equal(kh_test_db_exec(&hsm, edits[e].sql), SQLITE_OK);
 		assert_int_equal(kh_keystore_get(&hsm, edits[e].slot_after, &row), KH_OK);
 		assert_int_equal(kh_keystore_unwrap(&hsm, &row, &out, &olen), KH_ERR_CRYPTO);
 		kh_keystore_row_free(&row);
-		assert_int_equal(db_exec(&hsm, "DELETE FROM keys"), SQLITE_OK);
+		assert_int_equal(kh_test_db_exec(&hsm, "DELETE FROM keys"), SQLITE_OK);
 	}
 	/* descriptive columns change freely */
 	template(&t, 100, KH_MK_PMK);
 	assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID, "unit"), KH_OK);
-	assert_int_equal(db_exec(&hsm, "UPDATE keys SET label = x'41', ckaid = x'0102', "
-	                               "extra = x'03' WHERE slot = 100"),
+	assert_int_equal(kh_test_db_exec(&hsm, "UPDATE keys SET label = x'41', ckaid = x'0102', "
+	                                       "extra = x'03' WHERE slot = 100"),
 	                 SQLITE_OK);
-	assert_unwraps(&hsm, 100, m, 32);
+	kh_test_assert_key(&hsm, 100, m, 32);
 	assert_int_equal(
 	    kh_keystore_set_desc(&hsm, 100, (const uint8_t *)"new", 3, NULL, 0, NULL, 0, "unit"),
 	    KH_OK);
@@ -228,7 +204,7 @@ static void test_tamper(void **state)
 	kh_keystore_row_free(&row);
 	assert_int_equal(kh_keystore_set_desc(&hsm, 7, NULL, 0, NULL, 0, NULL, 0, "unit"),
 	                 KH_ERR_NOT_FOUND);
-	assert_unwraps(&hsm, 100, m, 32);
+	kh_test_assert_key(&hsm, 100, m, 32);
 	kh_test_hsm_close(&hsm, dir);
 	(void)state;
 }
@@ -254,7 +230,7 @@ static void test_replicate_wrapped(void **state)
 	assert_int_equal(kh_keystore_put(&a, &t, m, 32, KH_KS_NEW_ID, "unit"), KH_OK);
 	assert_int_equal(kh_keystore_get(&a, 5, &row), KH_OK);
 	assert_int_equal(kh_keystore_put_wrapped(&b, &row, 0, "unit"), KH_OK);
-	assert_unwraps(&b, 5, m, 32);
+	kh_test_assert_key(&b, 5, m, 32);
 	{
 		struct kh_key_row rb;
 		assert_int_equal(kh_keystore_get(&b, 5, &rb), KH_OK);

@@ -16,20 +16,6 @@
 
 static char resp[65536];
 
-static void admin(struct kh_hsm *hsm, struct kh_session *s)
-{
-	kh_test_session(s, KH_PORT_ADMIN);
-	s->nident = 2;
-	snprintf(s->ident[0], KH_NAME_MAX, "Admin1");
-	snprintf(s->ident[1], KH_NAME_MAX, "Admin2");
-	s->role.perms = ~0ULL;
-	s->role.logins_required = 2;
-	s->role.ports = KH_PORT_ADMIN;
-	snprintf(s->role.name, sizeof(s->role.name), "Administrator");
-	s->active = true;
-	s->role_gen = atomic_load(&hsm->role_gen);
-}
-
 static int call(struct kh_hsm *hsm, struct kh_session *s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -42,23 +28,6 @@ static int call(struct kh_hsm *hsm, struct kh_session *s, const char *fmt, ...)
 	va_end(ap);
 	assert_true(n > 0 && (size_t)n < sizeof(req));
 	return kh_test_call(hsm, s, req, resp, sizeof(resp));
-}
-
-/* Value of tag in the last response ("" if absent). */
-static const char *field(const char *tag)
-{
-	static char out[4096];
-	char pat[5] = {';', tag[0], tag[1], '\0'};
-	const char *p = strstr(resp, pat);
-	out[0] = '\0';
-	if (p == NULL)
-		return out;
-	p += 3;
-	size_t n = strcspn(p, ";");
-	assert_true(n < sizeof(out));
-	memcpy(out, p, n);
-	out[n] = '\0';
-	return out;
 }
 
 static void hex(const uint8_t *b, size_t n, char *out)
@@ -111,7 +80,7 @@ static void load_components(struct kh_hsm *hsm, struct kh_session *s, const char
 		hex(comps[i], len, h);
 		assert_int_equal(call(hsm, s, "[AOMKLC;CM%s;]", h), KH_OK);
 	}
-	snprintf(kv, 7, "%s", field("KV"));
+	snprintf(kv, 7, "%s", kh_test_field(resp, "KV"));
 	assert_int_equal(strlen(kv), 6);
 }
 
@@ -145,7 +114,7 @@ static void test_components(void **state)
 	uint8_t c[3][32], key[32];
 
 	kh_test_hsm_open(&hsm, dir);
-	admin(&hsm, &s);
+	kh_test_admin_session(&hsm, &s);
 	for (int i = 0; i < 32; i++) {
 		c[0][i] = (uint8_t)i;
 		c[1][i] = (uint8_t)(0xA5 ^ (i * 7));
@@ -158,17 +127,17 @@ static void test_components(void **state)
 	ref_kcv(key, 32, fin);
 
 	assert_int_equal(call(&hsm, &s, "[AOMKST;]"), KH_OK);
-	assert_string_equal(field("FT"), "N");
+	assert_string_equal(kh_test_field(resp, "FT"), "N");
 	assert_int_equal(call(&hsm, &s, "[AOMKLC;CM00;]"), KH_ERR_CEREMONY_STATE);
 	assert_int_equal(call(&hsm, &s, "[AOMKLB;KNFTK;MOC;ALAES;KL256;NP3;]"), KH_OK);
-	assert_string_equal(field("BB"), "Y");
+	assert_string_equal(kh_test_field(resp, "BB"), "Y");
 
 	hex(c[0], 32, h);
 	assert_int_equal(call(&hsm, &s, "[AOMKLC;CM%s;CV%s;]", h, kcv1), KH_OK);
-	assert_string_equal(field("AE"), kcv1);
-	assert_string_equal(field("LD"), "1");
-	assert_string_equal(field("LN"), "3");
-	assert_string_equal(field("KV"), "");
+	assert_string_equal(kh_test_field(resp, "AE"), kcv1);
+	assert_string_equal(kh_test_field(resp, "LD"), "1");
+	assert_string_equal(kh_test_field(resp, "LN"), "3");
+	assert_string_equal(kh_test_field(resp, "KV"), "");
 
 	/* a wrong CV: refused, not counted, the ceremony goes on */
 	hex(c[1], 32, h);
@@ -181,24 +150,24 @@ static void test_components(void **state)
 	for (int i = 0; i < 7; i++)
 		lower[i] = (char)(kcv2[i] >= 'A' && kcv2[i] <= 'F' ? kcv2[i] - 'A' + 'a' : kcv2[i]);
 	assert_int_equal(call(&hsm, &s, "[AOMKLC;CM%s;CV%s;]", h, lower), KH_OK);
-	assert_string_equal(field("AE"), kcv2);
-	assert_string_equal(field("LD"), "2");
+	assert_string_equal(kh_test_field(resp, "AE"), kcv2);
+	assert_string_equal(kh_test_field(resp, "LD"), "2");
 
 	assert_int_equal(call(&hsm, &s, "[AOMKST;]"), KH_OK);
-	assert_string_equal(field("FT"), "N");
+	assert_string_equal(kh_test_field(resp, "FT"), "N");
 
 	hex(c[2], 32, h);
 	assert_int_equal(call(&hsm, &s, "[AOMKLC;CM%s;]", h), KH_OK);
-	assert_string_equal(field("AE"), kcv3);
-	assert_string_equal(field("LD"), "3");
-	assert_string_equal(field("LN"), "3");
-	assert_string_equal(field("KV"), fin);
+	assert_string_equal(kh_test_field(resp, "AE"), kcv3);
+	assert_string_equal(kh_test_field(resp, "LD"), "3");
+	assert_string_equal(kh_test_field(resp, "LN"), "3");
+	assert_string_equal(kh_test_field(resp, "KV"), fin);
 
 	assert_int_equal(call(&hsm, &s, "[AOMKST;]"), KH_OK);
 	snprintf(want, sizeof(want), "Y/AES-256/%s", fin);
-	assert_string_equal(field("FT"), want);
-	assert_string_equal(field("PM"), "N");
-	assert_string_equal(field("BK"), "N");
+	assert_string_equal(kh_test_field(resp, "FT"), want);
+	assert_string_equal(kh_test_field(resp, "PM"), "N");
+	assert_string_equal(kh_test_field(resp, "BK"), "N");
 	/* the ceremony is over */
 	assert_null(s.ceremony);
 	{
@@ -229,7 +198,7 @@ static void test_components(void **state)
 	assert_int_equal(call(&hsm, &s, "[AOMKER;KNFTK;]"), KH_OK);
 	assert_int_equal(call(&hsm, &s, "[AOMKER;KNFTK;]"), KH_ERR_NOT_FOUND);
 	assert_int_equal(call(&hsm, &s, "[AOMKST;]"), KH_OK);
-	assert_string_equal(field("FT"), "N");
+	assert_string_equal(kh_test_field(resp, "FT"), "N");
 
 	/* AES-128 from two components, known values */
 	uint8_t c128[2][32];
@@ -245,7 +214,7 @@ static void test_components(void **state)
 	assert_string_equal(kv, fin);
 	assert_int_equal(call(&hsm, &s, "[AOMKST;]"), KH_OK);
 	snprintf(want, sizeof(want), "Y/AES-128/%s", fin);
-	assert_string_equal(field("PM"), want);
+	assert_string_equal(kh_test_field(resp, "PM"), want);
 
 	/* MKLA wipes an unfinished ceremony */
 	assert_int_equal(call(&hsm, &s, "[AOMKLB;KNBEK;MOC;ALAES;KL192;NP2;]"), KH_OK);
@@ -271,7 +240,7 @@ static void test_bad_lengths(void **state)
 	char dir[256], big[600];
 
 	kh_test_hsm_open(&hsm, dir);
-	admin(&hsm, &s);
+	kh_test_admin_session(&hsm, &s);
 	/* MKLB */
 	assert_int_equal(call(&hsm, &s, "[AOMKLB;MOC;ALAES;KL256;NP2;]"), KH_ERR_MISSING_FIELD);
 	assert_int_equal(call(&hsm, &s, "[AOMKLB;KNXYZ;MOC;ALAES;KL256;NP2;]"), KH_ERR_BAD_FIELD);
@@ -306,7 +275,7 @@ static void test_bad_lengths(void **state)
 	assert_int_equal(call(&hsm, &s, "[AOMKLC;FB00;PP00;]"), KH_ERR_CEREMONY_STATE);
 	/* none of those counted */
 	assert_int_equal(call(&hsm, &s, "[AOMKLC;CM%032d;]", 0), KH_OK);
-	assert_string_equal(field("LD"), "1");
+	assert_string_equal(kh_test_field(resp, "LD"), "1");
 	assert_int_equal(call(&hsm, &s, "[AOMKLA;]"), KH_OK);
 
 	/* MKLC, fragments */
@@ -359,7 +328,7 @@ static void test_bad_lengths(void **state)
 	    call(&hsm, &s, "[AOMKGN;KNFTK;ALAES;KL256;FM2;FN2;P13132333435363738;P2%s;]", big),
 	    KH_ERR_BAD_FIELD);
 	assert_int_equal(call(&hsm, &s, "[AOMKST;]"), KH_OK);
-	assert_string_equal(field("FT"), "N");
+	assert_string_equal(kh_test_field(resp, "FT"), "N");
 	/* MKER */
 	assert_int_equal(call(&hsm, &s, "[AOMKER;]"), KH_ERR_MISSING_FIELD);
 	assert_int_equal(call(&hsm, &s, "[AOMKER;KNABC;]"), KH_ERR_BAD_FIELD);
@@ -381,14 +350,14 @@ static void generate(struct kh_hsm *hsm, struct kh_session *s, const char *name,
 	assert_int_equal(call(hsm, s, "[AOMKGN;KN%s;ALAES;KL256;FM2;FN3;P1%s;P2%s;P3%s;]", name,
 	                      P[0], P[1], P[2]),
 	                 KH_OK);
-	snprintf(g->kv, sizeof(g->kv), "%s", field("KV"));
+	snprintf(g->kv, sizeof(g->kv), "%s", kh_test_field(resp, "KV"));
 	assert_int_equal(strlen(g->kv), 6);
 	for (int i = 0; i < 3; i++) {
 		char tag[3] = {'F', (char)('1' + i), 0};
-		snprintf(g->f[i], sizeof(g->f[i]), "%s", field(tag));
+		snprintf(g->f[i], sizeof(g->f[i]), "%s", kh_test_field(resp, tag));
 		assert_true(strlen(g->f[i]) > 100);
 	}
-	assert_string_equal(field("F4"), "");
+	assert_string_equal(kh_test_field(resp, "F4"), "");
 }
 
 static void test_fragments(void **state)
@@ -400,11 +369,11 @@ static void test_fragments(void **state)
 	char dir[256], want[40];
 
 	kh_test_hsm_open(&hsm, dir);
-	admin(&hsm, &s);
+	kh_test_admin_session(&hsm, &s);
 	generate(&hsm, &s, "PMK", &g);
 	assert_int_equal(call(&hsm, &s, "[AOMKST;]"), KH_OK);
 	snprintf(want, sizeof(want), "Y/AES-256/%s", g.kv);
-	assert_string_equal(field("PM"), want);
+	assert_string_equal(kh_test_field(resp, "PM"), want);
 	/* generating over a loaded key is refused */
 	assert_int_equal(
 	    call(&hsm, &s, "[AOMKGN;KNPMK;ALAES;KL256;FM2;FN3;P1%s;P2%s;P3%s;]", P[0], P[1], P[2]),
@@ -416,19 +385,19 @@ static void test_fragments(void **state)
 		int a = pairs[k][0], b = pairs[k][1];
 		assert_int_equal(call(&hsm, &s, "[AOMKLB;KNPMK;MOF;]"), KH_OK);
 		assert_int_equal(call(&hsm, &s, "[AOMKLC;FB%s;PP%s;]", g.f[a], P[a]), KH_OK);
-		assert_int_equal(atoi(field("FX")), a + 1);
-		assert_string_equal(field("LD"), "1");
-		assert_string_equal(field("LN"), "2");
-		assert_string_equal(field("KV"), "");
+		assert_int_equal(atoi(kh_test_field(resp, "FX")), a + 1);
+		assert_string_equal(kh_test_field(resp, "LD"), "1");
+		assert_string_equal(kh_test_field(resp, "LN"), "2");
+		assert_string_equal(kh_test_field(resp, "KV"), "");
 		/* M-1 fragments: not loaded */
 		assert_int_equal(call(&hsm, &s, "[AOMKST;]"), KH_OK);
-		assert_string_equal(field("PM"), "N");
+		assert_string_equal(kh_test_field(resp, "PM"), "N");
 		assert_int_equal(call(&hsm, &s, "[AOMKLC;FB%s;PP%s;]", g.f[b], P[b]), KH_OK);
-		assert_int_equal(atoi(field("FX")), b + 1);
-		assert_string_equal(field("LD"), "2");
-		assert_string_equal(field("KV"), g.kv);
+		assert_int_equal(atoi(kh_test_field(resp, "FX")), b + 1);
+		assert_string_equal(kh_test_field(resp, "LD"), "2");
+		assert_string_equal(kh_test_field(resp, "KV"), g.kv);
 		assert_int_equal(call(&hsm, &s, "[AOMKST;]"), KH_OK);
-		assert_string_equal(field("PM"), want);
+		assert_string_equal(kh_test_field(resp, "PM"), want);
 		assert_int_equal(call(&hsm, &s, "[AOMKER;KNPMK;]"), KH_OK);
 	}
 
@@ -441,10 +410,10 @@ static void test_fragments(void **state)
 	                 KH_ERR_FRAGMENT_INVALID);
 	assert_non_null(strstr(resp, "passphrase"));
 	assert_int_equal(call(&hsm, &s, "[AOMKST;]"), KH_OK);
-	assert_string_equal(field("PM"), "N");
+	assert_string_equal(kh_test_field(resp, "PM"), "N");
 	assert_int_equal(call(&hsm, &s, "[AOMKLC;FB%s;PP%s;]", g.f[2], P[2]), KH_OK);
-	assert_string_equal(field("LD"), "2");
-	assert_string_equal(field("KV"), g.kv);
+	assert_string_equal(kh_test_field(resp, "LD"), "2");
+	assert_string_equal(kh_test_field(resp, "KV"), g.kv);
 
 	/* fragments of another key: a BEK's, and another PMK's */
 	generate(&hsm, &s, "BEK", &bek);
@@ -467,9 +436,9 @@ static void test_fragments(void **state)
 	bad[strlen(bad) - 1] = bad[strlen(bad) - 1] == '0' ? '1' : '0';
 	assert_int_equal(call(&hsm, &s, "[AOMKLC;FB%s;PP%s;]", bad, P[1]), KH_ERR_FRAGMENT_INVALID);
 	assert_int_equal(call(&hsm, &s, "[AOMKST;]"), KH_OK);
-	assert_string_equal(field("PM"), "N");
+	assert_string_equal(kh_test_field(resp, "PM"), "N");
 	assert_int_equal(call(&hsm, &s, "[AOMKLC;FB%s;PP%s;]", g.f[1], P[1]), KH_OK);
-	assert_string_equal(field("KV"), g.kv);
+	assert_string_equal(kh_test_field(resp, "KV"), g.kv);
 	kh_test_hsm_close(&hsm, dir);
 	(void)state;
 }
@@ -489,7 +458,7 @@ static void test_recombination_checked(void **state)
 	int pplen;
 
 	kh_test_hsm_open(&hsm, dir);
-	admin(&hsm, &s);
+	kh_test_admin_session(&hsm, &s);
 	generate(&hsm, &s, "FTK", &a);
 	assert_int_equal(call(&hsm, &s, "[AOMKER;KNFTK;]"), KH_OK);
 
@@ -512,12 +481,12 @@ static void test_recombination_checked(void **state)
 	assert_int_equal(call(&hsm, &s, "[AOMKLC;FB%s;PP%s;]", fhex, P[1]), KH_ERR_BAD_KCV);
 	assert_null(s.ceremony);
 	assert_int_equal(call(&hsm, &s, "[AOMKST;]"), KH_OK);
-	assert_string_equal(field("FT"), "N");
+	assert_string_equal(kh_test_field(resp, "FT"), "N");
 	/* the genuine pair still works */
 	assert_int_equal(call(&hsm, &s, "[AOMKLB;KNFTK;MOF;]"), KH_OK);
 	assert_int_equal(call(&hsm, &s, "[AOMKLC;FB%s;PP%s;]", a.f[0], P[0]), KH_OK);
 	assert_int_equal(call(&hsm, &s, "[AOMKLC;FB%s;PP%s;]", a.f[1], P[1]), KH_OK);
-	assert_string_equal(field("KV"), a.kv);
+	assert_string_equal(kh_test_field(resp, "KV"), a.kv);
 	kh_test_hsm_close(&hsm, dir);
 	(void)state;
 }
@@ -591,17 +560,6 @@ static void test_seal_open(void **state)
 	(void)state;
 }
 
-static int db_exec(struct kh_hsm *hsm, const char *sql)
-{
-	sqlite3_stmt *st;
-	int rc = sqlite3_prepare_v2(kh_db_sqlite(hsm->db), sql, -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return rc;
-	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
-	return rc == SQLITE_DONE ? SQLITE_OK : rc;
-}
-
 static void test_restart_sealed_and_volatile(void **state)
 {
 	struct kh_hsm hsm;
@@ -617,7 +575,7 @@ static void test_restart_sealed_and_volatile(void **state)
 		c[1][i] = (uint8_t)(0xFF - i);
 	}
 	kh_test_hsm_open(&hsm, dir);
-	admin(&hsm, &s);
+	kh_test_admin_session(&hsm, &s);
 	load_components(&hsm, &s, "FTK", c, 2, 32, kv);
 	assert_int_equal(kh_mk_seal(&hsm, KH_MK_FTK, NULL, 0, pt, sizeof(pt), ct, &clen), KH_OK);
 
@@ -630,10 +588,10 @@ static void test_restart_sealed_and_volatile(void **state)
 	assert_int_equal(info.bits, 256);
 	assert_int_equal(kh_mk_open(&hsm, KH_MK_FTK, NULL, 0, ct, clen, out, &olen), KH_OK);
 	assert_memory_equal(out, pt, sizeof(pt));
-	admin(&hsm, &s);
+	kh_test_admin_session(&hsm, &s);
 	assert_int_equal(call(&hsm, &s, "[AOMKST;]"), KH_OK);
 	snprintf(want, sizeof(want), "Y/AES-256/%s", kv);
-	assert_string_equal(field("FT"), want);
+	assert_string_equal(kh_test_field(resp, "FT"), want);
 
 	/* the same data dir started volatile ignores the sealed copy */
 	kh_hsm_close(&hsm);
@@ -641,7 +599,7 @@ static void test_restart_sealed_and_volatile(void **state)
 	kh_mk_info(&hsm, KH_MK_FTK, &info);
 	assert_false(info.loaded);
 	/* volatile: loading writes no sealed key, and a restart forgets it */
-	admin(&hsm, &s);
+	kh_test_admin_session(&hsm, &s);
 	load_components(&hsm, &s, "FTK", c, 2, 32, kv);
 	kh_mk_info(&hsm, KH_MK_FTK, &info);
 	assert_true(info.loaded);
@@ -694,10 +652,11 @@ static void test_tampered_row_refused(void **state)
 		/* make sure the edited byte really changes */
 		if (e == 0)
 			assert_int_equal(
-			    db_exec(&hsm, "UPDATE major_keys SET sealed = substr(sealed, 1, 20) "
-			                  "|| x'FF' || substr(sealed, 22) WHERE name='PMK'"),
+			    kh_test_db_exec(&hsm,
+			                    "UPDATE major_keys SET sealed = substr(sealed, 1, 20) "
+			                    "|| x'FF' || substr(sealed, 22) WHERE name='PMK'"),
 			    SQLITE_OK);
-		assert_int_equal(db_exec(&hsm, edits[e]), SQLITE_OK);
+		assert_int_equal(kh_test_db_exec(&hsm, edits[e]), SQLITE_OK);
 		kh_hsm_close(&hsm);
 		assert_int_equal(kh_hsm_open(&hsm, dir, false), KH_ERR_CRYPTO);
 		kh_hsm_close(&hsm);
@@ -750,7 +709,7 @@ static void test_components_not_on_disk(void **state)
 		key[i] = c[0][i] ^ c[1][i] ^ c[2][i];
 	}
 	kh_test_hsm_open(&hsm, dir);
-	admin(&hsm, &s);
+	kh_test_admin_session(&hsm, &s);
 	load_components(&hsm, &s, "BEK", c, 3, 32, kv);
 	for (int i = 0; i < 3; i++)
 		assert_not_on_disk(dir, c[i], 32);

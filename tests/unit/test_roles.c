@@ -11,53 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct fx {
-	struct kh_hsm hsm;
-	char dir[256];
-	struct kh_session admin;
-	char out[65536];
-};
-
-#define CALL(x, s, req) kh_test_call(&(x)->hsm, (s), (req), (x)->out, sizeof((x)->out))
 #define S(lit) (lit), strlen(lit)
-
-static void hexstr(const char *s, char *out)
-{
-	kh_hex_encode((const uint8_t *)s, strlen(s), out);
-}
-
-static int logn(struct fx *x, struct kh_session *s, const char *id, const char *pw, const char *np)
-{
-	char req[1200], hp[520], hn[520];
-	hexstr(pw, hp);
-	if (np) {
-		hexstr(np, hn);
-		snprintf(req, sizeof(req), "[AOLOGN;ID%s;PW%s;NP%s;]", id, hp, hn);
-	} else {
-		snprintf(req, sizeof(req), "[AOLOGN;ID%s;PW%s;]", id, hp);
-	}
-	return CALL(x, s, req);
-}
-
-static int setup(void **state)
-{
-	struct fx *x = calloc(1, sizeof(*x));
-	kh_test_hsm_open(&x->hsm, x->dir);
-	kh_test_session(&x->admin, KH_PORT_ADMIN);
-	assert_int_equal(logn(x, &x->admin, "Admin1", "safest", "first-secret-1"), KH_OK);
-	assert_int_equal(logn(x, &x->admin, "Admin2", "safest", "second-secret-2"), KH_OK);
-	assert_true(x->admin.active);
-	*state = x;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	struct fx *x = *state;
-	kh_test_hsm_close(&x->hsm, x->dir);
-	free(x);
-	return 0;
-}
 
 /* ---- codecs (no device needed) ---- */
 
@@ -167,7 +121,7 @@ static void test_small_codecs(void **state)
 
 static void test_builtin_roles(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	struct kh_role tp, anon, adm;
 	char cmds[KH_CMDS_TEXT_MAX];
 
@@ -200,7 +154,7 @@ static void test_builtin_roles(void **state)
 
 	/* a second bootstrap on a populated device changes nothing */
 	assert_int_equal(kh_roles_bootstrap(&x->hsm), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AORLLS;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLLS;]"), KH_OK);
 	assert_non_null(strstr(x->out, "RLAdministrator,Transaction Processing;"));
 }
 
@@ -208,47 +162,49 @@ static void test_builtin_roles(void **state)
 
 static void test_role_add_show_list(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	uint64_t gen = atomic_load(&x->hsm.role_gen);
 
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNApp One;PMkeys,Keys:Authorized;"
-					    "KRS:1000-1499,A:1500-1999;CMECHO,RAND;LQ1;"
-					    "PTprod;CSethernet;DFnever;]"),
-			 KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin,
+	                         "[AORLAD;RNApp One;PMkeys,Keys:Authorized;"
+	                         "KRS:1000-1499,A:1500-1999;CMECHO,RAND;LQ1;"
+	                         "PTprod;CSethernet;DFnever;]"),
+	                 KH_OK);
 	assert_non_null(strstr(x->out, "[AORLAD;BBY;]"));
 	assert_true(atomic_load(&x->hsm.role_gen) > gen);
-	assert_int_equal(CALL(x, &x->admin, "[AORLSH;RNapp one;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNapp one;]"), KH_OK);
 	assert_string_equal(x->out, "[AORLSH;RNApp One;PMkeys,keys.authorized;"
 				    "KRS:1000-1499,A:1500-1999;CMECHO,RAND;LQ1;PTprod;CSethernet;"
 				    "DFnever;BIN;IC0;]");
-	assert_int_equal(CALL(x, &x->admin, "[AORLLS;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLLS;]"), KH_OK);
 	assert_non_null(strstr(x->out, "RLAdministrator,Transaction Processing,App One;"));
 
 	/* defaults */
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNBare;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AORLSH;RNBare;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNBare;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNBare;]"), KH_OK);
 	assert_string_equal(x->out, "[AORLSH;RNBare;PM;KR;CM;LQ1;PTprod;CSethernet;DFnever;BIN;IC0;]");
 
 	/* duplicates and the reserved alias */
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNbare;]"), KH_ERR_EXISTS);
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNAnonymous;]"), KH_ERR_EXISTS);
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNTransaction Processing;]"), KH_ERR_EXISTS);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNbare;]"), KH_ERR_EXISTS);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNAnonymous;]"), KH_ERR_EXISTS);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNTransaction Processing;]"),
+	                 KH_ERR_EXISTS);
 	/* bad names */
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RN;]"), KH_ERR_BAD_FIELD);
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNa,b;]"), KH_ERR_BAD_FIELD);
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;PMkeys;]"), KH_ERR_MISSING_FIELD);
-	assert_int_equal(CALL(x, &x->admin, "[AORLSH;RNMissing;]"), KH_ERR_NOT_FOUND);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RN;]"), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNa,b;]"), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;PMkeys;]"), KH_ERR_MISSING_FIELD);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNMissing;]"), KH_ERR_NOT_FOUND);
 	/* the built-in roles show their flags; Anonymous shows Transaction Processing */
-	assert_int_equal(CALL(x, &x->admin, "[AORLSH;RNAnonymous;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNAnonymous;]"), KH_OK);
 	assert_non_null(strstr(x->out, "RNTransaction Processing;PMkeys,keys.all_slots;KRM:0-999999;"));
 	assert_non_null(strstr(x->out, "LQ0;PTprod;CSethernet;DFnever;BIY;IC0;]"));
-	assert_int_equal(CALL(x, &x->admin, "[AORLSH;RNAdministrator;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNAdministrator;]"), KH_OK);
 	assert_non_null(strstr(x->out, "BIY;IC2;]"));
 }
 
 static void test_bad_input_leaves_role_unchanged(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	char before[4096];
 	const char *bad[] = {
 		"[AORLMD;RNApp;PMkeys,unknown.perm;]",
@@ -271,154 +227,166 @@ static void test_bad_input_leaves_role_unchanged(void **state)
 			    KH_ERR_BAD_FIELD, KH_ERR_BAD_FIELD, KH_ERR_UNSUPPORTED, KH_ERR_BAD_FIELD,
 			    KH_ERR_UNSUPPORTED};
 
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNApp;PMkeys;KRS:1000-1999;CMECHO;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AORLSH;RNApp;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNApp;PMkeys;KRS:1000-1999;CMECHO;]"),
+	                 KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNApp;]"), KH_OK);
 	assert_true(strlen(x->out) < sizeof(before));
 	memcpy(before, x->out, strlen(x->out) + 1);
 	uint64_t gen = atomic_load(&x->hsm.role_gen);
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		assert_int_equal(CALL(x, &x->admin, bad[i]), want[i]);
+		assert_int_equal(KH_CALL(x, &x->admin, bad[i]), want[i]);
 		/* the reply names the tag, never echoes the value */
 		assert_null(strstr(x->out, "unknown.perm"));
 		assert_null(strstr(x->out, "FAKE"));
-		assert_int_equal(CALL(x, &x->admin, "[AORLSH;RNApp;]"), KH_OK);
+		assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNApp;]"), KH_OK);
 		assert_string_equal(x->out, before);
 	}
 	assert_int_equal(atomic_load(&x->hsm.role_gen), gen);
-	assert_int_equal(CALL(x, &x->admin, "[AORLSH;RNApp Renamed;]"), KH_ERR_NOT_FOUND);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNApp Renamed;]"), KH_ERR_NOT_FOUND);
 	/* bad RLAD input creates nothing */
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNNew;KRS:1-2,S:2-3;]"), KH_ERR_BAD_FIELD);
-	assert_int_equal(CALL(x, &x->admin, "[AORLSH;RNNew;]"), KH_ERR_NOT_FOUND);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNNew;KRS:1-2,S:2-3;]"), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNNew;]"), KH_ERR_NOT_FOUND);
 }
 
 static void test_role_modify_rename_delete(void **state)
 {
-	struct fx *x = *state;
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNApp;PMkeys;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNApp;NNApp2;KRA:5-9;LQ2;PTprod,admin;CSusb;]"),
-			 KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AORLSH;RNApp2;]"), KH_OK);
+	struct kh_test_fx *x = *state;
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNApp;PMkeys;]"), KH_OK);
+	assert_int_equal(
+	    KH_CALL(x, &x->admin, "[AORLMD;RNApp;NNApp2;KRA:5-9;LQ2;PTprod,admin;CSusb;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNApp2;]"), KH_OK);
 	assert_string_equal(x->out,
 			    "[AORLSH;RNApp2;PMkeys;KRA:5-9;CM;LQ2;PTprod,admin;CSusb;DFnever;BIN;IC0;]");
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNApp;PM;]"), KH_ERR_NOT_FOUND);
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNApp2;NNAdministrator;]"), KH_ERR_EXISTS);
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNApp2;NNAnonymous;]"), KH_ERR_EXISTS);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNApp;PM;]"), KH_ERR_NOT_FOUND);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNApp2;NNAdministrator;]"), KH_ERR_EXISTS);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNApp2;NNAnonymous;]"), KH_ERR_EXISTS);
 	/* built-ins cannot be renamed or deleted, but can be modified */
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNAdministrator;NNBoss;]"), KH_ERR_STATE);
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNAnonymous;NNOpen;]"), KH_ERR_STATE);
-	assert_int_equal(CALL(x, &x->admin, "[AORLDL;RNAdministrator;]"), KH_ERR_STATE);
-	assert_int_equal(CALL(x, &x->admin, "[AORLDL;RNAnonymous;]"), KH_ERR_STATE);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAdministrator;NNBoss;]"), KH_ERR_STATE);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;NNOpen;]"), KH_ERR_STATE);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLDL;RNAdministrator;]"), KH_ERR_STATE);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLDL;RNAnonymous;]"), KH_ERR_STATE);
 	/* the reference's set-up: strip Anonymous down to the communication commands */
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNAnonymous;PM;KR;CMECHO,PRMD,RAND,HASH,STAT,TIME;]"),
-			 KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AORLSH;RNTransaction Processing;]"), KH_OK);
+	assert_int_equal(
+	    KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;PM;KR;CMECHO,PRMD,RAND,HASH,STAT,TIME;]"),
+	    KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNTransaction Processing;]"), KH_OK);
 	assert_non_null(strstr(x->out, "PM;KR;CMECHO,PRMD,RAND,HASH,STAT,TIME;LQ0;"));
 	/* the dispatcher's cached pre-login role follows */
 	struct kh_session prod;
 	kh_test_session(&prod, KH_PORT_PROD);
-	assert_int_equal(CALL(x, &prod, "[AOGPKM;]"), KH_ERR_COMMAND_NOT_ALLOWED);
+	assert_int_equal(KH_CALL(x, &prod, "[AOGPKM;]"), KH_ERR_COMMAND_NOT_ALLOWED);
 
 	/* in use while identities belong to it */
-	assert_int_equal(CALL(x, &x->admin, "[AOIDAD;IDU1;RNApp2;PW6F702D70617373776F7264;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AORLDL;RNApp2;]"), KH_ERR_IN_USE);
-	assert_int_equal(CALL(x, &x->admin, "[AORLSH;RNApp2;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDAD;IDU1;RNApp2;PW6F702D70617373776F7264;]"),
+	                 KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLDL;RNApp2;]"), KH_ERR_IN_USE);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNApp2;]"), KH_OK);
 	assert_non_null(strstr(x->out, "IC1;"));
-	assert_int_equal(CALL(x, &x->admin, "[AOIDDL;IDU1;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AORLDL;RNapp2;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AORLSH;RNApp2;]"), KH_ERR_NOT_FOUND);
-	assert_int_equal(CALL(x, &x->admin, "[AORLDL;RNApp2;]"), KH_ERR_NOT_FOUND);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDDL;IDU1;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLDL;RNapp2;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNApp2;]"), KH_ERR_NOT_FOUND);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLDL;RNApp2;]"), KH_ERR_NOT_FOUND);
 }
 
 /* A role with only some admin permissions, logged in on the admin port. */
-static void limited_session(struct fx *x, struct kh_session *s, const char *perms)
+static void limited_session(struct kh_test_fx *x, struct kh_session *s, const char *perms)
 {
 	char req[512];
 	snprintf(req, sizeof(req), "[AORLAD;RNLimited;PM%s;PTadmin;CSethernet;LQ1;]", perms);
-	assert_int_equal(CALL(x, &x->admin, req), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AOIDAD;IDLim1;RNLimited;PW6F702D70617373776F7264;]"),
-			 KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, req), KH_OK);
+	assert_int_equal(
+	    KH_CALL(x, &x->admin, "[AOIDAD;IDLim1;RNLimited;PW6F702D70617373776F7264;]"), KH_OK);
 	kh_test_session(s, KH_PORT_ADMIN);
-	assert_int_equal(logn(x, s, "Lim1", "op-password", NULL), KH_OK);
+	assert_int_equal(KH_LOGN(x, s, "Lim1", "op-password", NULL), KH_OK);
 	assert_true(s->active);
 }
 
 static void test_permission_denied(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	struct kh_session s;
 	limited_session(x, &s, "role.add,role.modify");
 	/* lacks role.delete, identity.add, audit.view */
-	assert_int_equal(CALL(x, &s, "[AORLDL;RNLimited;]"), KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &s, "[AORLDL;RNLimited;]"), KH_ERR_PERMISSION_DENIED);
 	assert_non_null(strstr(x->out, "EC10;"));
 	assert_non_null(strstr(x->out, "role.delete"));
-	assert_int_equal(CALL(x, &s, "[AOIDAD;IDX1;RNLimited;PW6F702D70617373776F7264;]"),
-			 KH_ERR_PERMISSION_DENIED);
-	assert_int_equal(CALL(x, &s, "[AOAUDV;]"), KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &s, "[AOIDAD;IDX1;RNLimited;PW6F702D70617373776F7264;]"),
+	                 KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &s, "[AOAUDV;]"), KH_ERR_PERMISSION_DENIED);
 	/* has role.add / role.modify */
-	assert_int_equal(CALL(x, &s, "[AORLLS;]"), KH_OK);
-	assert_int_equal(CALL(x, &s, "[AORLAD;RNSmall;PMrole.add;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &s, "[AORLLS;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &s, "[AORLAD;RNSmall;PMrole.add;]"), KH_OK);
 }
 
 static void test_assign_all_rule(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	struct kh_session s;
 	limited_session(x, &s, "role.add,role.modify,keys");
 
 	/* granting what the caller's role holds is fine */
-	assert_int_equal(CALL(x, &s, "[AORLAD;RNSub;PMkeys,role.add;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &s, "[AORLAD;RNSub;PMkeys,role.add;]"), KH_OK);
 	/* granting anything else needs role.assign_all */
-	assert_int_equal(CALL(x, &s, "[AORLAD;RNSub2;PMkeys,major_keys.load;]"),
-			 KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &s, "[AORLAD;RNSub2;PMkeys,major_keys.load;]"),
+	                 KH_ERR_PERMISSION_DENIED);
 	assert_non_null(strstr(x->out, "role.assign_all"));
-	assert_int_equal(CALL(x, &s, "[AORLSH;RNSub2;]"), KH_ERR_NOT_FOUND);
-	assert_int_equal(CALL(x, &s, "[AORLMD;RNSub;PMkeys,audit.view;]"), KH_ERR_PERMISSION_DENIED);
-	assert_int_equal(CALL(x, &s, "[AORLSH;RNSub;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &s, "[AORLSH;RNSub2;]"), KH_ERR_NOT_FOUND);
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNSub;PMkeys,audit.view;]"),
+	                 KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &s, "[AORLSH;RNSub;]"), KH_OK);
 	assert_non_null(strstr(x->out, "PMkeys,role.add;"));
 	/* permissions the target already has may stay (and may be removed) */
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNSub;PMkeys,role.add,audit.view;]"), KH_OK);
-	assert_int_equal(CALL(x, &s, "[AORLMD;RNSub;PMaudit.view;KRS:1-2;]"), KH_OK);
-	assert_int_equal(CALL(x, &s, "[AORLSH;RNSub;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNSub;PMkeys,role.add,audit.view;]"),
+	                 KH_OK);
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNSub;PMaudit.view;KRS:1-2;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &s, "[AORLSH;RNSub;]"), KH_OK);
 	assert_non_null(strstr(x->out, "PMaudit.view;KRS:1-2;"));
 	/* CM needs command_settings.excrypt */
-	assert_int_equal(CALL(x, &s, "[AORLMD;RNSub;CMECHO;]"), KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNSub;CMECHO;]"), KH_ERR_PERMISSION_DENIED);
 	assert_non_null(strstr(x->out, "command_settings.excrypt"));
-	assert_int_equal(CALL(x, &s, "[AORLAD;RNSub3;CMECHO;]"), KH_ERR_PERMISSION_DENIED);
-	assert_int_equal(CALL(x, &s, "[AORLAD;RNSub3;CM;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &s, "[AORLAD;RNSub3;CMECHO;]"), KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &s, "[AORLAD;RNSub3;CM;]"), KH_OK);
 	/* the Administrator holds both */
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNSub;CMECHO;PMmajor_keys.load;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNSub;CMECHO;PMmajor_keys.load;]"), KH_OK);
 }
 
 static void test_fips_logins_required(void **state)
 {
-	struct fx *x = *state;
+	struct kh_test_fx *x = *state;
 	pthread_mutex_lock(&x->hsm.mu);
 	x->hsm.fips = true;
 	pthread_mutex_unlock(&x->hsm.mu);
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNF1;LQ1;]"), KH_ERR_FIPS);
-	assert_int_equal(CALL(x, &x->admin, "[AORLSH;RNF1;]"), KH_ERR_NOT_FOUND);
-	assert_int_equal(CALL(x, &x->admin, "[AORLAD;RNF1;]"), KH_OK);
-	assert_int_equal(CALL(x, &x->admin, "[AORLSH;RNF1;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNF1;LQ1;]"), KH_ERR_FIPS);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNF1;]"), KH_ERR_NOT_FOUND);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNF1;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNF1;]"), KH_OK);
 	assert_non_null(strstr(x->out, "LQ2;"));
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNF1;LQ1;]"), KH_ERR_FIPS);
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNF1;LQ3;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNF1;LQ1;]"), KH_ERR_FIPS);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNF1;LQ3;]"), KH_OK);
 	/* Transaction Processing is excepted */
-	assert_int_equal(CALL(x, &x->admin, "[AORLMD;RNAnonymous;LQ1;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;LQ1;]"), KH_OK);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_perms_codec),
-		cmocka_unit_test(test_ranges_codec),
-		cmocka_unit_test(test_small_codecs),
-		cmocka_unit_test_setup_teardown(test_builtin_roles, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_role_add_show_list, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_bad_input_leaves_role_unchanged, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_role_modify_rename_delete, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_permission_denied, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_assign_all_rule, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_fips_logins_required, setup, teardown),
+	    cmocka_unit_test(test_perms_codec),
+	    cmocka_unit_test(test_ranges_codec),
+	    cmocka_unit_test(test_small_codecs),
+	    cmocka_unit_test_setup_teardown(test_builtin_roles, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_role_add_show_list, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_bad_input_leaves_role_unchanged,
+	                                    kh_test_fx_setup_admin, kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_role_modify_rename_delete, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_permission_denied, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_assign_all_rule, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_fips_logins_required, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
