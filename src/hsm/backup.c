@@ -8,7 +8,9 @@
 #include "hsm/audit.h"
 #include "hsm/db.h"
 #include "hsm/hsm_core.h"
+#include "hsm/identity.h"
 #include "hsm/keystore.h"
+#include "hsm/roles.h"
 #include "common/kh_buf.h"
 #include "common/kh_mem.h"
 
@@ -626,10 +628,50 @@ static int restore_setting(void *arg, const struct kh_backup_setting *s)
 	return run(rc->hsm, st);
 }
 
+/* A backup is authenticated under the BEK, but it may come from another
+ * firmware version: a role or identity that this one could not load is
+ * refused here, before anything is written, rather than stored and found
+ * broken at the next login. */
+static bool role_fields_ok(const struct kh_backup_role *ro)
+{
+	char name[KH_NAME_MAX];
+	uint64_t perms;
+	struct kh_range ranges[KH_MAX_RANGES];
+	size_t nranges;
+	uint8_t cmds[KH_MAX_COMMANDS / 8];
+
+	if (ro->name_len == 0 || ro->name_len >= sizeof(name))
+		return false;
+	memcpy(name, ro->name, ro->name_len);
+	name[ro->name_len] = '\0';
+	return kh_role_name_valid(name) &&
+	       kh_perms_parse(ro->perms, ro->perms_len, &perms) == KH_OK &&
+	       kh_ranges_parse(ro->ranges, ro->ranges_len, ranges, &nranges) == KH_OK &&
+	       kh_cmds_parse(ro->commands, ro->commands_len, cmds) == KH_OK &&
+	       ro->logins_required <= 3 && (ro->ports & ~(unsigned)(KH_PORT_PROD | KH_PORT_ADMIN)) == 0 &&
+	       (ro->sources & ~(unsigned)(KH_SRC_ETHERNET | KH_SRC_USB)) == 0;
+}
+
+static bool identity_fields_ok(const struct kh_backup_identity *id)
+{
+	char name[KH_NAME_MAX];
+	if (id->name_len == 0 || id->name_len >= sizeof(name))
+		return false;
+	memcpy(name, id->name, id->name_len);
+	name[id->name_len] = '\0';
+	return kh_ident_name_valid(name) && id->pw_hash_len == KH_PW_HASH_LEN &&
+	       id->pw_salt_len == KH_PW_SALT_LEN && id->pw_params_len > 0;
+}
+
 static int restore_role(void *arg, const struct kh_backup_role *ro)
 {
 	struct restore_ctx *rc = arg;
 	sqlite3_stmt *st;
+	if (!role_fields_ok(ro)) {
+		snprintf(rc->detail, rc->detailsz, "role %lld has fields this HSM cannot use",
+		         (long long)ro->id);
+		return KH_ERR_BACKUP_INVALID;
+	}
 	int r = prep(rc->hsm,
 	             "INSERT INTO roles(id, name, perms, ranges, commands, logins_required, ports, "
 	             "sources, dual_factor, builtin) VALUES(?,?,?,?,?,?,?,?,?,?)",
@@ -656,6 +698,11 @@ static int restore_identity(void *arg, const struct kh_backup_identity *id)
 {
 	struct restore_ctx *rc = arg;
 	sqlite3_stmt *st;
+	if (!identity_fields_ok(id)) {
+		snprintf(rc->detail, rc->detailsz, "identity %lld has fields this HSM cannot use",
+		         (long long)id->id);
+		return KH_ERR_BACKUP_INVALID;
+	}
 	int r = prep(rc->hsm,
 	             "INSERT INTO identities(id, name, role_id, pw_hash, pw_salt, pw_params, "
 	             "must_change, failures, locked_until, builtin, created, changed) "

@@ -111,7 +111,7 @@ static void setup_a(struct kh_hsm *a)
 	assert_int_equal(
 	    kh_test_db_exec(a, "INSERT INTO identities(name, role_id, pw_hash, pw_salt, "
 	                       "pw_params, must_change, created, changed) SELECT 'app.user', id, "
-	                       "x'0011223344', x'AABB', 'scrypt:15:8:1', 0, 1, 2 FROM roles "
+	                       "x'00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF', x'AABBCCDDEEFF00112233445566778899', 'scrypt:16384:8:1', 0, 1, 2 FROM roles "
 	                       "WHERE name='App One'"),
 	    SQLITE_OK);
 	assert_int_equal(kh_db_setting_put_int(a->db, "lockout_threshold", 7), KH_OK);
@@ -235,7 +235,7 @@ static void test_backup_restore_other_device(void **state)
 	                 1);
 	assert_int_equal(db_int(&b, "SELECT count(*) FROM identities i JOIN roles r ON "
 	                            "i.role_id=r.id WHERE i.name='app.user' AND r.name='App One' "
-	                            "AND i.pw_hash=x'0011223344'"),
+	                            "AND i.pw_hash=x'00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF'"),
 	                 1);
 	assert_int_equal(b.lockout_threshold, 7);
 	assert_int_equal(kh_db_setting_get_int(b.db, "clock_offset", 0), 0);
@@ -354,8 +354,22 @@ static void test_refusals_change_nothing(void **state)
 	fingerprint(&c, after);
 	assert_memory_equal(before, after, 32);
 
-	/* with the FTK loaded the same backup goes in */
+	/* a backup whose role this firmware could not use (an inverted range,
+	 * as from another version) is refused as a whole before any write */
 	load(&c, KH_MK_FTK, kf2);
+	{
+		char *bd2 = NULL;
+		kh_test_db_exec(&a, "UPDATE roles SET ranges = 'S:20-10' WHERE builtin = 0");
+		backup(&a, &sa, NULL, &bd2);
+		fingerprint(&c, before);
+		assert_int_equal(restore(&c, &sc, bd2), KH_ERR_BACKUP_INVALID);
+		assert_non_null(strstr(resp, "cannot use"));
+		fingerprint(&c, after);
+		assert_memory_equal(before, after, 32);
+		free(bd2);
+	}
+
+	/* with the FTK loaded the same backup goes in */
 	assert_int_equal(restore(&c, &sc, bd), KH_OK);
 	kh_test_assert_key(&c, 2, m2, sizeof(m2));
 	free(bad);
