@@ -26,6 +26,7 @@ struct opts {
 	long prod_port, admin_port;
 	const char *console;
 	long workers;
+	long max_connections;
 	bool daemon;
 	const char *pidfile;
 	const char *logfile;
@@ -47,6 +48,7 @@ static void usage(FILE *f)
 		"      --admin-port N       Admin port (default 9009, 0 = off)\n"
 		"      --console PATH       console socket (default DATADIR/console.sock, \"none\" = off)\n"
 		"  -w, --workers N          worker threads (default: number of CPUs)\n"
+		"      --max-connections N  open connections at most (default 1024)\n"
 		"  -D, --daemon             run in the background\n"
 		"  -p, --pidfile PATH       write the pid here (locked while running)\n"
 		"      --log-file PATH      log here instead of stderr\n"
@@ -84,6 +86,7 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 		{"verbose", no_argument, NULL, 'v'},
 		{"quiet", no_argument, NULL, 'q'},
 		{"volatile-major-keys", no_argument, NULL, 5},
+		{"max-connections", required_argument, NULL, 6},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
@@ -93,7 +96,8 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 
 	*o = (struct opts){.datadir = "/var/lib/keyhold", .listen = "127.0.0.1",
 			   .prod_port = 9100, .admin_port = 9009,
-			   .workers = ncpu > 0 ? ncpu : 2, .level = KH_LOG_INFO};
+			   .workers = ncpu > 0 ? ncpu : 2, .max_connections = 1024,
+			   .level = KH_LOG_INFO};
 	while ((ch = getopt_long(argc, argv, "d:l:w:Dp:vqVh", lo, NULL)) != -1) {
 		switch (ch) {
 		case 'd': o->datadir = optarg; break;
@@ -108,6 +112,7 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 		case 'v': o->level = KH_LOG_DEBUG; break;
 		case 'q': o->level = KH_LOG_WARN; break;
 		case 5: o->volatile_mk = true; break;
+		case 6: o->max_connections = parse_num(optarg, 1, 1000000, "--max-connections"); break;
 		case 'V': printf("keyhold-hsm %s\n", KH_VERSION); exit(0);
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); exit(2);
@@ -225,6 +230,7 @@ int main(int argc, char **argv)
 		.admin_port = (uint16_t)o.admin_port,
 		.console_path = o.console,
 		.workers = (int)o.workers,
+		.max_connections = (int)o.max_connections,
 		.ready = on_ready,
 	};
 	r = kh_server_run(hsm, &so);

@@ -36,6 +36,12 @@
 #define READ_CHUNK 16384
 #define OUT_HIGH_WATER (4u * 1024 * 1024) /* stop reading requests while this much is unsent */
 #define IN_CEILING (KH_FRAME_MAX + READ_CHUNK)
+/* Before any login a connection may buffer only a few small frames either
+ * way: an unauthenticated peer that pipelines requests and never reads the
+ * answers must not make the daemon hold megabytes for it. */
+#define IN_CEILING_PRELOGIN (4 * KH_FRAME_MAX_PRELOGIN)
+#define OUT_HIGH_WATER_PRELOGIN (64u * 1024)
+#define HANDSHAKE_SECONDS 10 /* a TLS handshake not finished by then is dropped */
 
 struct worker;
 
@@ -81,6 +87,7 @@ struct listener {
 
 struct server {
 	struct kh_hsm *hsm;
+	int max_connections;
 	const struct kh_server_opts *o;
 	struct event_base *base;
 	struct worker *workers;
@@ -89,6 +96,11 @@ struct server {
 	struct listener lst[3];
 	int nlst;
 };
+
+static size_t out_high_water(const struct conn *c)
+{
+	return c->s.nident ? OUT_HIGH_WATER : OUT_HIGH_WATER_PRELOGIN;
+}
 
 static const char *port_label(const struct kh_session *s)
 {
@@ -179,6 +191,7 @@ static int flush_out(struct conn *c)
 /* Read what is available. Returns -1 on a fatal error. */
 static int fill_in(struct conn *c)
 {
+	kh_buf_set_max(c->in, c->s.nident ? IN_CEILING : IN_CEILING_PRELOGIN);
 	for (;;) {
 		size_t room = kh_buf_max(c->in) - kh_buf_len(c->in);
 		if (room == 0)
@@ -241,7 +254,7 @@ static void process(struct conn *c)
 	struct kh_hsm *hsm = c->w->hsm;
 	struct kh_frame f;
 
-	while (!c->closing && kh_buf_len(c->out) < OUT_HIGH_WATER) {
+	while (!c->closing && kh_buf_len(c->out) < out_high_water(c)) {
 		size_t max = c->s.nident ? KH_FRAME_MAX : KH_FRAME_MAX_PRELOGIN;
 		size_t fmax = c->s.nident ? KH_FIELDS_MAX : KH_FIELDS_MAX_PRELOGIN;
 		size_t flen = 0;
@@ -302,6 +315,8 @@ static void conn_drain(struct conn *c)
 		event_del(c->ev_write);
 		c->want_write = false;
 		struct timeval tv = {2, 0};
+		if (c->ev_timer)
+			event_free(c->ev_timer);
 		c->ev_timer = evtimer_new(c->w->base, on_drain_timeout, c);
 		if (c->ev_timer == NULL || evtimer_add(c->ev_timer, &tv) != 0) {
 			conn_free(c);
@@ -339,6 +354,10 @@ static void conn_io(struct conn *c)
 			return;
 		}
 		c->handshake_done = true;
+		if (c->ev_timer) {
+			event_free(c->ev_timer);
+			c->ev_timer = NULL;
+		}
 		log_debug("%s: %s connected (%s)", port_label(&c->s), c->s.peer, SSL_get_version(c->ssl));
 	}
 	if (flush_out(c) < 0) {
@@ -347,7 +366,7 @@ static void conn_io(struct conn *c)
 	}
 	for (;;) {
 		size_t before = kh_buf_len(c->in);
-		if (!c->closing && !c->eof && kh_buf_len(c->out) < OUT_HIGH_WATER) {
+		if (!c->closing && !c->eof && kh_buf_len(c->out) < out_high_water(c)) {
 			if (fill_in(c) < 0) {
 				conn_free(c);
 				return;
@@ -376,6 +395,16 @@ static void on_conn_event(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	conn_io(arg);
+}
+
+static void on_handshake_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	(void)fd;
+	(void)what;
+	log_warnx("%s: TLS handshake with %s not finished within %d s: dropped", port_label(&c->s),
+		  c->s.peer, HANDSHAKE_SECONDS);
+	conn_free(c);
 }
 
 static void worker_adopt(struct worker *w, struct pending *p)
@@ -422,6 +451,13 @@ static void worker_adopt(struct worker *w, struct pending *p)
 			SSL_set_read_ahead(c->ssl, 1);
 			SSL_set_accept_state(c->ssl);
 		}
+	}
+	if (c->ssl) {
+		/* a peer that connects and never finishes the handshake is dropped */
+		struct timeval tv = {HANDSHAKE_SECONDS, 0};
+		c->ev_timer = evtimer_new(w->base, on_handshake_timeout, c);
+		if (c->ev_timer == NULL || evtimer_add(c->ev_timer, &tv) != 0)
+			goto drop;
 	}
 	c->ev_read = event_new(w->base, c->fd, EV_READ | EV_PERSIST, on_conn_event, c);
 	c->ev_write = event_new(w->base, c->fd, EV_WRITE | EV_PERSIST, on_conn_event, c);
@@ -479,6 +515,15 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	for (int i = 0; i < sv->nlst; i++)
 		if (sv->lst[i].l == l)
 			li = &sv->lst[i];
+	if (atomic_load(&sv->hsm->n_conn_open) >= (uint64_t)sv->max_connections) {
+		static _Atomic time_t last_warned;
+		time_t now = time(NULL);
+		if (atomic_exchange(&last_warned, now) != now)
+			log_warnx("connection limit (%d) reached: refusing new connections",
+				  sv->max_connections);
+		close(fd);
+		return;
+	}
 	struct pending *p = calloc(1, sizeof(*p));
 	if (li == NULL || p == NULL) {
 		free(p);
@@ -606,6 +651,7 @@ int kh_server_run(struct kh_hsm *hsm, const struct kh_server_opts *o)
 	sv.hsm = hsm;
 	sv.o = o;
 	sv.nworkers = o->workers > 0 ? o->workers : 1;
+	sv.max_connections = o->max_connections > 0 ? o->max_connections : 1024;
 	if (evthread_use_pthreads() != 0)
 		return KH_ERR_INTERNAL;
 	signal(SIGPIPE, SIG_IGN);

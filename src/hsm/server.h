@@ -15,6 +15,7 @@ struct kh_server_opts {
 	uint16_t admin_port;       /* 9009; 0 disables */
 	const char *console_path;  /* Unix socket, created 0600; NULL disables */
 	int workers;               /* worker threads (>= 1) */
+	int max_connections;       /* open connections at most (0: 1024); more are closed at once */
 	void (*ready)(void *arg);  /* called once all listeners are bound */
 	void *ready_arg;
 };

@@ -85,6 +85,43 @@ $ADMINS
 audit verify
 EOF
 
+note "resource limits: a handshake never finished is dropped; a connection cap"
+/usr/bin/python3 - "$P_PROD" <<'EOF' || fail "handshake timeout"
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
+t0 = time.time()
+assert s.recv(1) == b"", "the server sent something to a silent client"
+took = time.time() - t0
+assert 5 < took < 25, f"dropped after {took:.1f} s, expected about 10"
+print(f"silent TLS client dropped after {took:.1f} s")
+EOF
+start_hsm Q --max-connections 3
+/usr/bin/python3 - "$T/Q/console.sock" <<'EOF' || fail "connection cap"
+import socket, sys, time
+path = sys.argv[1]
+def conn():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    return s
+def echo(s):
+    s.sendall(b"[AOECHO;AGx;]")
+    return s.recv(100)
+held = [conn() for _ in range(3)]
+for h in held:
+    assert echo(h).startswith(b"[AOECHO;"), "held connection not served"
+extra = conn()
+try:
+    r = echo(extra)
+except (BrokenPipeError, ConnectionResetError):
+    r = b""
+assert r == b"", f"a 4th connection was served over the cap: {r!r}"
+held.pop().close()
+time.sleep(0.5)
+assert echo(conn()).startswith(b"[AOECHO;"), "not served again after one closed"
+print("connection cap enforced")
+EOF
+
 note "in the foreground, SIGTERM stops the daemon cleanly"
 prod=$(free_port); admin=$(free_port)
 "$HSM_BIN" -d "$T/F" --excrypt-port "$prod" --admin-port "$admin" --log-file "$T/F.log" &
