@@ -408,11 +408,16 @@ static int tls_setup(struct kh_client *c)
 	if (c->ssl == NULL || SSL_set_fd(c->ssl, c->fd) != 1)
 		return fail(c, KH_ERR_NOMEM, "TLS setup", "%s", ssl_reason_text(ERR_get_error()));
 	if (!is_ip_literal(c->host)) {
-		/* SNI and name check only make sense for names */
+		/* SNI only makes sense for names */
 		if (SSL_set_tlsext_host_name(c->ssl, c->host) != 1)
 			return fail(c, KH_ERR_TLS, "TLS setup", "bad server name");
 		if (c->o.check_name && SSL_set1_host(c->ssl, c->host) != 1)
 			return fail(c, KH_ERR_TLS, "TLS setup", "bad server name");
+	} else if (c->o.check_name &&
+		   X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), c->host) != 1) {
+		/* an IP address must be in the certificate's IP SANs, or any
+		 * certificate from the same CA would pass for the HSM */
+		return fail(c, KH_ERR_TLS, "TLS setup", "bad server address");
 	}
 	return KH_OK;
 }

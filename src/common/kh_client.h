@@ -26,8 +26,8 @@ struct kh_client_opts {
 	const char *ca_file;     /* PEM trust anchors for the server (NULL: system default) */
 	const char *cert_file;   /* PEM client certificate (chain), NULL: none */
 	const char *key_file;    /* PEM client key, NULL: cert_file */
-	bool check_name;         /* verify the server name against host (default true;
-				  * never applied when host is an IP literal) */
+	bool check_name;         /* verify the server's certificate names host (default
+				  * true): a DNS name, or an IP address in its IP SANs */
 	int connect_timeout_ms;  /* TCP connect (default 10000) */
 	int io_timeout_ms;       /* each read/write incl. handshake (default 30000); 0: none */
 	const char *port_name;   /* for messages; NULL: from the port (9100 "Excrypt",

@@ -145,6 +145,19 @@ expect_fail "another CA tree" "$CLI_BIN" "${PROD[@]}" --cert "$T/other.pem" --ke
 # the Admin port is still mutual
 expect_fail "server requires a client certificate" "$CLI_BIN" --host 127.0.0.1 --port "$A_ADMIN" --ca "$W/ca.pem" echo
 
+note "the client checks that the server certificate names the address it dialled"
+console A -f - >/dev/null <<EOF || fail "reissue"
+$ADMIN_LOGIN
+tls server issue --cn keyhold-hsm --san DNS:localhost
+EOF
+expect_fail "server certificate not trusted" "$CLI_BIN" "${PROD[@]}" "${CERT[@]}" echo
+expect_ok "Echo" "$CLI_BIN" --host localhost --port "$A_PROD" --ca "$W/ca.pem" "${CERT[@]}" echo
+console A -f - >/dev/null <<EOF || fail "reissue"
+$ADMIN_LOGIN
+tls server issue --cn keyhold-hsm --san IP:127.0.0.1,DNS:localhost
+EOF
+expect_ok "Echo" "$CLI_BIN" "${PROD[@]}" "${CERT[@]}" echo
+
 note "major keys survive a restart (sealed under the device key)"
 stop_hsm A
 start_hsm A
