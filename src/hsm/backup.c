@@ -732,6 +732,41 @@ static int restore_identity(void *arg, const struct kh_backup_identity *id)
 	return r;
 }
 
+/* The rules the role and identity commands enforce must hold after a
+ * restore too: both built-in roles present and built-in, the Administrator
+ * role reachable (enough identities for its Logins Required), and in FIPS
+ * mode no role other than Transaction Processing with fewer than 2 logins.
+ * Checked inside the restore's transaction, so a failure changes nothing. */
+static int config_invariants(struct kh_hsm *hsm, char *detail, size_t detailsz)
+{
+	static const struct {
+		const char *sql;
+		const char *why;
+	} rules[] = {
+		{"SELECT COUNT(*) = 2 FROM roles WHERE builtin = 1 AND name IN "
+		 "('" KH_ROLE_ADMIN "', '" KH_ROLE_TP "')",
+		 "the built-in roles are missing"},
+		{"SELECT (SELECT COUNT(*) FROM identities i JOIN roles r ON i.role_id = r.id "
+		 "WHERE r.name = '" KH_ROLE_ADMIN "') >= (SELECT logins_required FROM roles "
+		 "WHERE name = '" KH_ROLE_ADMIN "')",
+		 "the Administrator role would have fewer identities than its Logins Required"},
+		{"SELECT COALESCE((SELECT CAST(value AS INTEGER) FROM settings WHERE key = 'fips'), 0)"
+		 " = 0 OR NOT EXISTS (SELECT 1 FROM roles WHERE logins_required < 2 AND name <> '" KH_ROLE_TP "')",
+		 "FIPS mode with a role whose Logins Required is below 2"},
+	};
+	for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++) {
+		int64_t ok = 0;
+		int r = kh_db_int(hsm->db, rules[i].sql, NULL, 0, &ok);
+		if (r != KH_OK)
+			return r;
+		if (!ok) {
+			snprintf(detail, detailsz, "%s", rules[i].why);
+			return KH_ERR_BACKUP_INVALID;
+		}
+	}
+	return KH_OK;
+}
+
 static int restore_key(void *arg, const struct kh_backup_key *k)
 {
 	struct restore_ctx *rc = arg;
@@ -876,6 +911,8 @@ int kh_backup_restore(struct kh_hsm *hsm, const uint8_t *data, size_t len, const
 	if ((hdr.scope & KH_BACKUP_KEYS) && (r = exec_sql(hsm, "DELETE FROM keys")) != KH_OK)
 		goto out;
 	if ((r = kh_backup_decode(pt.p, ptlen, hdr.scope, &visitor, &rc, &cnt)) != KH_OK)
+		goto out;
+	if ((hdr.scope & KH_BACKUP_CONFIG) && (r = config_invariants(hsm, detail, detailsz)) != KH_OK)
 		goto out;
 	snprintf(text, sizeof(text),
 	         "scope %s: %u settings, %u roles, %u identities, %u keys; BEK KCV %s",

@@ -367,6 +367,17 @@ static void test_refusals_change_nothing(void **state)
 		fingerprint(&c, after);
 		assert_memory_equal(before, after, 32);
 		free(bd2);
+		bd2 = NULL;
+		/* valid fields, but FIPS mode with a one-login role: the rule RLMD
+		 * and SETS enforce holds for a restore too */
+		kh_test_db_exec(&a, "UPDATE roles SET ranges = 'S:1000-1999' WHERE builtin = 0");
+		assert_int_equal(kh_db_setting_put_int(a.db, "fips", 1), KH_OK);
+		backup(&a, &sa, NULL, &bd2);
+		assert_int_equal(restore(&c, &sc, bd2), KH_ERR_BACKUP_INVALID);
+		assert_non_null(strstr(resp, "FIPS mode with a role"));
+		fingerprint(&c, after);
+		assert_memory_equal(before, after, 32);
+		free(bd2);
 	}
 
 	/* with the FTK loaded the same backup goes in */
