@@ -963,6 +963,15 @@ TLS_ACT(tprt)
 		}
 		ps.minver = strcmp(tv, "1.3") == 0 ? 13 : 12;
 	}
+	/* FIPS mode keeps every port encrypted and the Admin port mutual:
+	 * passwords and key components cross it */
+	pthread_mutex_lock(&c->hsm->mu);
+	bool fips = c->hsm->fips;
+	pthread_mutex_unlock(&c->hsm->mu);
+	if (fips && (ps.mode == KH_TLS_CLEAR || (port == KH_PORT_ADMIN && ps.mode != KH_TLS_MUTUAL))) {
+		kh_ctx_detail(c, "%s mode on the %s port", kh_tls_mode_name(ps.mode), pt);
+		return KH_ERR_FIPS;
+	}
 	if ((r = kh_db_begin(c->hsm->db)) != KH_OK)
 		return r;
 	if ((r = kh_tls_port_put(c->hsm, port, &ps)) != KH_OK) {

@@ -699,6 +699,22 @@ static void test_csr_and_import(void **state)
 	X509_free(ca);
 }
 
+/* FIPS mode keeps the ports encrypted and the Admin port mutual. */
+static void test_fips_port_modes(void **state)
+{
+	struct fx *f = *state;
+	call_ok(f, "[AOSETS;FIY;]");
+	assert_int_equal(call(f, "[AOTPRT;PTexcrypt;MOclear;]"), KH_ERR_FIPS);
+	assert_int_equal(call(f, "[AOTPRT;PTadmin;MOclear;]"), KH_ERR_FIPS);
+	assert_int_equal(call(f, "[AOTPRT;PTadmin;MOanonymous;]"), KH_ERR_FIPS);
+	call_ok(f, "[AOTPRT;PTexcrypt;MOanonymous;]");
+	call_ok(f, "[AOTPRS;]");
+	assert_non_null(strstr(f->resp, "ADmutual/"));
+	assert_non_null(strstr(f->resp, "EXanonymous/"));
+	call_ok(f, "[AOSETS;FIN;]");
+	call_ok(f, "[AOTPRT;PTadmin;MOclear;]");
+}
+
 /* Every command fed garbage: an error, and the stored state unchanged. */
 static void test_bad_input(void **state)
 {
@@ -797,6 +813,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_mutual_tls, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_csr_and_import, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fips_port_modes, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
