@@ -31,6 +31,7 @@ struct kh_mk_ceremony {
 	uint8_t *acc;                /* 'C': XOR of the components so far (secure) */
 	uint8_t *shares;             /* 'F': entered shares, KH_MK_MAX_LEN each (secure) */
 	uint8_t nums[MAX_PARTS];     /* 'F': their numbers */
+	char kcvs[MAX_PARTS][7];     /* 'C': check values of the components so far */
 	struct kh_fragment_hdr meta; /* 'F': what every fragment must agree on */
 };
 
@@ -60,8 +61,12 @@ static _Thread_local bool gf_rand_failed;
 
 static void gf_rand(unsigned char *buf, unsigned int n)
 {
-	if (RAND_priv_bytes(buf, (int)n) != 1)
+	if (RAND_priv_bytes(buf, (int)n) != 1) {
+		/* libgfshare also scrubs its buffers through this hook: a failed
+		 * draw must still leave them wiped */
+		kh_wipe(buf, n);
 		gf_rand_failed = true;
+	}
 }
 
 static pthread_once_t gf_once = PTHREAD_ONCE_INIT;
@@ -291,11 +296,32 @@ static int enter_component(struct kh_ctx *c, const struct kh_frame *req, struct 
 			goto out;
 		}
 	}
+	/* the same component entered twice cancels out of the XOR: refuse it
+	 * (equal check values mean equal components, barring a collision) */
+	for (unsigned i = 0; i < cer->entered; i++) {
+		if (kh_ct_equal(cer->kcvs[i], kcv, 6)) {
+			kh_ctx_detail(c, "component %u repeats component %u", cer->entered + 1, i + 1);
+			r = KH_ERR_BAD_KCV;
+			goto out;
+		}
+	}
+	if (cer->entered + 1 == cer->needed) {
+		/* components that cancel out to a zero key are refused */
+		uint8_t any = 0;
+		for (size_t i = 0; i < clen; i++)
+			any |= (uint8_t)(cer->acc[i] ^ comp[i]);
+		if (any == 0) {
+			kh_ctx_detail(c, "the components cancel out to an all-zero key");
+			r = KH_ERR_BAD_KCV;
+			goto out;
+		}
+	}
 	if ((r = audit(c, "majorkey.component", "%s component %u of %u KCV %s", kh_mk_name(cer->id),
 	               cer->entered + 1, cer->needed, kcv)) != KH_OK)
 		goto out;
 	for (size_t i = 0; i < clen; i++)
 		cer->acc[i] ^= comp[i];
+	memcpy(cer->kcvs[cer->entered], kcv, 7);
 	cer->entered++;
 	if ((r = kh_msg_put(resp, "BB", "Y")) != KH_OK ||
 	    (r = kh_msg_put(resp, "AE", kcv)) != KH_OK ||

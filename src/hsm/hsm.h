@@ -119,9 +119,9 @@ struct kh_hsm {
 	char serial[32];
 	bool volatile_mk;                     /* major keys are not sealed to disk */
 	time_t started;
-	/* guards the settings copy below. Lock order: the database lock may be
-	 * held when taking mu, never the reverse: do not touch the database
-	 * while holding mu. */
+	/* guards the settings copy below. Lock order, for the whole daemon: the
+	 * database lock, then a major-key store lock, then mu; mu is a leaf:
+	 * never touch the database or the key store while holding it. */
 	pthread_mutex_t mu;
 	bool fips;
 	bool pkcs11;

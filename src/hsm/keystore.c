@@ -116,8 +116,9 @@ static int store(struct kh_hsm *hsm, const struct kh_key_row *row, const uint8_t
 {
 	sqlite3 *h = kh_db_sqlite(hsm->db);
 	sqlite3_stmt *st = NULL;
-	/* kh_hsm_now takes hsm->mu, which must not be taken under the database
-	 * lock: callers inside a transaction set created themselves */
+	/* kh_hsm_now takes hsm->mu only briefly and touches no database, so it
+	 * is safe anywhere (lock order in hsm.h); a restore passes the backup's
+	 * own creation times instead */
 	int64_t now = row->created ? row->created : (int64_t)kh_hsm_now(hsm);
 	char text[128];
 	int r;

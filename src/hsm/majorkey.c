@@ -2,7 +2,8 @@
  * Major keys in memory (secure heap, behind a rwlock), sealed at rest under
  * a key derived from the device key, and the AEAD that wraps everything
  * else under them. Must never write, log or return a major key's bytes.
- * Lock order: hsm->mu, then the database lock, then the store's rwlock.
+ * Lock order (hsm.h): the database lock, then the store's rwlock; hsm->mu is
+ * never held across either.
  */
 #include "hsm/majorkey.h"
 #include "hsm/audit.h"

@@ -233,6 +233,43 @@ static void test_components(void **state)
 	(void)state;
 }
 
+/* A repeated component, or components that cancel out to a zero key, are
+ * refused without ending the ceremony. */
+static void test_degenerate_components(void **state)
+{
+	struct kh_hsm hsm;
+	struct kh_session s;
+	char dir[256], h[65];
+	uint8_t a[16], b[16], ab[16];
+	(void)state;
+
+	kh_test_hsm_open(&hsm, dir);
+	kh_test_admin_session(&hsm, &s);
+	for (int i = 0; i < 16; i++) {
+		a[i] = (uint8_t)(i + 1);
+		b[i] = (uint8_t)(0x5A ^ (i * 3));
+		ab[i] = a[i] ^ b[i];
+	}
+	assert_int_equal(call(&hsm, &s, "[AOMKLB;KNFTK;MOC;ALAES;KL128;NP3;]"), KH_OK);
+	hex(a, 16, h);
+	assert_int_equal(call(&hsm, &s, "[AOMKLC;CM%s;]", h), KH_OK);
+	assert_int_equal(call(&hsm, &s, "[AOMKLC;CM%s;]", h), KH_ERR_BAD_KCV);
+	assert_non_null(strstr(resp, "repeats component 1"));
+	hex(b, 16, h);
+	assert_int_equal(call(&hsm, &s, "[AOMKLC;CM%s;]", h), KH_OK);
+	hex(ab, 16, h);
+	assert_int_equal(call(&hsm, &s, "[AOMKLC;CM%s;]", h), KH_ERR_BAD_KCV);
+	assert_non_null(strstr(resp, "all-zero key"));
+	assert_int_equal(call(&hsm, &s, "[AOMKST;]"), KH_OK);
+	assert_string_equal(kh_test_field(resp, "FT"), "N");
+	/* a good third component still completes the ceremony */
+	ab[0] ^= 0x80;
+	hex(ab, 16, h);
+	assert_int_equal(call(&hsm, &s, "[AOMKLC;CM%s;]", h), KH_OK);
+	assert_non_null(strstr(resp, "KV"));
+	kh_test_hsm_close(&hsm, dir);
+}
+
 static void test_bad_lengths(void **state)
 {
 	struct kh_hsm hsm;
@@ -734,6 +771,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_kcv_known_answers),
 	    cmocka_unit_test(test_components),
+	    cmocka_unit_test(test_degenerate_components),
 	    cmocka_unit_test(test_bad_lengths),
 	    cmocka_unit_test(test_fragments),
 	    cmocka_unit_test(test_recombination_checked),
