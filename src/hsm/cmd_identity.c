@@ -77,9 +77,27 @@ static int new_password(struct kh_ctx *c, const struct kh_frame *req, struct kh_
 	return r;
 }
 
-static bool is_admin_role(const struct kh_role *r)
+/* May the caller act on identities of this role? Only on roles whose
+ * permissions its own role holds too, unless it holds role.assign_all:
+ * otherwise identity.add / identity.modify would let a helpdesk role create,
+ * move or take over identities of a more privileged role. */
+static int check_reach(struct kh_ctx *c, const struct kh_role *role)
 {
-	return r->builtin && strcasecmp(r->name, KH_ROLE_ADMIN) == 0;
+	if (kh_role_may_manage(c->role, role))
+		return KH_OK;
+	kh_ctx_detail(c, "role %s holds permissions yours lacks", role->name);
+	return KH_ERR_PERMISSION_DENIED;
+}
+
+/* check_reach on the role with this id, read afresh (inside the caller's
+ * transaction, so the decision holds for what is written). */
+static int check_reach_id(struct kh_ctx *c, int64_t role_id)
+{
+	struct kh_role role;
+	int r = kh_role_load_by_id(c->hsm, role_id, &role);
+	if (r != KH_OK)
+		return r;
+	return check_reach(c, &role);
 }
 
 /* Would taking one identity out of role leave it unable to become active?
@@ -91,7 +109,7 @@ static int check_admin_quorum(struct kh_ctx *c, int64_t role_id)
 	int r = kh_role_load_by_id(c->hsm, role_id, &role);
 	if (r != KH_OK)
 		return r;
-	if (!is_admin_role(&role))
+	if (!kh_role_is_builtin_admin(&role))
 		return KH_OK;
 	if ((r = kh_role_identity_count(c->hsm, role_id, &count)) != KH_OK)
 		return r;
@@ -117,6 +135,9 @@ KH_ACT(kh_cmd_idad)
 		goto out;
 	if ((r = target_role(c, req, &role)) != KH_OK)
 		goto out;
+	/* refused before the slow hash; checked again inside the transaction */
+	if ((r = check_reach(c, &role)) != KH_OK)
+		goto out;
 	if (kh_frame_has(req, "MC") && (r = kh_frame_yn(req, "MC", &mc)) != KH_OK) {
 		kh_ctx_detail(c, "MC");
 		goto out;
@@ -129,6 +150,12 @@ KH_ACT(kh_cmd_idad)
 		 mc ? "Y" : "N");
 	if ((r = kh_db_begin(c->hsm->db)) != KH_OK)
 		goto out;
+	if ((r = check_reach_id(c, role.id)) != KH_OK) {
+		kh_db_rollback(c->hsm->db);
+		if (r == KH_ERR_NOT_FOUND)
+			kh_ctx_detail(c, "RN");
+		goto out;
+	}
 	if ((r = kh_ident_insert(c->hsm, name, role.id, &h, mc, false, now)) != KH_OK ||
 	    (r = kh_audit_append(c->hsm, actor, "identity.add", detail)) != KH_OK) {
 		kh_db_rollback(c->hsm->db);
@@ -162,6 +189,8 @@ KH_ACT(kh_cmd_idmd)
 		goto out;
 	if (has_rn && (r = target_role(c, req, &role)) != KH_OK)
 		goto out;
+	if (has_rn && (r = check_reach(c, &role)) != KH_OK)
+		goto out;
 	if (has_mc && (r = kh_frame_yn(req, "MC", &mc)) != KH_OK) {
 		kh_ctx_detail(c, "MC");
 		goto out;
@@ -170,6 +199,13 @@ KH_ACT(kh_cmd_idmd)
 		kh_ctx_detail(c, "UL");
 		goto out;
 	}
+	/* refused before the slow hash; decided again inside the transaction */
+	if ((r = kh_ident_load(c->hsm, name, &id)) != KH_OK) {
+		kh_ctx_detail(c, "ID");
+		goto out;
+	}
+	if ((r = check_reach_id(c, id.role_id)) != KH_OK)
+		goto out;
 	if (has_pw && (r = new_password(c, req, &h)) != KH_OK)
 		goto out;
 	now = (int64_t)kh_hsm_now(c->hsm);
@@ -181,6 +217,11 @@ KH_ACT(kh_cmd_idmd)
 		kh_ctx_detail(c, "ID");
 		goto fail;
 	}
+	/* the identity's current role, whatever is changed (a password reset
+	 * or unlock is a takeover of that role), and the new one */
+	if ((r = check_reach_id(c, id.role_id)) != KH_OK ||
+	    (has_rn && (r = check_reach_id(c, role.id)) != KH_OK))
+		goto fail;
 	pos = (size_t)snprintf(detail, sizeof(detail), "identity %s:", id.name);
 	if (has_rn && role.id != id.role_id) {
 		if ((r = check_admin_quorum(c, id.role_id)) != KH_OK ||
@@ -213,8 +254,10 @@ KH_ACT(kh_cmd_idmd)
 		goto fail;
 	if ((r = kh_db_commit(c->hsm->db)) != KH_OK)
 		goto out;
-	if (has_rn)
-		atomic_fetch_add(&c->hsm->role_gen, 1); /* sessions re-check their identities */
+	/* sessions re-check their identities: a moved identity leaves, one that
+	 * must change its password (a reset) is logged out */
+	if (has_rn || has_pw || has_mc || unlock)
+		atomic_fetch_add(&c->hsm->role_gen, 1);
 	r = kh_msg_put(resp, "BB", "Y");
 	goto out;
 fail:
@@ -244,7 +287,8 @@ KH_ACT(kh_cmd_iddl)
 		kh_ctx_detail(c, "ID");
 		goto fail;
 	}
-	if ((r = check_admin_quorum(c, id.role_id)) != KH_OK)
+	if ((r = check_reach_id(c, id.role_id)) != KH_OK ||
+	    (r = check_admin_quorum(c, id.role_id)) != KH_OK)
 		goto fail;
 	snprintf(detail, sizeof(detail), "identity %s", id.name);
 	if ((r = kh_ident_delete(c->hsm, id.id)) != KH_OK ||

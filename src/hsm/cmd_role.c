@@ -117,6 +117,59 @@ static int check_rules(struct kh_ctx *c, const struct kh_role *old, const struct
 	return KH_OK;
 }
 
+/* May the caller change or delete this role? Not one more privileged than
+ * its own, unless it holds role.assign_all. */
+static int check_reach(struct kh_ctx *c, const struct kh_role *target)
+{
+	if (kh_role_may_manage(c->role, target))
+		return KH_OK;
+	kh_ctx_detail(c, "role %s holds permissions yours lacks", target->name);
+	return KH_ERR_PERMISSION_DENIED;
+}
+
+/* What the built-in roles must keep, whoever asks. The Administrator is the
+ * only way back into the device: it keeps every permission, the Admin port,
+ * a connection source, and a Logins Required that its identities can meet
+ * (at least 1; the FIPS minimum is check_rules'). Transaction Processing has
+ * no identities: it keeps Logins Required 0 and the Prod port only. Runs
+ * inside the transaction that writes nw. */
+static int check_builtin(struct kh_ctx *c, const struct kh_role *nw)
+{
+	if (kh_role_is_builtin_admin(nw)) {
+		int64_t count = 0;
+		int r;
+		if ((nw->perms & KH_PERMS_ALL) != KH_PERMS_ALL) {
+			kh_ctx_detail(c, "PM: %s keeps every permission", KH_ROLE_ADMIN);
+			return KH_ERR_STATE;
+		}
+		if (!(nw->ports & KH_PORT_ADMIN)) {
+			kh_ctx_detail(c, "PT: %s keeps the admin port", KH_ROLE_ADMIN);
+			return KH_ERR_STATE;
+		}
+		if (nw->sources == 0) {
+			kh_ctx_detail(c, "CS: %s needs a connection source", KH_ROLE_ADMIN);
+			return KH_ERR_STATE;
+		}
+		if ((r = kh_role_identity_count(c->hsm, nw->id, &count)) != KH_OK)
+			return r;
+		if (nw->logins_required < 1 || nw->logins_required > count) {
+			kh_ctx_detail(c, "LQ: %s needs 1 to %lld (its identities)", KH_ROLE_ADMIN,
+				      (long long)count);
+			return KH_ERR_STATE;
+		}
+	} else if (kh_role_is_builtin_tp(nw)) {
+		if (nw->logins_required != 0) {
+			kh_ctx_detail(c, "LQ: %s has no identities and keeps 0", KH_ROLE_TP);
+			return KH_ERR_STATE;
+		}
+		if (nw->ports != KH_PORT_PROD) {
+			kh_ctx_detail(c, "PT: %s is the prod port's pre-login role", KH_ROLE_TP);
+			return KH_ERR_STATE;
+		}
+	}
+	return KH_OK;
+}
+
 static int get_name(struct kh_ctx *c, const struct kh_frame *req, const char *tag,
 		    char name[KH_NAME_MAX])
 {
@@ -141,7 +194,8 @@ static void describe(const struct kh_role *r, char *out, size_t outsz)
 		 r->logins_required, ports, sources, ranges, perms, cmds);
 }
 
-static int write_role(struct kh_ctx *c, const struct kh_role *r, bool add, const char *oldname)
+/* Write r and its audit entry; runs inside the caller's transaction. */
+static int store_role(struct kh_ctx *c, const struct kh_role *r, bool add, const char *oldname)
 {
 	char detail[KH_AUDIT_DETAIL_MAX + KH_NAME_MAX + 32], actor[KH_MAX_LOGINS * KH_NAME_MAX];
 	char desc[KH_AUDIT_DETAIL_MAX + 1]; /* kh_audit_append cuts the detail to its maximum */
@@ -153,21 +207,12 @@ static int write_role(struct kh_ctx *c, const struct kh_role *r, bool add, const
 		snprintf(detail, sizeof(detail), "renamed from %s; %s", oldname, desc);
 	else
 		snprintf(detail, sizeof(detail), "%s", desc);
-	if ((e = kh_db_begin(c->hsm->db)) != KH_OK)
-		return e;
 	e = add ? kh_role_insert(c->hsm, r, NULL) : kh_role_update(c->hsm, r);
 	if (e == KH_OK)
 		e = kh_audit_append(c->hsm, actor, add ? "role.add" : "role.modify", detail);
-	if (e != KH_OK) {
-		kh_db_rollback(c->hsm->db);
-		if (e == KH_ERR_EXISTS)
-			kh_ctx_detail(c, "%s", add ? "RN" : "NN");
-		return e;
-	}
-	if ((e = kh_db_commit(c->hsm->db)) != KH_OK)
-		return e;
-	atomic_fetch_add(&c->hsm->role_gen, 1);
-	return KH_OK;
+	if (e == KH_ERR_EXISTS)
+		kh_ctx_detail(c, "%s", add ? "RN" : "NN");
+	return e;
 }
 
 KH_ACT(kh_cmd_rlad)
@@ -192,8 +237,15 @@ KH_ACT(kh_cmd_rlad)
 		return r;
 	if ((r = check_rules(c, &old, &nw, fips)) != KH_OK)
 		return r;
-	if ((r = write_role(c, &nw, true, NULL)) != KH_OK)
+	if ((r = kh_db_begin(c->hsm->db)) != KH_OK)
 		return r;
+	if ((r = store_role(c, &nw, true, NULL)) != KH_OK) {
+		kh_db_rollback(c->hsm->db);
+		return r;
+	}
+	if ((r = kh_db_commit(c->hsm->db)) != KH_OK)
+		return r;
+	atomic_fetch_add(&c->hsm->role_gen, 1);
 	return kh_msg_put(resp, "BB", "Y");
 }
 
@@ -201,38 +253,51 @@ KH_ACT(kh_cmd_rlmd)
 {
 	struct kh_role old, nw;
 	char name[KH_NAME_MAX], newname[KH_NAME_MAX];
-	bool fips = fips_mode(c->hsm);
+	bool fips = fips_mode(c->hsm); /* hsm->mu before the database lock */
 	int r;
 
 	if ((r = get_name(c, req, "RN", name)) != KH_OK)
 		return r;
+	/* read, decide and write in one transaction: the rules hold for what
+	 * is written */
+	if ((r = kh_db_begin(c->hsm->db)) != KH_OK)
+		return r;
 	if ((r = kh_role_load(c->hsm, name, &old)) != KH_OK) {
 		kh_ctx_detail(c, "RN");
-		return r;
+		goto fail;
 	}
+	if ((r = check_reach(c, &old)) != KH_OK)
+		goto fail;
 	nw = old;
 	if (kh_frame_has(req, "NN")) {
 		if ((r = get_name(c, req, "NN", newname)) != KH_OK)
-			return r;
+			goto fail;
 		if (strcmp(newname, old.name) != 0) {
 			if (old.builtin) {
 				kh_ctx_detail(c, "NN: built-in roles cannot be renamed");
-				return KH_ERR_STATE;
+				r = KH_ERR_STATE;
+				goto fail;
 			}
 			if (kh_role_name_is_tp(newname)) {
 				kh_ctx_detail(c, "NN");
-				return KH_ERR_EXISTS;
+				r = KH_ERR_EXISTS;
+				goto fail;
 			}
 			snprintf(nw.name, sizeof(nw.name), "%s", newname);
 		}
 	}
-	if ((r = parse_fields(c, req, &nw)) != KH_OK)
+	if ((r = parse_fields(c, req, &nw)) != KH_OK ||
+	    (r = check_rules(c, &old, &nw, fips)) != KH_OK ||
+	    (r = check_builtin(c, &nw)) != KH_OK ||
+	    (r = store_role(c, &nw, false, old.name)) != KH_OK)
+		goto fail;
+	if ((r = kh_db_commit(c->hsm->db)) != KH_OK)
 		return r;
-	if ((r = check_rules(c, &old, &nw, fips)) != KH_OK)
-		return r;
-	if ((r = write_role(c, &nw, false, old.name)) != KH_OK)
-		return r;
+	atomic_fetch_add(&c->hsm->role_gen, 1);
 	return kh_msg_put(resp, "BB", "Y");
+fail:
+	kh_db_rollback(c->hsm->db);
+	return r;
 }
 
 KH_ACT(kh_cmd_rlls)
@@ -297,6 +362,8 @@ KH_ACT(kh_cmd_rldl)
 		kh_ctx_detail(c, "RN");
 		goto fail;
 	}
+	if ((r = check_reach(c, &role)) != KH_OK)
+		goto fail;
 	if (role.builtin) {
 		kh_ctx_detail(c, "RN: built-in roles cannot be deleted");
 		r = KH_ERR_STATE;

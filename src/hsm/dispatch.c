@@ -91,19 +91,32 @@ static int tp_role(struct kh_hsm *hsm, struct kh_session *s, const struct kh_rol
 	return KH_OK;
 }
 
-/* The logged-in role, refreshed if roles or identities changed since login:
- * an identity that was deleted or moved to another role is logged out of
- * the session, and the role re-read. */
+/* The logged-in role, refreshed if roles or identities changed since login.
+ * An identity is logged out of the session when it was deleted or moved to
+ * another role, is now locked, or must change its password (an
+ * administrator's reset: the old password may be compromised); every login
+ * goes when the role no longer allows this port and source. The role is
+ * then re-read. KH_ERR_NOT_FOUND when no login remains. Never called with
+ * hsm->mu held (kh_hsm_now takes it). */
 static int session_role(struct kh_hsm *hsm, struct kh_session *s)
 {
 	uint64_t gen = atomic_load(&hsm->role_gen);
 	if (s->role_gen == gen)
 		return KH_OK;
+	int64_t now = (int64_t)kh_hsm_now(hsm);
+	struct kh_role fresh;
+	bool allowed = false;
+	int r = kh_role_load_by_id(hsm, s->role.id, &fresh);
+	if (r == KH_OK)
+		allowed = kh_role_allows_conn(&fresh, s->port, s->source);
+	else if (r != KH_ERR_NOT_FOUND)
+		return r;
 	size_t keep = 0;
-	for (size_t i = 0; i < s->nident; i++) {
+	for (size_t i = 0; allowed && i < s->nident; i++) {
 		struct kh_ident id;
-		int r = kh_ident_load(hsm, s->ident[i], &id);
-		if (r == KH_OK && id.role_id == s->role.id) {
+		r = kh_ident_load(hsm, s->ident[i], &id);
+		if (r == KH_OK && id.role_id == s->role.id && !id.must_change &&
+		    id.locked_until <= now) {
 			if (keep != i)
 				memcpy(s->ident[keep], s->ident[i], KH_NAME_MAX);
 			keep++;
@@ -120,10 +133,6 @@ static int session_role(struct kh_hsm *hsm, struct kh_session *s)
 		s->role_gen = gen;
 		return KH_ERR_NOT_FOUND;
 	}
-	struct kh_role fresh;
-	int r = kh_role_load_by_id(hsm, s->role.id, &fresh);
-	if (r != KH_OK)
-		return r;
 	s->role = fresh;
 	s->role_gen = gen;
 	s->active = s->nident >= (size_t)s->role.logins_required;
@@ -157,6 +166,13 @@ int kh_dispatch(struct kh_hsm *hsm, struct kh_session *s, const struct kh_frame 
 		snprintf(s->detail, sizeof(s->detail), "not available on the %s port",
 			 s->port == KH_PORT_PROD ? "Excrypt" : "Admin");
 		goto fail;
+	}
+	if ((cmd->flags & KH_CF_SESSION) && s->nident > 0) {
+		/* a session command starts from a current session too: a LOGN must
+		 * not carry a stale login forward by recording the new generation */
+		r = session_role(hsm, s);
+		if (r != KH_OK && r != KH_ERR_NOT_FOUND)
+			goto fail;
 	}
 	if (!(cmd->flags & KH_CF_SESSION)) {
 		if (s->nident > 0 && (r = session_role(hsm, s)) != KH_OK) {
@@ -212,6 +228,8 @@ int kh_dispatch(struct kh_hsm *hsm, struct kh_session *s, const struct kh_frame 
 	}
 	if ((r = kh_msg_begin(out, cmd->name)) != KH_OK)
 		goto fail;
+	/* (a failed login that sets a lock bumps role_gen in identity.c, so
+	 * sessions where that identity is logged in re-check it) */
 	if ((r = cmd->act(&c, req, out)) != KH_OK)
 		goto fail;
 	if ((r = kh_msg_end(out)) != KH_OK)

@@ -44,7 +44,7 @@ const struct kh_perm_desc kh_perm_table[KH_P_COUNT] = {
 	{KH_P_TIME_SET, "time.set", "Time:Set"},
 };
 
-#define ALL_PERMS ((UINT64_C(1) << KH_P_COUNT) - 1)
+#define ALL_PERMS KH_PERMS_ALL
 
 /* ---- tokenizing ---- */
 
@@ -343,6 +343,25 @@ bool kh_role_allows_conn(const struct kh_role *r, enum kh_port port, enum kh_sou
 	/* the console socket is an Admin-port connection with source USB */
 	unsigned need = port == KH_PORT_PROD ? KH_PORT_PROD : KH_PORT_ADMIN;
 	return (r->ports & need) && (r->sources & (unsigned)source);
+}
+
+bool kh_role_is_builtin_admin(const struct kh_role *r)
+{
+	return r->builtin && strcasecmp(r->name, KH_ROLE_ADMIN) == 0;
+}
+
+bool kh_role_is_builtin_tp(const struct kh_role *r)
+{
+	return r->builtin && kh_role_name_is_tp(r->name);
+}
+
+bool kh_role_may_manage(const struct kh_role *caller, const struct kh_role *target)
+{
+	if (caller == NULL)
+		return false;
+	if (caller->perms & KH_PERM(KH_P_ROLE_ASSIGN_ALL))
+		return true;
+	return (target->perms & ~caller->perms) == 0;
 }
 
 /* ---- storage ---- */

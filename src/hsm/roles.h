@@ -15,6 +15,9 @@ struct kh_perm_desc {
 };
 extern const struct kh_perm_desc kh_perm_table[KH_P_COUNT];
 
+/* Every permission of this firmware (the built-in Administrator holds them all). */
+#define KH_PERMS_ALL ((UINT64_C(1) << KH_P_COUNT) - 1)
+
 /* Text sizes that always hold a formatted field (NUL included). */
 #define KH_PERMS_TEXT_MAX 1024
 #define KH_RANGES_TEXT_MAX 512
@@ -55,6 +58,15 @@ bool kh_role_name_is_tp(const char *name);
 /* May an identity of this role log in on this port and source? (The
  * console counts as the Admin port.) */
 bool kh_role_allows_conn(const struct kh_role *r, enum kh_port port, enum kh_source source);
+
+/* The built-in Administrator / Transaction Processing role? */
+bool kh_role_is_builtin_admin(const struct kh_role *r);
+bool kh_role_is_builtin_tp(const struct kh_role *r);
+/* May a caller of role caller manage (modify, delete, give or take
+ * identities of) the role target? Only if target's permissions are a subset
+ * of the caller's, or the caller holds role.assign_all. A NULL caller may
+ * manage nothing. */
+bool kh_role_may_manage(const struct kh_role *caller, const struct kh_role *target);
 
 /* Storage. Writers must run inside the caller's kh_db_begin/kh_db_commit
  * (together with the audit entry); they do not bump hsm->role_gen, the

@@ -130,6 +130,125 @@ static void test_deleted_identity_logged_out(void **state)
 	assert_int_equal(KH_CALL(x, &app, "[AOECHO;]"), KH_OK);
 }
 
+/* ---- M3: an open session follows changes to its role and identities ---- */
+
+/* Role app (prod and admin ports, ethernet, LQ lq) with identities app1 and
+ * app2; s is a prod session with app1 logged in. */
+static void app_session(struct kh_test_fx *x, struct kh_session *s, int lq)
+{
+	char pw[64], req[256];
+	snprintf(req, sizeof(req), "[AORLAD;RNapp;LQ%d;PMkeys;KRS:10-20;CMECHO,GPKM;PTprod,admin;]",
+	         lq);
+	assert_int_equal(KH_CALL(x, &x->admin, req), KH_OK);
+	kh_test_hexstr("app-password-1", pw);
+	snprintf(req, sizeof(req), "[AOIDAD;IDapp1;RNapp;PW%s;]", pw);
+	assert_int_equal(KH_CALL(x, &x->admin, req), KH_OK);
+	kh_test_hexstr("app-password-2", pw);
+	snprintf(req, sizeof(req), "[AOIDAD;IDapp2;RNapp;PW%s;]", pw);
+	assert_int_equal(KH_CALL(x, &x->admin, req), KH_OK);
+	kh_test_session(s, KH_PORT_PROD);
+	assert_int_equal(KH_LOGN(x, s, "app1", "app-password-1", NULL), KH_OK);
+	assert_int_equal(s->active, lq == 1);
+}
+
+static void assert_dropped(struct kh_test_fx *x, struct kh_session *s)
+{
+	assert_int_equal(KH_CALL(x, s, "[AOGPKM;]"), KH_ERR_NOT_LOGGED_IN);
+	assert_non_null(strstr(x->out, "log in again"));
+	assert_int_equal(s->nident, 0);
+	assert_false(s->active);
+}
+
+static void test_session_loses_port(void **state)
+{
+	struct kh_test_fx *x = *state;
+	struct kh_session app;
+	app_session(x, &app, 1);
+	assert_int_equal(KH_CALL(x, &app, "[AOGPKM;]"), KH_OK);
+	/* an unrelated change keeps the session */
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNother;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNapp;KRS:10-30;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &app, "[AOGPKM;]"), KH_OK);
+	assert_true(app.active);
+	/* the role leaves the prod port: the session's logins go */
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNapp;PTadmin;]"), KH_OK);
+	assert_dropped(x, &app);
+	/* and the connection is back under Transaction Processing */
+	assert_int_equal(KH_CALL(x, &app, "[AOECHO;]"), KH_OK);
+}
+
+static void test_session_loses_source(void **state)
+{
+	struct kh_test_fx *x = *state;
+	struct kh_session app;
+	app_session(x, &app, 1);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNapp;CSusb;]"), KH_OK);
+	assert_dropped(x, &app);
+}
+
+static void test_session_password_reset(void **state)
+{
+	struct kh_test_fx *x = *state;
+	struct kh_session app;
+	char pw[64], req[256];
+	app_session(x, &app, 1);
+	assert_int_equal(KH_CALL(x, &app, "[AOGPKM;]"), KH_OK);
+	/* the administrator resets app1's password (a suspected compromise) */
+	kh_test_hexstr("reset-password-1", pw);
+	snprintf(req, sizeof(req), "[AOIDMD;IDapp1;PW%s;]", pw);
+	assert_int_equal(KH_CALL(x, &x->admin, req), KH_OK);
+	assert_dropped(x, &app);
+	/* the old password no longer works; the new one must be changed */
+	assert_int_equal(KH_LOGN(x, &app, "app1", "app-password-1", NULL), KH_ERR_AUTH_FAILED);
+	assert_int_equal(KH_LOGN(x, &app, "app1", "reset-password-1", NULL),
+	                 KH_ERR_PASSWORD_CHANGE_REQUIRED);
+}
+
+static void test_session_must_change(void **state)
+{
+	struct kh_test_fx *x = *state;
+	struct kh_session app;
+	app_session(x, &app, 1);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDMD;IDapp1;MCY;]"), KH_OK);
+	assert_dropped(x, &app);
+}
+
+static void test_session_locked(void **state)
+{
+	struct kh_test_fx *x = *state;
+	struct kh_session app, attacker;
+	app_session(x, &app, 1);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOSETS;LT3;LS600;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &app, "[AOGPKM;]"), KH_OK);
+	kh_test_session(&attacker, KH_PORT_PROD);
+	assert_int_equal(KH_LOGN(x, &attacker, "app1", "wrong-password", NULL), KH_ERR_AUTH_FAILED);
+	assert_int_equal(KH_LOGN(x, &attacker, "app1", "wrong-password", NULL), KH_ERR_AUTH_FAILED);
+	/* failures below the threshold leave the session alone */
+	assert_int_equal(KH_CALL(x, &app, "[AOGPKM;]"), KH_OK);
+	assert_int_equal(KH_LOGN(x, &attacker, "app1", "wrong-password", NULL), KH_ERR_LOCKED);
+	assert_dropped(x, &app);
+	/* unlocked by an administrator, it may log in again */
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDMD;IDapp1;ULY;]"), KH_OK);
+	assert_int_equal(KH_LOGN(x, &app, "app1", "app-password-1", NULL), KH_OK);
+	assert_int_equal(KH_CALL(x, &app, "[AOGPKM;]"), KH_OK);
+}
+
+/* A second LOGN does not carry a login forward that lapsed meanwhile. */
+static void test_logn_does_not_revive(void **state)
+{
+	struct kh_test_fx *x = *state;
+	struct kh_session app;
+	app_session(x, &app, 2);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDMD;IDapp1;MCY;]"), KH_OK);
+	assert_int_equal(KH_LOGN(x, &app, "app2", "app-password-2", NULL), KH_OK);
+	assert_int_equal(app.nident, 1);
+	assert_string_equal(app.ident[0], "app2");
+	assert_false(app.active);
+	/* app1 logs in again with the password change it now needs */
+	assert_int_equal(KH_LOGN(x, &app, "app1", "app-password-1", "app-password-1b"), KH_OK);
+	assert_true(app.active);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -143,6 +262,18 @@ int main(void)
 	                                    kh_test_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_deleted_identity_logged_out,
 	                                    kh_test_fx_setup_admin, kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_session_loses_port, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_session_loses_source, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_session_password_reset, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_session_must_change, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_session_locked, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_logn_does_not_revive, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

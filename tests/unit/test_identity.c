@@ -176,6 +176,140 @@ static void test_delete(void **state)
 	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDMD;IDAdmin3;RNR1;]"), KH_ERR_STATE);
 }
 
+/* ---- C1: identity.add / identity.modify / identity.delete reach only
+ * roles whose permissions the caller's role holds (or role.assign_all) ---- */
+
+/* A Helpdesk role (identity.add, identity.modify, identity.delete plus
+ * extra), one login on the admin port, and a session logged in as it. */
+static void helpdesk_session(struct kh_test_fx *x, struct kh_session *s, const char *extra)
+{
+	char req[512];
+	snprintf(req, sizeof(req),
+	         "[AORLAD;RNHelpdesk;PMidentity.add,identity.modify,identity.delete%s%s;"
+	         "LQ1;PTadmin;CSethernet;]",
+	         extra ? "," : "", extra ? extra : "");
+	assert_int_equal(KH_CALL(x, &x->admin, req), KH_OK);
+	assert_int_equal(idad(x, "Help1", "Helpdesk", "helpdesk-password-1", NULL), KH_OK);
+	kh_test_session(s, KH_PORT_ADMIN);
+	assert_int_equal(KH_LOGN(x, s, "Help1", "helpdesk-password-1", NULL), KH_OK);
+	assert_true(s->active);
+}
+
+/* The request tmpl with its "@" replaced by the hex of pw. */
+static int call_pw(struct kh_test_fx *x, struct kh_session *s, const char *tmpl, const char *pw)
+{
+	char req[1200], hp[520];
+	const char *at = strchr(tmpl, '@');
+	assert_non_null(at);
+	kh_test_hexstr(pw, hp);
+	snprintf(req, sizeof(req), "%.*s%s%s", (int)(at - tmpl), tmpl, hp, at + 1);
+	return KH_CALL(x, s, req);
+}
+
+static void test_helpdesk_cannot_escalate(void **state)
+{
+	struct kh_test_fx *x = *state;
+	struct kh_session h, s;
+	struct kh_ident id;
+	struct kh_role adm;
+	helpdesk_session(x, &h, NULL);
+	assert_int_equal(kh_role_load(&x->hsm, KH_ROLE_ADMIN, &adm), KH_OK);
+
+	/* no identity in Administrator, with or without MC */
+	assert_int_equal(call_pw(x, &h, "[AOIDAD;IDEvil1;RNAdministrator;PW@;MCN;]",
+	                         "evil-password-1"),
+	                 KH_ERR_PERMISSION_DENIED);
+	assert_non_null(strstr(x->out, "role Administrator holds permissions yours lacks"));
+	assert_int_equal(kh_ident_load(&x->hsm, "Evil1", &id), KH_ERR_NOT_FOUND);
+
+	/* an identity of its own level cannot be moved into Administrator */
+	assert_int_equal(idad(x, "Pawn", "Helpdesk", "pawn-password-1", NULL), KH_OK);
+	assert_int_equal(KH_CALL(x, &h, "[AOIDMD;IDPawn;RNAdministrator;]"),
+	                 KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(kh_ident_load(&x->hsm, "Pawn", &id), KH_OK);
+	assert_int_not_equal(id.role_id, adm.id);
+	/* nor its own login */
+	assert_int_equal(KH_CALL(x, &h, "[AOIDMD;IDHelp1;RNAdministrator;]"),
+	                 KH_ERR_PERMISSION_DENIED);
+
+	/* Admin1's password cannot be reset (takeover), nor its MC or lock changed */
+	assert_int_equal(call_pw(x, &h, "[AOIDMD;IDAdmin1;PW@;MCN;]", "taken-over-1"),
+	                 KH_ERR_PERMISSION_DENIED);
+	assert_non_null(strstr(x->out, "holds permissions yours lacks"));
+	kh_test_session(&s, KH_PORT_ADMIN);
+	assert_int_equal(KH_LOGN(x, &s, "Admin1", "taken-over-1", NULL), KH_ERR_AUTH_FAILED);
+	assert_int_equal(KH_LOGN(x, &s, "Admin1", KH_TEST_ADMIN1_PW, NULL), KH_OK);
+	assert_int_equal(KH_CALL(x, &h, "[AOIDMD;IDAdmin1;MCY;]"), KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &h, "[AOIDMD;IDAdmin1;ULY;]"), KH_ERR_PERMISSION_DENIED);
+	/* an Administrator identity cannot be moved out (and then reset) either */
+	assert_int_equal(KH_CALL(x, &h, "[AOIDMD;IDAdmin2;RNHelpdesk;]"),
+	                 KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &h, "[AOIDDL;IDAdmin2;]"), KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(kh_ident_load(&x->hsm, "Admin2", &id), KH_OK);
+	assert_int_equal(id.role_id, adm.id);
+	assert_false(id.must_change);
+
+	/* nor a role with just one permission more */
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNAuditors;PMaudit.view;PTadmin;]"), KH_OK);
+	assert_int_equal(call_pw(x, &h, "[AOIDAD;IDAud1;RNAuditors;PW@;]", "auditor-pass-1"),
+	                 KH_ERR_PERMISSION_DENIED);
+	assert_non_null(strstr(x->out, "role Auditors holds permissions yours lacks"));
+}
+
+static void test_helpdesk_within_its_reach(void **state)
+{
+	struct kh_test_fx *x = *state;
+	struct kh_session h, s;
+	struct kh_ident id;
+	struct kh_role app;
+	helpdesk_session(x, &h, "keys");
+	/* roles whose permissions are a subset of Helpdesk's */
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNApp;PMkeys;PTadmin;LQ1;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNApp2;PTadmin;LQ1;]"), KH_OK);
+	assert_int_equal(call_pw(x, &h, "[AOIDAD;IDU1;RNApp;PW@;MCN;]", "user-password-1"), KH_OK);
+	assert_int_equal(KH_CALL(x, &h, "[AOIDMD;IDU1;RNApp2;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &h, "[AOIDMD;IDU1;RNApp;]"), KH_OK);
+	assert_int_equal(call_pw(x, &h, "[AOIDMD;IDU1;PW@;MCN;]", "user-password-2"), KH_OK);
+	assert_int_equal(KH_CALL(x, &h, "[AOIDMD;IDU1;MCY;ULY;]"), KH_OK);
+	assert_int_equal(kh_ident_load(&x->hsm, "U1", &id), KH_OK);
+	assert_int_equal(kh_role_load(&x->hsm, "App", &app), KH_OK);
+	assert_int_equal(id.role_id, app.id);
+	assert_true(id.must_change);
+	kh_test_session(&s, KH_PORT_ADMIN);
+	assert_int_equal(KH_LOGN(x, &s, "U1", "user-password-2", "user-password-3"), KH_OK);
+	/* its own role's identities too */
+	assert_int_equal(call_pw(x, &h, "[AOIDAD;IDHelp2;RNHelpdesk;PW@;]", "helpdesk-pass-2"),
+	                 KH_OK);
+	assert_int_equal(KH_CALL(x, &h, "[AOIDDL;IDHelp2;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &h, "[AOIDDL;IDU1;]"), KH_OK);
+	assert_int_equal(kh_ident_load(&x->hsm, "U1", &id), KH_ERR_NOT_FOUND);
+
+	/* role.assign_all lifts the rule: the quorum rules still apply */
+	assert_int_equal(KH_CALL(x, &x->admin,
+	                         "[AORLMD;RNHelpdesk;PMidentity.add,identity.modify,"
+	                         "identity.delete,keys,role.assign_all;]"),
+	                 KH_OK);
+	assert_int_equal(call_pw(x, &h, "[AOIDAD;IDAdmin3;RNAdministrator;PW@;]",
+	                         "admin-password-3"),
+	                 KH_OK);
+	assert_int_equal(KH_CALL(x, &h, "[AOIDMD;IDAdmin3;RNApp;]"), KH_OK);
+}
+
+/* The Administrator role holds every permission: administrators reach every
+ * role. */
+static void test_admin_reaches_all(void **state)
+{
+	struct kh_test_fx *x = *state;
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNAny;PMkeys,role.assign_all;PTadmin;]"),
+	                 KH_OK);
+	assert_int_equal(idad(x, "A1", "Any", "user-password-1", NULL), KH_OK);
+	assert_int_equal(idad(x, "Admin3", "Administrator", "admin-password-3", NULL), KH_OK);
+	assert_int_equal(call_pw(x, &x->admin, "[AOIDMD;IDAdmin3;PW@;]", "admin-password-4"),
+	                 KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDMD;IDA1;RNAdministrator;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOIDDL;IDA1;]"), KH_OK);
+}
+
 /* True if needle occurs in the file's bytes. */
 static bool file_contains(const char *path, const void *needle, size_t n)
 {
@@ -242,6 +376,12 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_delete, kh_test_fx_setup_admin,
 	                                    kh_test_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_no_password_in_database, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_helpdesk_cannot_escalate, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_helpdesk_within_its_reach, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_admin_reaches_all, kh_test_fx_setup_admin,
 	                                    kh_test_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -335,12 +335,18 @@ static void test_assign_all_rule(void **state)
 	                 KH_ERR_PERMISSION_DENIED);
 	assert_int_equal(KH_CALL(x, &s, "[AORLSH;RNSub;]"), KH_OK);
 	assert_non_null(strstr(x->out, "PMkeys,role.add;"));
-	/* permissions the target already has may stay (and may be removed) */
+	/* a role holding a permission the caller lacks is out of its reach:
+	 * it may not be changed at all, not even to remove that permission */
 	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNSub;PMkeys,role.add,audit.view;]"),
 	                 KH_OK);
-	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNSub;PMaudit.view;KRS:1-2;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNSub;PMkeys;KRS:1-2;]"),
+	                 KH_ERR_PERMISSION_DENIED);
+	assert_non_null(strstr(x->out, "role Sub holds permissions yours lacks"));
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNSub;PMkeys,role.add;]"), KH_OK);
+	/* within reach, permissions may be removed */
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNSub;PMkeys;KRS:1-2;]"), KH_OK);
 	assert_int_equal(KH_CALL(x, &s, "[AORLSH;RNSub;]"), KH_OK);
-	assert_non_null(strstr(x->out, "PMaudit.view;KRS:1-2;"));
+	assert_non_null(strstr(x->out, "PMkeys;KRS:1-2;"));
 	/* CM needs command_settings.excrypt */
 	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNSub;CMECHO;]"), KH_ERR_PERMISSION_DENIED);
 	assert_non_null(strstr(x->out, "command_settings.excrypt"));
@@ -363,8 +369,111 @@ static void test_fips_logins_required(void **state)
 	assert_non_null(strstr(x->out, "LQ2;"));
 	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNF1;LQ1;]"), KH_ERR_FIPS);
 	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNF1;LQ3;]"), KH_OK);
-	/* Transaction Processing is excepted */
-	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;LQ1;]"), KH_OK);
+	/* Transaction Processing is excepted from the FIPS rule: it has no
+	 * identities and keeps Logins Required 0 (any LQ is refused) */
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;PMkeys;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;LQ1;]"), KH_ERR_STATE);
+	/* the Administrator: at least 2 in FIPS mode */
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAdministrator;LQ1;]"), KH_ERR_FIPS);
+}
+
+/* ---- H1: who may change which role; what the built-in roles keep ---- */
+
+static void test_role_reach(void **state)
+{
+	struct kh_test_fx *x = *state;
+	struct kh_session s;
+	char before[4096];
+	limited_session(x, &s, "role.add,role.modify,role.delete,keys");
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNAdministrator;]"), KH_OK);
+	memcpy(before, x->out, strlen(x->out) + 1);
+	/* role.modify without role.assign_all cannot touch the Administrator:
+	 * not weaken its dual control, nor brick it */
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNAdministrator;LQ1;]"), KH_ERR_PERMISSION_DENIED);
+	assert_non_null(strstr(x->out, "role Administrator holds permissions yours lacks"));
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNAdministrator;PTprod;]"),
+	                 KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNAdministrator;KR;]"), KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNAdministrator;]"), KH_OK);
+	assert_string_equal(x->out, before);
+	/* nor any more privileged role, to change or delete */
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNAuditors;PMaudit.view;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNAuditors;PM;]"), KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &s, "[AORLDL;RNAuditors;]"), KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &s, "[AORLSH;RNAuditors;]"), KH_OK);
+	assert_non_null(strstr(x->out, "PMaudit.view;"));
+	/* roles within its own permissions: yes */
+	assert_int_equal(KH_CALL(x, &s, "[AORLAD;RNSub;PMkeys;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNSub;KRS:1-9;LQ2;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNAnonymous;KR;]"), KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &s, "[AORLDL;RNSub;]"), KH_OK);
+	/* with role.assign_all the Administrator is reachable, within its rules */
+	assert_int_equal(KH_CALL(x, &x->admin,
+	                         "[AORLMD;RNLimited;PMrole.add,role.modify,role.delete,keys,"
+	                         "role.assign_all;]"),
+	                 KH_OK);
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNAuditors;PMkeys;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNAdministrator;LQ3;]"), KH_ERR_STATE);
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNAdministrator;PTprod;]"), KH_ERR_STATE);
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNAdministrator;KRS:0-9;]"), KH_OK);
+}
+
+static void test_admin_role_invariants(void **state)
+{
+	struct kh_test_fx *x = *state;
+	char before[4096];
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNAdministrator;]"), KH_OK);
+	memcpy(before, x->out, strlen(x->out) + 1);
+	uint64_t gen = atomic_load(&x->hsm.role_gen);
+	const char *bad[] = {
+		/* more logins than identities: nobody could ever log in again */
+		"[AORLMD;RNAdministrator;LQ3;]",
+		/* (LQ below 1 is not a value at all) */
+		/* a permission removed */
+		"[AORLMD;RNAdministrator;PMkeys;]",
+		"[AORLMD;RNAdministrator;PM;]",
+		/* the admin port removed */
+		"[AORLMD;RNAdministrator;PTprod;]",
+		/* no source */
+		"[AORLMD;RNAdministrator;CS;]",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(KH_CALL(x, &x->admin, bad[i]), KH_ERR_STATE);
+		assert_non_null(strstr(x->out, "Administrator"));
+		assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNAdministrator;]"), KH_OK);
+		assert_string_equal(x->out, before);
+	}
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAdministrator;LQ0;]"), KH_ERR_BAD_FIELD);
+	assert_int_equal(atomic_load(&x->hsm.role_gen), gen);
+	/* what may change: LQ within 1..identities, ports beside admin, sources */
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAdministrator;PTadmin,prod;CSethernet;LQ1;]"),
+	                 KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAdministrator;PTadmin;CSethernet,usb;LQ2;]"),
+	                 KH_OK);
+	/* a third identity allows LQ3 */
+	assert_int_equal(KH_CALL(x, &x->admin,
+	                         "[AOIDAD;IDAdmin3;RNAdministrator;PW61646D696E2D70617373776F72642D33;]"),
+	                 KH_OK);
+	assert_int_equal(KH_LOGN(x, &x->admin, "Admin3", "admin-password-3", NULL), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAdministrator;LQ3;]"), KH_OK);
+	assert_true(x->admin.active);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAdministrator;LQ2;]"), KH_OK);
+	/* the full set, spelled out, is accepted */
+	char req[KH_PERMS_TEXT_MAX + 64], perms[KH_PERMS_TEXT_MAX];
+	kh_perms_format(KH_PERMS_ALL, perms, sizeof(perms));
+	snprintf(req, sizeof(req), "[AORLMD;RNAdministrator;PM%s;]", perms);
+	assert_int_equal(KH_CALL(x, &x->admin, req), KH_OK);
+}
+
+static void test_tp_role_invariants(void **state)
+{
+	struct kh_test_fx *x = *state;
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;LQ1;]"), KH_ERR_STATE);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;PTprod,admin;]"), KH_ERR_STATE);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;PTadmin;]"), KH_ERR_STATE);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;PTprod;PM;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNAnonymous;]"), KH_OK);
+	assert_non_null(strstr(x->out, "LQ0;PTprod;"));
 }
 
 int main(void)
@@ -386,6 +495,12 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_assign_all_rule, kh_test_fx_setup_admin,
 	                                    kh_test_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fips_logins_required, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_role_reach, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_admin_role_invariants, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_tp_role_invariants, kh_test_fx_setup_admin,
 	                                    kh_test_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
