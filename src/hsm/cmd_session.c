@@ -11,9 +11,11 @@
 #include "common/kh_buf.h"
 #include "common/kh_mem.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 /* A password from a hex tag, on the secure heap. */
 struct secret {
@@ -64,6 +66,101 @@ static void audit_refused(struct kh_ctx *c, const char *ident, const char *why)
 	KH_IGNORE(kh_audit_append(c->hsm, ident, "login.fail", detail));
 }
 
+/*
+ * Attempts answered without counting anything (unknown identity, a role not
+ * allowed on this port or source, an identity already locked) are audited
+ * once per connection and kind, not per attempt: each audit row is an
+ * fsync'd write, and an unauthenticated peer may send such attempts as fast
+ * as the dummy scrypt lets it. The session remembers which it has recorded.
+ */
+static bool once_first(struct kh_session *s, int kind)
+{
+	unsigned bit = 1u << (kind & 31);
+	if (s->quiet_audited & bit)
+		return false;
+	s->quiet_audited |= bit;
+	return true;
+}
+
+/* Audit a refusal kh_ident_authenticate left to the caller (a->quiet), at
+ * most once per connection and identity. what: "login" or "password change". */
+static void audit_quiet(struct kh_ctx *c, const struct kh_auth *a, const char *what)
+{
+	char detail[400];
+	const char *ident = a->id.name, *event = "login.fail";
+	switch (a->quiet) {
+	case KH_AUTH_UNKNOWN:
+		/* the name may be a mistyped password: it is not recorded */
+		if (!once_first(c->s, KH_AUTH_UNKNOWN))
+			return;
+		snprintf(detail, sizeof(detail),
+			 "%s: unknown identity, port %s from %s (further attempts on this "
+			 "connection not recorded)",
+			 what, port_word(c->s), c->s->peer);
+		ident = "-";
+		break;
+	case KH_AUTH_CONN_REFUSED:
+		if (!once_first(c->s, KH_AUTH_CONN_REFUSED))
+			return;
+		snprintf(detail, sizeof(detail),
+			 "identity %s %s refused: role %s not allowed on port %s from %s, password "
+			 "not checked (further attempts on this connection not recorded)",
+			 a->id.name, what, a->role.name, port_word(c->s), c->s->peer);
+		break;
+	case KH_AUTH_LOCKED_QUIET:
+		if (!once_first(c->s, KH_AUTH_LOCKED_QUIET))
+			return;
+		snprintf(detail, sizeof(detail),
+			 "identity %s is locked, %s attempt on port %s from %s (further attempts "
+			 "on this connection not recorded)",
+			 a->id.name, what, port_word(c->s), c->s->peer);
+		event = "login.locked";
+		break;
+	default:
+		return;
+	}
+	KH_IGNORE(kh_audit_append(c->hsm, ident, event, detail));
+}
+
+/* Authenticate for this connection, auditing a quiet refusal. A connection
+ * that fails KH_LOGIN_FAILURES_PER_CONN times is closed after the answer:
+ * guessing costs a new TCP and TLS handshake every few tries, on top of the
+ * scrypt every try costs. */
+static int authenticate(struct kh_ctx *c, const char *name, const struct secret *pw,
+			const char *what, struct kh_auth *a)
+{
+	int r = kh_ident_authenticate(c->hsm, name, pw->p, pw->n, c->s->port, c->s->source,
+				      c->s->peer, a);
+	if (r != KH_OK)
+		audit_quiet(c, a, what);
+	if (r == KH_ERR_AUTH_FAILED || r == KH_ERR_LOCKED) {
+		if (++c->s->login_failures >= KH_LOGIN_FAILURES_PER_CONN) {
+			c->s->hangup = true;
+			kh_ctx_detail(c, "too many failed logins on this connection: closing it");
+		}
+	}
+	return r;
+}
+
+/* Inside the caller's transaction: record the success (kh_ident_login_ok
+ * re-checks the lock and that the identity did not change since the
+ * password check) and re-read the role, which must still allow this
+ * connection. A refusal here is a race with an administrator or a lock
+ * set by parallel attempts; it answers LOCKED or AUTH_FAILED like any other
+ * failed attempt and writes nothing. */
+static int commit_login(struct kh_ctx *c, const struct kh_auth *a, const struct kh_pwhash *nh,
+			int64_t now, struct kh_role *role)
+{
+	int r;
+	if ((r = kh_ident_login_ok(c->hsm, a, nh, now)) != KH_OK)
+		return r;
+	if ((r = kh_role_load_by_id(c->hsm, a->id.role_id, role)) != KH_OK)
+		return r == KH_ERR_NOT_FOUND ? KH_ERR_AUTH_FAILED : r;
+	if (!kh_role_allows_conn(role, c->s->port, c->s->source))
+		return KH_ERR_AUTH_FAILED;
+	return KH_OK;
+}
+
 static int session_find(const struct kh_session *s, const char *name)
 {
 	for (size_t i = 0; i < s->nident; i++)
@@ -77,48 +174,42 @@ KH_ACT(kh_cmd_logn)
 	struct kh_session *s = c->s;
 	struct secret pw = {0}, np = {0};
 	struct kh_pwhash nh;
-	struct kh_ident id;
+	struct kh_auth a;
 	struct kh_role role;
 	char name[KH_NAME_MAX], detail[400];
 	bool changed = false, again;
-	uint64_t gen;
 	int64_t now;
 	int r;
 
 	memset(&nh, 0, sizeof(nh));
+	memset(&a, 0, sizeof(a));
 	if ((r = kh_cmd_ident_name(c, req, name)) != KH_OK)
 		goto out;
 	if ((r = get_password(c, req, "PW", false, &pw)) != KH_OK)
 		goto out;
 	if (kh_frame_has(req, "NP") && (r = get_password(c, req, "NP", true, &np)) != KH_OK)
 		goto out;
-	if ((r = kh_ident_authenticate(c->hsm, name, pw.p, pw.n, s->peer, &id)) != KH_OK)
+	/* the port and source rule, the lock and the password, in that order:
+	 * an identity whose role may not log in here answers AUTH_FAILED
+	 * whatever the password, and nothing is counted */
+	if ((r = authenticate(c, name, &pw, "login", &a)) != KH_OK)
 		goto out;
 
 	/* the password was right: from here on nothing counts as a failure */
-	gen = atomic_load(&c->hsm->role_gen);
-	if ((r = kh_role_load_by_id(c->hsm, id.role_id, &role)) != KH_OK)
-		goto out;
-	if (!kh_role_allows_conn(&role, s->port, s->source)) {
-		kh_ctx_detail(c, "role %s not allowed on the %s port from this source", role.name,
-			      port_word(s));
-		audit_refused(c, id.name, "port or source not allowed");
-		r = KH_ERR_PORT_NOT_ALLOWED;
-		goto out;
-	}
+	role = a.role;
 	if (s->nident > 0 && s->role.id != role.id) {
 		kh_ctx_detail(c, "connection is logged in under role %s", s->role.name);
-		audit_refused(c, id.name, "role mismatch");
+		audit_refused(c, a.id.name, "role mismatch");
 		r = KH_ERR_ROLE_MISMATCH;
 		goto out;
 	}
-	again = session_find(s, id.name) >= 0;
+	again = session_find(s, a.id.name) >= 0;
 	if (!again && s->nident >= KH_MAX_LOGINS) {
 		kh_ctx_detail(c, "at most %d identities per connection", KH_MAX_LOGINS);
 		r = KH_ERR_TOO_LARGE;
 		goto out;
 	}
-	if (np.p == NULL && id.must_change) {
+	if (np.p == NULL && a.id.must_change) {
 		kh_ctx_detail(c, "NP");
 		r = KH_ERR_PASSWORD_CHANGE_REQUIRED;
 		goto out;
@@ -135,14 +226,17 @@ KH_ACT(kh_cmd_logn)
 	}
 
 	now = (int64_t)kh_hsm_now(c->hsm);
-	snprintf(detail, sizeof(detail), "identity %s role %s port %s from %s", id.name, role.name,
-		 port_word(s), s->peer);
 	if ((r = kh_db_begin(c->hsm->db)) != KH_OK)
 		goto out;
-	if ((r = kh_ident_login_ok(c->hsm, id.id, changed ? &nh : NULL, now)) != KH_OK ||
-	    (changed && (r = kh_audit_append(c->hsm, id.name, "password.change",
+	if ((r = commit_login(c, &a, changed ? &nh : NULL, now, &role)) != KH_OK) {
+		kh_db_rollback(c->hsm->db);
+		goto out;
+	}
+	snprintf(detail, sizeof(detail), "identity %s role %s port %s from %s", a.id.name,
+		 role.name, port_word(s), s->peer);
+	if ((changed && (r = kh_audit_append(c->hsm, a.id.name, "password.change",
 					     "changed at login")) != KH_OK) ||
-	    (r = kh_audit_append(c->hsm, id.name, "login", detail)) != KH_OK) {
+	    (r = kh_audit_append(c->hsm, a.id.name, "login", detail)) != KH_OK) {
 		kh_db_rollback(c->hsm->db);
 		goto out;
 	}
@@ -150,11 +244,13 @@ KH_ACT(kh_cmd_logn)
 		goto out;
 
 	if (!again) {
-		snprintf(s->ident[s->nident], KH_NAME_MAX, "%s", id.name);
+		snprintf(s->ident[s->nident], KH_NAME_MAX, "%s", a.id.name);
 		s->nident++;
 	}
 	s->role = role;
-	s->role_gen = gen;
+	/* read before the identity and role: a change since makes the
+	 * dispatcher re-check this session */
+	s->role_gen = a.gen;
 	s->active = s->nident >= (size_t)role.logins_required;
 
 	if ((r = kh_msg_put(resp, "BB", "Y")) != KH_OK || (r = kh_msg_put(resp, "RO", role.name)) ||
@@ -214,30 +310,23 @@ KH_ACT(kh_cmd_chpw)
 {
 	struct secret pw = {0}, np = {0};
 	struct kh_pwhash nh;
-	struct kh_ident id;
+	struct kh_auth a;
 	struct kh_role role;
 	char name[KH_NAME_MAX], detail[400];
 	int64_t now;
 	int r;
 
 	memset(&nh, 0, sizeof(nh));
+	memset(&a, 0, sizeof(a));
 	if ((r = kh_cmd_ident_name(c, req, name)) != KH_OK)
 		goto out;
 	if ((r = get_password(c, req, "PW", false, &pw)) != KH_OK)
 		goto out;
 	if ((r = get_password(c, req, "NP", true, &np)) != KH_OK)
 		goto out;
-	if ((r = kh_ident_authenticate(c->hsm, name, pw.p, pw.n, c->s->peer, &id)) != KH_OK)
+	/* the same rules as LOGN: port and source first, then lock, then password */
+	if ((r = authenticate(c, name, &pw, "password change", &a)) != KH_OK)
 		goto out;
-	if ((r = kh_role_load_by_id(c->hsm, id.role_id, &role)) != KH_OK)
-		goto out;
-	if (!kh_role_allows_conn(&role, c->s->port, c->s->source)) {
-		kh_ctx_detail(c, "role %s not allowed on the %s port from this source", role.name,
-			      port_word(c->s));
-		audit_refused(c, id.name, "password change: port or source not allowed");
-		r = KH_ERR_PORT_NOT_ALLOWED;
-		goto out;
-	}
 	if ((r = kh_ident_password_policy(np.p, np.n, pw.p, pw.n)) != KH_OK) {
 		kh_ctx_detail(c, "NP: %d to %d bytes, different from the old password",
 			      KH_PASSWORD_MIN, KH_PASSWORD_MAX);
@@ -246,12 +335,12 @@ KH_ACT(kh_cmd_chpw)
 	if ((r = kh_ident_hash_password(np.p, np.n, &nh)) != KH_OK)
 		goto out;
 	now = (int64_t)kh_hsm_now(c->hsm);
-	snprintf(detail, sizeof(detail), "identity %s changed its password from %s", id.name,
+	snprintf(detail, sizeof(detail), "identity %s changed its password from %s", a.id.name,
 		 c->s->peer);
 	if ((r = kh_db_begin(c->hsm->db)) != KH_OK)
 		goto out;
-	if ((r = kh_ident_login_ok(c->hsm, id.id, &nh, now)) != KH_OK ||
-	    (r = kh_audit_append(c->hsm, id.name, "password.change", detail)) != KH_OK) {
+	if ((r = commit_login(c, &a, &nh, now, &role)) != KH_OK ||
+	    (r = kh_audit_append(c->hsm, a.id.name, "password.change", detail)) != KH_OK) {
 		kh_db_rollback(c->hsm->db);
 		goto out;
 	}

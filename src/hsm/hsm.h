@@ -31,6 +31,7 @@ struct kh_mk_ceremony;
 #define KH_MAX_COMMANDS 128     /* size of the command table bitmap */
 #define KH_PASSWORD_MAX 256
 #define KH_PASSWORD_MIN 8
+#define KH_LOGIN_FAILURES_PER_CONN 10 /* then the connection is closed */
 
 #define KH_ROLE_ADMIN "Administrator"
 #define KH_ROLE_TP "Transaction Processing"
@@ -107,6 +108,9 @@ struct kh_session {
 	struct kh_role tp;                    /* Transaction Processing role, cached */
 	uint64_t tp_gen;                      /* hsm->role_gen + 1 when tp was read; 0 = none */
 	char detail[160];                     /* error detail for the current reply; no secrets */
+	unsigned login_failures;              /* failed LOGN/CHPW on this connection */
+	unsigned quiet_audited;               /* refusal kinds already audited (cmd_session.c) */
+	bool hangup;                          /* close the connection after this reply */
 };
 
 struct kh_hsm {

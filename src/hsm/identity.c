@@ -193,43 +193,58 @@ static void lockout_settings(struct kh_hsm *hsm, int64_t *threshold, int64_t *se
 	pthread_mutex_unlock(&hsm->mu);
 }
 
-/* Count one failure; lock when the threshold is reached. Returns the answer
- * for the client: AUTH_FAILED, LOCKED, or a storage error. */
+/* Count one failure and, at the threshold, lock -- one UPDATE that only
+ * matches while the identity is not locked, so that parallel wrong guesses
+ * cannot count past a lock or move it, and the lock is decided on the count
+ * this very statement produced. Audited in the same transaction: each
+ * counted failure as "login.fail", the one that sets the lock as
+ * "login.locked". Returns the answer for the client: AUTH_FAILED, LOCKED,
+ * or a storage error. */
 static int record_failure(struct kh_hsm *hsm, const struct kh_ident *id, const char *peer,
 			  int64_t now, int64_t threshold, int64_t seconds)
 {
 	sqlite3_stmt *st = NULL;
 	char detail[400];
-	int64_t failures = 0;
+	int64_t failures = 0, locked_until = 0;
+	bool counted = false;
 	int r, rc;
 
 	if ((r = kh_db_begin(hsm->db)) != KH_OK)
 		return r;
-	if ((r = kh_db_prepare(
-	         hsm->db, "UPDATE identities SET failures=failures+1 WHERE id=? RETURNING failures",
-	         &st)) != KH_OK)
+	if ((r = kh_db_prepare(hsm->db,
+	                       "UPDATE identities SET failures=failures+1,"
+	                       " locked_until=CASE WHEN failures+1>=?1 THEN ?2 ELSE locked_until END"
+	                       " WHERE id=?3 AND locked_until<=?4 RETURNING failures,locked_until",
+	                       &st)) != KH_OK)
 		goto fail;
-	sqlite3_bind_int64(st, 1, id->id);
+	sqlite3_bind_int64(st, 1, threshold);
+	sqlite3_bind_int64(st, 2, now + seconds);
+	sqlite3_bind_int64(st, 3, id->id);
+	sqlite3_bind_int64(st, 4, now);
 	rc = sqlite3_step(st);
-	if (rc != SQLITE_ROW) {
-		r = rc == SQLITE_DONE ? KH_ERR_NOT_FOUND : kh_db_err(hsm->db, rc);
-		goto fail;
+	if (rc == SQLITE_ROW) {
+		counted = true;
+		failures = sqlite3_column_int64(st, 0);
+		locked_until = sqlite3_column_int64(st, 1);
+		rc = sqlite3_step(st);
 	}
-	failures = sqlite3_column_int64(st, 0);
-	if ((rc = sqlite3_step(st)) != SQLITE_DONE) {
+	if (rc != SQLITE_DONE) {
 		r = kh_db_err(hsm->db, rc);
 		goto fail;
 	}
 	sqlite3_finalize(st);
 	st = NULL;
-	if (failures >= threshold) {
-		if ((r = kh_db_prepare(hsm->db, "UPDATE identities SET locked_until=? WHERE id=?",
-		                       &st)) != KH_OK)
-			goto fail;
-		sqlite3_bind_int64(st, 1, now + seconds);
-		sqlite3_bind_int64(st, 2, id->id);
-		if ((r = kh_db_err(hsm->db, sqlite3_step(st))) != KH_OK)
-			goto fail;
+	if (!counted) {
+		/* locked by a parallel attempt since we read it (or deleted):
+		 * nothing to count, nothing new to record */
+		kh_db_rollback(hsm->db);
+		struct kh_ident cur;
+		r = kh_ident_load(hsm, id->name, &cur);
+		if (r == KH_OK && cur.id == id->id && cur.locked_until > now)
+			return KH_ERR_LOCKED;
+		return r == KH_OK || r == KH_ERR_NOT_FOUND ? KH_ERR_AUTH_FAILED : r;
+	}
+	if (locked_until > now) {
 		snprintf(detail, sizeof(detail), "identity %s locked after %lld failures from %s",
 			 id->name, (long long)failures, peer);
 		if ((r = kh_audit_append(hsm, id->name, "login.locked", detail)) != KH_OK)
@@ -240,45 +255,74 @@ static int record_failure(struct kh_hsm *hsm, const struct kh_ident *id, const c
 		if ((r = kh_audit_append(hsm, id->name, "login.fail", detail)) != KH_OK)
 			goto fail;
 	}
-	sqlite3_finalize(st);
 	if ((r = kh_db_commit(hsm->db)) != KH_OK)
 		return r;
-	return failures >= threshold ? KH_ERR_LOCKED : KH_ERR_AUTH_FAILED;
+	if (locked_until > now) {
+		/* sessions where the identity is logged in re-check it */
+		atomic_fetch_add(&hsm->role_gen, 1);
+		return KH_ERR_LOCKED;
+	}
+	return KH_ERR_AUTH_FAILED;
 fail:
 	sqlite3_finalize(st);
 	kh_db_rollback(hsm->db);
 	return r;
 }
 
+/*
+ * Ordering (M1): hsm->role_gen is read before the identity row and its role.
+ * Every writer that moves an identity or changes a role bumps role_gen after
+ * its commit, so if such a change lands after our reads, the generation the
+ * session stores is already stale and the dispatcher re-checks the session's
+ * identities and role before its next command. A change that lands between
+ * our reads and the login's commit is in addition caught by
+ * kh_ident_login_ok, which only succeeds while role_id, must_change and the
+ * verifier are still those read here.
+ */
 int kh_ident_authenticate(struct kh_hsm *hsm, const char *name, const uint8_t *pw, size_t pwlen,
-			  const char *peer, struct kh_ident *out)
+			  enum kh_port port, enum kh_source source, const char *peer,
+			  struct kh_auth *out)
 {
 	struct verifier v;
-	struct kh_ident id;
 	uint8_t calc[KH_PW_HASH_LEN];
-	int64_t now = (int64_t)kh_hsm_now(hsm), threshold, seconds;
-	char detail[400];
-	bool known;
+	int64_t now, threshold, seconds;
+	bool real = false, match;
 	int r;
 
+	memset(out, 0, sizeof(*out));
+	memset(&v, 0, sizeof(v));
 	/* settings under hsm->mu before any database lock (lock order) */
 	lockout_settings(hsm, &threshold, &seconds);
-	memset(&v, 0, sizeof(v));
-	r = kh_ident_load(hsm, name, &id);
-	if (r != KH_OK && r != KH_ERR_NOT_FOUND)
-		return r;
-	known = r == KH_OK;
-	if (known && id.locked_until > now) {
-		snprintf(detail, sizeof(detail), "identity %s is locked, attempt from %s", id.name, peer);
-		if ((r = kh_audit_append(hsm, id.name, "login.locked", detail)) != KH_OK)
+	now = (int64_t)kh_hsm_now(hsm);
+	out->gen = atomic_load(&hsm->role_gen);
+	r = kh_ident_load(hsm, name, &out->id);
+	if (r == KH_OK) {
+		r = kh_role_load_by_id(hsm, out->id.role_id, &out->role);
+		if (r == KH_ERR_NOT_FOUND)
+			out->quiet = KH_AUTH_UNKNOWN;
+		else if (r != KH_OK)
 			return r;
-		return KH_ERR_LOCKED;
+		else if (!kh_role_allows_conn(&out->role, port, source))
+			/* before the lock and the password: from a port its role
+			 * may not use, an identity can be neither guessed at nor
+			 * locked out */
+			out->quiet = KH_AUTH_CONN_REFUSED;
+		else if (out->id.locked_until > now)
+			out->quiet = KH_AUTH_LOCKED_QUIET;
+		else
+			real = true;
+	} else if (r == KH_ERR_NOT_FOUND) {
+		out->quiet = KH_AUTH_UNKNOWN;
+	} else {
+		return r;
 	}
-	if (known) {
-		if ((r = load_verifier(hsm, id.id, &v)) != KH_OK)
+
+	if (real) {
+		if ((r = load_verifier(hsm, out->id.id, &v)) != KH_OK)
 			return r;
 	} else {
-		/* the same work as a real check, against a verifier nothing matches */
+		/* the same work as a real check, against a verifier nothing
+		 * matches: uniform timing, and the cost limits the rate */
 		if (RAND_bytes(v.salt, KH_PW_SALT_LEN) != 1 || RAND_bytes(v.hash, sizeof(v.hash)) != 1)
 			return KH_ERR_CRYPTO;
 		v.saltlen = KH_PW_SALT_LEN;
@@ -287,21 +331,17 @@ int kh_ident_authenticate(struct kh_hsm *hsm, const char *name, const uint8_t *p
 		v.p = SCRYPT_P;
 	}
 	r = scrypt(pw, pwlen, v.salt, v.saltlen, v.N, v.r, v.p, calc);
-	bool match = r == KH_OK && CRYPTO_memcmp(calc, v.hash, sizeof(calc)) == 0;
+	match = r == KH_OK && CRYPTO_memcmp(calc, v.hash, sizeof(calc)) == 0;
+	if (real && match)
+		memcpy(out->verifier, v.hash, sizeof(out->verifier));
 	kh_wipe(calc, sizeof(calc));
 	kh_wipe(&v, sizeof(v));
 	if (r != KH_OK)
 		return r;
-	if (!known) {
-		/* the name may be a mistyped password: it is not recorded */
-		snprintf(detail, sizeof(detail), "unknown identity from %s", peer);
-		if ((r = kh_audit_append(hsm, "-", "login.fail", detail)) != KH_OK)
-			return r;
-		return KH_ERR_AUTH_FAILED;
-	}
+	if (!real)
+		return out->quiet == KH_AUTH_LOCKED_QUIET ? KH_ERR_LOCKED : KH_ERR_AUTH_FAILED;
 	if (!match)
-		return record_failure(hsm, &id, peer, now, threshold, seconds);
-	*out = id;
+		return record_failure(hsm, &out->id, peer, now, threshold, seconds);
 	return KH_OK;
 }
 
@@ -381,13 +421,51 @@ out:
 	return r;
 }
 
-int kh_ident_login_ok(struct kh_hsm *hsm, int64_t id, const struct kh_pwhash *pw, int64_t now)
+int kh_ident_login_ok(struct kh_hsm *hsm, const struct kh_auth *a, const struct kh_pwhash *pw,
+		      int64_t now)
 {
-	int r;
-	if (pw != NULL && (r = kh_ident_set_password(hsm, id, pw, false, now)) != KH_OK)
-		return r;
-	return update_ints(hsm, "UPDATE identities SET failures=0,locked_until=0 WHERE id=?", id,
-			   NULL, 0);
+	sqlite3_stmt *st = NULL;
+	int64_t locked_until = 0;
+	int r, rc, changes = 0;
+
+	kh_db_lock(hsm->db);
+	if ((r = kh_db_prepare(hsm->db,
+	                       "UPDATE identities SET failures=0,locked_until=0 WHERE id=? AND"
+	                       " role_id=? AND must_change=? AND pw_hash=? AND locked_until<=?",
+	                       &st)) != KH_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, a->id.id);
+	sqlite3_bind_int64(st, 2, a->id.role_id);
+	sqlite3_bind_int(st, 3, a->id.must_change ? 1 : 0);
+	sqlite3_bind_blob(st, 4, a->verifier, sizeof(a->verifier), SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 5, now);
+	if ((r = kh_db_err(hsm->db, sqlite3_step(st))) != KH_OK)
+		goto out;
+	changes = sqlite3_changes(kh_db_sqlite(hsm->db));
+	sqlite3_finalize(st);
+	st = NULL;
+	if (changes != 1) {
+		/* locked since the check, or changed or deleted: tell which */
+		if ((r = kh_db_prepare(hsm->db, "SELECT locked_until FROM identities WHERE id=?",
+		                       &st)) != KH_OK)
+			goto out;
+		sqlite3_bind_int64(st, 1, a->id.id);
+		rc = sqlite3_step(st);
+		if (rc == SQLITE_ROW)
+			locked_until = sqlite3_column_int64(st, 0);
+		else if (rc != SQLITE_DONE) {
+			r = kh_db_err(hsm->db, rc);
+			goto out;
+		}
+		r = locked_until > now ? KH_ERR_LOCKED : KH_ERR_AUTH_FAILED;
+		goto out;
+	}
+	if (pw != NULL)
+		r = kh_ident_set_password(hsm, a->id.id, pw, false, now);
+out:
+	sqlite3_finalize(st);
+	kh_db_unlock(hsm->db);
+	return r;
 }
 
 int kh_ident_set_role(struct kh_hsm *hsm, int64_t id, int64_t role_id, int64_t now)

@@ -278,6 +278,14 @@ static void process(struct conn *c)
 		} else {
 			(void)kh_dispatch(hsm, &c->s, &f, c->out);
 		}
+		if (c->s.hangup) {
+			/* the handler asked to close once this answer is out */
+			kh_buf_consume(c->in, flen);
+			kh_buf_reset(c->in);
+			c->closing = true;
+			log_info("%s: closing %s: %s", port_label(&c->s), c->s.peer, c->s.detail);
+			break;
+		}
 		kh_buf_consume(c->in, flen); /* wipes the request bytes */
 	}
 }

@@ -208,6 +208,26 @@ print("raw frame checks passed")
 EOF
 kill -0 "$(hsm_pid N)" || fail "daemon died"
 
+note "a connection with too many failed logins is closed"
+/usr/bin/python3 - "$T/N/console.sock" <<'EOF' || fail "failure budget"
+import binascii, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(30)
+s.connect(sys.argv[1])
+pw = binascii.hexlify(b"wrong-password").upper()
+s.sendall(b"".join(b"[AOLOGN;IDNobody%d;PW%s;]" % (i, pw) for i in range(12)))
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+answers = data.count(b"]")
+assert answers == 10, f"expected 10 answers before the close, got {answers}: {data[-200:]!r}"
+assert b"too many failed logins" in data, data[-200:]
+print("closed after 10 failed logins")
+EOF
+
 note "CLI misuse: usage errors, and secrets are never taken from the command line"
 rc=0; console N role add >/dev/null 2>&1 || rc=$?; [ "$rc" = 2 ] || fail "missing --name should be a usage error (2), got $rc"
 rc=0; console N login --user Admin1 --password safest >/dev/null 2>&1 || rc=$?; [ "$rc" = 2 ] || fail "--password on argv must be refused (2), got $rc"

@@ -143,7 +143,8 @@ static void test_tamper(void **state)
 	    {"UPDATE keys SET bits = 128 WHERE slot = 100", 100},
 	    {"UPDATE keys SET attrs = x'0102030400' WHERE slot = 100", 100},
 	    {"UPDATE keys SET attrs = x'01020304' WHERE slot = 100", 100},
-	    {"UPDATE keys SET wrapped = substr(wrapped, 1, 20) || x'00' || substr(wrapped, 22) "
+	    {"UPDATE keys SET wrapped = substr(wrapped, 1, 20) || CASE WHEN substr(wrapped, 21, "
+	     "1) = x'00' THEN x'01' ELSE x'00' END || substr(wrapped, 22) "
 	     "WHERE slot = 100",
 	     100},
 	    {"UPDATE keys SET wrapped = substr(wrapped, 1, length(wrapped) - 1) WHERE slot = 100",
