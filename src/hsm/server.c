@@ -385,8 +385,12 @@ static void conn_io(struct conn *c)
 			conn_free(c);
 			return;
 		}
-		/* keep going while progress is made and the socket accepts output */
-		if (kh_buf_len(c->in) == before || kh_buf_len(c->out) > 0 || c->closing || c->eof)
+		/* keep going while the socket accepts output and there is more:
+		 * progress on the input, or bytes OpenSSL already decrypted (no
+		 * socket event will announce those) */
+		if (kh_buf_len(c->out) > 0 || c->closing || c->eof)
+			break;
+		if (kh_buf_len(c->in) == before && !(c->ssl && SSL_has_pending(c->ssl)))
 			break;
 	}
 	if ((c->closing || c->eof) && kh_buf_len(c->out) == 0) {

@@ -58,6 +58,31 @@ if errors:
 print(f"{N} connections x {DEPTH} pipelined requests: all answered in order")
 EOF
 
+note "a long pipelined burst of identical frames, larger than the pre-login buffer"
+/usr/bin/python3 - "$P_PROD" "$W" <<'EOF' || fail "pipelined burst"
+import socket, ssl, sys, threading
+port, w = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.load_verify_locations(f"{w}/ca.pem")
+ctx.load_cert_chain(f"{w}/client.pem", f"{w}/client.key")
+ctx.check_hostname = False
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30))
+N = 3000  # identical 20-byte frames: 60 KB, several times the 16 KiB pre-login buffer
+frame = b"[AOECHO;AGabcdefgh;]"
+sender = threading.Thread(target=lambda: s.sendall(frame * N))
+sender.start()
+got, data = 0, b""
+while got < N:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+    got = data.count(b"]")
+sender.join()
+assert got == N, f"only {got} of {N} answered"
+print(f"{N} pipelined frames answered")
+EOF
+
 note "TLS 1.2 and TLS 1.3 are both served; a minimum version is enforced"
 for v in tls1_2 tls1_3; do
   out=$(printf '[AOECHO;AG%s;]' "$v" | timeout 20 openssl s_client -connect "127.0.0.1:$P_PROD" -"$v" \
