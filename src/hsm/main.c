@@ -23,6 +23,7 @@
 struct opts {
 	const char *datadir;
 	const char *listen;
+	const char *prod_listen, *admin_listen; /* per-port overrides of listen */
 	long prod_port, admin_port;
 	const char *console;
 	long workers;
@@ -43,7 +44,9 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: keyhold-hsm [options]\n"
 		"  -d, --datadir DIR        state directory (default /var/lib/keyhold)\n"
-		"  -l, --listen ADDR        listen address for TCP ports (default 127.0.0.1)\n"
+		"  -l, --listen ADDR        listen address for both TCP ports (default 127.0.0.1)\n"
+		"      --excrypt-listen ADDR  listen address of the Excrypt port (overrides -l)\n"
+		"      --admin-listen ADDR  listen address of the Admin port (overrides -l)\n"
 		"      --excrypt-port N     Excrypt/Standard port (default 9100, 0 = off)\n"
 		"      --admin-port N       Admin port (default 9009, 0 = off)\n"
 		"      --console PATH       console socket (default DATADIR/console.sock, \"none\" = off)\n"
@@ -87,6 +90,8 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 		{"quiet", no_argument, NULL, 'q'},
 		{"volatile-major-keys", no_argument, NULL, 5},
 		{"max-connections", required_argument, NULL, 6},
+		{"excrypt-listen", required_argument, NULL, 7},
+		{"admin-listen", required_argument, NULL, 8},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
@@ -112,6 +117,8 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 		case 'v': o->level = KH_LOG_DEBUG; break;
 		case 'q': o->level = KH_LOG_WARN; break;
 		case 5: o->volatile_mk = true; break;
+		case 7: o->prod_listen = optarg; break;
+		case 8: o->admin_listen = optarg; break;
 		case 6: o->max_connections = parse_num(optarg, 1, 1000000, "--max-connections"); break;
 		case 'V': printf("keyhold-hsm %s\n", KH_VERSION); exit(0);
 		case 'h': usage(stdout); exit(0);
@@ -225,7 +232,8 @@ int main(int argc, char **argv)
 		o.console = NULL;
 	}
 	struct kh_server_opts so = {
-		.listen_addr = o.listen,
+		.prod_addr = o.prod_listen ? o.prod_listen : o.listen,
+		.admin_addr = o.admin_listen ? o.admin_listen : o.listen,
 		.prod_port = (uint16_t)o.prod_port,
 		.admin_port = (uint16_t)o.admin_port,
 		.console_path = o.console,

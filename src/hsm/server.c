@@ -673,10 +673,10 @@ int kh_server_run(struct kh_hsm *hsm, const struct kh_server_opts *o)
 		r = KH_ERR_NOMEM;
 		goto out;
 	}
-	if (o->prod_port && (r = listen_tcp(&sv, o->listen_addr, o->prod_port, KH_PORT_PROD)) != KH_OK)
+	if (o->prod_port && (r = listen_tcp(&sv, o->prod_addr, o->prod_port, KH_PORT_PROD)) != KH_OK)
 		goto out;
 	if (o->admin_port &&
-	    (r = listen_tcp(&sv, o->listen_addr, o->admin_port, KH_PORT_ADMIN)) != KH_OK)
+	    (r = listen_tcp(&sv, o->admin_addr, o->admin_port, KH_PORT_ADMIN)) != KH_OK)
 		goto out;
 	if (o->console_path && (r = listen_unix(&sv, o->console_path)) != KH_OK)
 		goto out;

@@ -10,7 +10,8 @@
 #include "hsm/hsm.h"
 
 struct kh_server_opts {
-	const char *listen_addr;   /* "127.0.0.1" */
+	const char *prod_addr;     /* Excrypt port's listen address, "127.0.0.1" */
+	const char *admin_addr;    /* Admin port's listen address */
 	uint16_t prod_port;        /* 9100; 0 disables */
 	uint16_t admin_port;       /* 9009; 0 disables */
 	const char *console_path;  /* Unix socket, created 0600; NULL disables */
