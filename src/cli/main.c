@@ -31,7 +31,7 @@ static const struct cli_optdef global_opts[] = {
 	{"json", 0, CLI_FLAG, NULL, "one JSON object per command"},
 	{"file", 'f', CLI_VALUE, "FILE", "run commands from FILE, one per line"},
 	{"keep-going", 0, CLI_FLAG, NULL, "in a script, go on after a failed command"},
-	{"timeout", 0, CLI_VALUE, "SEC", "connect and I/O timeout (default 30)"},
+	{"timeout", 0, CLI_VALUE, "SEC", "connect timeout and I/O timeout (default 10 s connect, 30 s I/O)"},
 	{"help", 'h', CLI_FLAG, NULL, "this help"},
 	{"version", 0, CLI_FLAG, NULL, "print the version"},
 	{NULL, 0, 0, NULL, NULL},
@@ -279,8 +279,7 @@ int cli_run_argv(struct cli *cli, int argc, char **argv)
 	for (int i = used; i < argc; i++) {
 		if (strcmp(argv[i], "--") == 0)
 			break;
-		if ((strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) &&
-		    c->run != cmd_help) {
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
 			if (!cli->json)
 				cli_print_help(c, path);
 			cli->out_done = true;

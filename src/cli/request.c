@@ -204,7 +204,7 @@ int cli_read_file(struct cli *cli, const char *path, size_t max, uint8_t **out, 
 	*out = NULL;
 	*n = 0;
 	if (fd < 0)
-		return cli_fail(cli, KH_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+		return cli_fail(cli, KH_ERR_LOCAL_FILE, "cannot open %s: %s", path, strerror(errno));
 	for (;;) {
 		if (len == cap) {
 			size_t ncap = cap ? cap * 2 : 4096;
@@ -231,7 +231,7 @@ int cli_read_file(struct cli *cli, const char *path, size_t max, uint8_t **out, 
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0) {
-			rc = cli_fail(cli, KH_ERR_IO, "cannot read %s: %s", path, strerror(errno));
+			rc = cli_fail(cli, KH_ERR_LOCAL_FILE, "cannot read %s: %s", path, strerror(errno));
 			goto out;
 		}
 		if (r == 0)
@@ -259,11 +259,11 @@ int cli_write_file(struct cli *cli, const char *path, const uint8_t *d, size_t n
 	int rc = CLI_OK;
 
 	if (fd < 0)
-		return cli_fail(cli, KH_ERR_IO, "cannot create %s: %s%s", path, strerror(errno),
+		return cli_fail(cli, KH_ERR_LOCAL_FILE, "cannot create %s: %s%s", path, strerror(errno),
 				excl && errno == EEXIST ? " (never overwritten)" : "");
 	/* an existing file keeps its old mode with O_TRUNC: enforce ours */
 	if (fchmod(fd, (mode_t)mode) < 0) {
-		rc = cli_fail(cli, KH_ERR_IO, "cannot set the mode of %s: %s", path, strerror(errno));
+		rc = cli_fail(cli, KH_ERR_LOCAL_FILE, "cannot set the mode of %s: %s", path, strerror(errno));
 		goto out;
 	}
 	while (n > 0) {
@@ -271,16 +271,16 @@ int cli_write_file(struct cli *cli, const char *path, const uint8_t *d, size_t n
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w < 0) {
-			rc = cli_fail(cli, KH_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+			rc = cli_fail(cli, KH_ERR_LOCAL_FILE, "cannot write %s: %s", path, strerror(errno));
 			goto out;
 		}
 		d += w;
 		n -= (size_t)w;
 	}
 	if (fsync(fd) < 0 && errno != EINVAL)
-		rc = cli_fail(cli, KH_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+		rc = cli_fail(cli, KH_ERR_LOCAL_FILE, "cannot write %s: %s", path, strerror(errno));
 out:
 	if (close(fd) < 0 && rc == CLI_OK)
-		rc = cli_fail(cli, KH_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+		rc = cli_fail(cli, KH_ERR_LOCAL_FILE, "cannot write %s: %s", path, strerror(errno));
 	return rc;
 }

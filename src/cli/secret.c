@@ -65,7 +65,7 @@ static int read_line_fd(struct cli *cli, struct cli_secret *s, int fd, const cha
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
-			return cli_fail(cli, KH_ERR_IO, "cannot read %s: %s", what, strerror(errno));
+			return cli_fail(cli, KH_ERR_LOCAL_FILE, "cannot read %s: %s", what, strerror(errno));
 		if (r == 0) {
 			if (s->len == 0)
 				return cli_usage(cli, "no %s left to read on descriptor %d", what, fd);
@@ -93,13 +93,13 @@ int secret_read_whole(struct cli *cli, struct cli_secret *s, const char *path)
 		return rc;
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return cli_fail(cli, KH_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+		return cli_fail(cli, KH_ERR_LOCAL_FILE, "cannot open %s: %s", path, strerror(errno));
 	for (;;) {
 		ssize_t r = read(fd, s->p + s->len, s->cap - 1 - s->len);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0) {
-			rc = cli_fail(cli, KH_ERR_IO, "cannot read %s: %s", path, strerror(errno));
+			rc = cli_fail(cli, KH_ERR_LOCAL_FILE, "cannot read %s: %s", path, strerror(errno));
 			break;
 		}
 		if (r == 0)
@@ -157,7 +157,7 @@ static int read_tty(struct cli *cli, struct cli_secret *s, const char *prompt)
 	tty = fdopen(fd, "w");
 	if (tty == NULL) {
 		close(fd);
-		return cli_fail(cli, KH_ERR_IO, "cannot use the terminal");
+		return cli_fail(cli, KH_ERR_LOCAL_FILE, "cannot use the terminal");
 	}
 	fprintf(tty, "%s", prompt);
 	fflush(tty);
@@ -170,7 +170,7 @@ static int read_tty(struct cli *cli, struct cli_secret *s, const char *prompt)
 	t.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
 	t.c_lflag |= ICANON;
 	if (tcsetattr(fd, TCSAFLUSH, &t) < 0) {
-		rc = cli_fail(cli, KH_ERR_IO, "cannot turn off echo: %s", strerror(errno));
+		rc = cli_fail(cli, KH_ERR_LOCAL_FILE, "cannot turn off echo: %s", strerror(errno));
 		goto out;
 	}
 	rc = read_line_fd(cli, s, fd, "secret");
@@ -246,7 +246,7 @@ int cli_prompt_line(struct cli *cli, const char *prompt, char *out, size_t outsz
 		return cli_usage(cli, "no terminal to ask on: give the value as an option");
 	if (write(fd, prompt, strlen(prompt)) < 0) {
 		close(fd);
-		return cli_fail(cli, KH_ERR_IO, "cannot use the terminal");
+		return cli_fail(cli, KH_ERR_LOCAL_FILE, "cannot use the terminal");
 	}
 	for (;;) {
 		char ch;

@@ -56,6 +56,7 @@ static const struct kh_errdesc errtab[] = {
 	[43] = {"PROTOCOL", "protocol error"},
 	[44] = {"KEY_USAGE", "key usage does not allow the operation"},
 	[45] = {"UNSUPPORTED", "not supported"},
+	[46] = {"LOCAL_FILE", "a local file or the terminal could not be used"},
 };
 
 _Static_assert(sizeof(errtab) / sizeof(errtab[0]) == (unsigned)-KH_ERR_LAST,

@@ -59,7 +59,8 @@ enum kh_err {
 	KH_ERR_PROTOCOL = -43,
 	KH_ERR_KEY_USAGE = -44,
 	KH_ERR_UNSUPPORTED = -45,
-	KH_ERR_LAST = -46
+	KH_ERR_LOCAL_FILE = -46, /* client side: a local file or terminal could not be used */
+	KH_ERR_LAST = -47
 };
 
 /* Short fixed text for an error code (never NULL). */

@@ -115,6 +115,7 @@ struct kh_session {
 
 struct kh_hsm {
 	char datadir[4096];
+	int lock_fd;                          /* flock'd datadir/keyhold.lock: one daemon per dir */
 	struct kh_db *db;
 	struct kh_mkstore *mk;
 	struct kh_tlsstate *tls;

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -167,6 +168,7 @@ int kh_hsm_open(struct kh_hsm *hsm, const char *datadir, bool volatile_mk)
 	int r;
 
 	memset(hsm, 0, sizeof(*hsm));
+	hsm->lock_fd = -1;
 	pthread_mutex_init(&hsm->mu, NULL);
 	hsm->volatile_mk = volatile_mk;
 	hsm->started = time(NULL);
@@ -176,6 +178,20 @@ int kh_hsm_open(struct kh_hsm *hsm, const char *datadir, bool volatile_mk)
 	if (mkdir(datadir, 0700) != 0 && errno != EEXIST) {
 		log_warn("mkdir %s", datadir);
 		return KH_ERR_IO;
+	}
+	/* one device, one process: two daemons on one data dir would each
+	 * believe they own the database and the console socket */
+	snprintf(path, sizeof(path), "%s/keyhold.lock", datadir);
+	hsm->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (hsm->lock_fd < 0) {
+		log_warn("%s", path);
+		return KH_ERR_IO;
+	}
+	if (flock(hsm->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+		log_warnx("data dir %s is in use by another keyhold-hsm", datadir);
+		close(hsm->lock_fd);
+		hsm->lock_fd = -1;
+		return KH_ERR_BUSY;
 	}
 	if ((r = load_device_key(hsm)) != KH_OK)
 		return r;
@@ -212,5 +228,8 @@ void kh_hsm_close(struct kh_hsm *hsm)
 	kh_secure_free(hsm->device_key, DEVKEY_LEN);
 	kh_secure_free(hsm->audit_key, 32);
 	hsm->device_key = hsm->audit_key = NULL;
+	if (hsm->lock_fd >= 0)
+		close(hsm->lock_fd);
+	hsm->lock_fd = -1;
 	pthread_mutex_destroy(&hsm->mu);
 }

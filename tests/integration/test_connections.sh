@@ -147,6 +147,14 @@ assert echo(conn()).startswith(b"[AOECHO;"), "not served again after one closed"
 print("connection cap enforced")
 EOF
 
+note "a second daemon on the same data dir is refused"
+rc=0
+"$HSM_BIN" -d "$T/P" --excrypt-port 0 --admin-port 0 --console none --pidfile "$T/P2.pid" \
+  --log-file "$T/P2.log" -D || rc=$?
+[ "$rc" != 0 ] || { KH_PIDFILES+=("$T/P2.pid"); fail "a second daemon started on a data dir in use"; }
+grep -q "in use by another keyhold-hsm" "$T/P2.log" || fail "no clear reason: $(cat "$T/P2.log")"
+expect_ok "Echo" "$CLI_BIN" --console "$T/P/console.sock" echo
+
 note "in the foreground, SIGTERM stops the daemon cleanly"
 prod=$(free_port); admin=$(free_port)
 "$HSM_BIN" -d "$T/F" --excrypt-port "$prod" --admin-port "$admin" --log-file "$T/F.log" &
