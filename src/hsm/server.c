@@ -54,6 +54,7 @@ struct conn {
 	bool eof;
 	bool closing;          /* close once the output is flushed */
 	bool want_write;       /* the write event is armed */
+	bool reading;          /* the read event is armed */
 	bool draining;         /* refused: alert sent, discarding input until EOF */
 	struct event *ev_read, *ev_write, *ev_timer;
 	struct kh_buf *in, *out;
@@ -290,8 +291,24 @@ static void process(struct conn *c)
 	}
 }
 
+/* Whether the connection should be told about readable data: not while
+ * it is closing, at EOF, or waiting for its output to drain (the read
+ * event is level-triggered: left armed, it would fire in a loop). */
+static bool want_read(const struct conn *c)
+{
+	return !c->closing && !c->eof && kh_buf_len(c->out) < out_high_water(c);
+}
+
 static void conn_update_events(struct conn *c)
 {
+	bool need_read = want_read(c);
+	if (need_read && !c->reading) {
+		event_add(c->ev_read, NULL);
+		c->reading = true;
+	} else if (!need_read && c->reading) {
+		event_del(c->ev_read);
+		c->reading = false;
+	}
 	bool need_write = kh_buf_len(c->out) > 0 || (c->ssl && SSL_want_write(c->ssl));
 	if (need_write && !c->want_write) {
 		event_add(c->ev_write, NULL);
@@ -322,6 +339,10 @@ static void conn_drain(struct conn *c)
 		(void)shutdown(c->fd, SHUT_WR);
 		event_del(c->ev_write);
 		c->want_write = false;
+		if (!c->reading) {
+			event_add(c->ev_read, NULL);
+			c->reading = true;
+		}
 		struct timeval tv = {2, 0};
 		if (c->ev_timer)
 			event_free(c->ev_timer);
@@ -374,23 +395,25 @@ static void conn_io(struct conn *c)
 	}
 	for (;;) {
 		size_t before = kh_buf_len(c->in);
-		if (!c->closing && !c->eof && kh_buf_len(c->out) < out_high_water(c)) {
-			if (fill_in(c) < 0) {
-				conn_free(c);
-				return;
-			}
+		if (want_read(c) && fill_in(c) < 0) {
+			conn_free(c);
+			return;
 		}
+		bool got = kh_buf_len(c->in) != before;
+		size_t unprocessed = kh_buf_len(c->in);
 		process(c);
+		bool consumed = kh_buf_len(c->in) != unprocessed;
 		if (flush_out(c) < 0) {
 			conn_free(c);
 			return;
 		}
-		/* keep going while the socket accepts output and there is more:
-		 * progress on the input, or bytes OpenSSL already decrypted (no
-		 * socket event will announce those) */
-		if (kh_buf_len(c->out) > 0 || c->closing || c->eof)
+		/* Go round again while the output is below its mark and there may
+		 * be more to do: bytes just read, frames just answered (more may
+		 * wait in the input: process() stops at the mark), or bytes OpenSSL
+		 * already decrypted. No socket event announces any of those. */
+		if (c->closing || c->eof || kh_buf_len(c->out) >= out_high_water(c))
 			break;
-		if (kh_buf_len(c->in) == before && !(c->ssl && SSL_has_pending(c->ssl)))
+		if (!got && !consumed && !(c->ssl && SSL_has_pending(c->ssl)))
 			break;
 	}
 	if ((c->closing || c->eof) && kh_buf_len(c->out) == 0) {
@@ -475,6 +498,7 @@ static void worker_adopt(struct worker *w, struct pending *p)
 	c->ev_write = event_new(w->base, c->fd, EV_WRITE | EV_PERSIST, on_conn_event, c);
 	if (c->ev_read == NULL || c->ev_write == NULL || event_add(c->ev_read, NULL) != 0)
 		goto drop;
+	c->reading = true;
 	conn_io(c); /* start the handshake at once */
 	return;
 drop:

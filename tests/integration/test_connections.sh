@@ -83,6 +83,44 @@ assert got == N, f"only {got} of {N} answered"
 print(f"{N} pipelined frames answered")
 EOF
 
+note "pipelined bursts that fill the output mark resume when it drains (no stall, no busy loop)"
+/usr/bin/python3 - "$T/P/console.sock" "$(hsm_pid P)" <<'EOF' || fail "output mark"
+import os, socket, sys, threading, time
+path, pid = sys.argv[1], int(sys.argv[2])
+def cpu():
+    f = open(f"/proc/{pid}/stat").read().split(")")[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+for n in (2000, 4000, 8000, 8192):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(path)
+    th = threading.Thread(target=lambda: s.sendall(b"[AOECHO;AGabcdefgh;]" * n))
+    th.start()
+    got = 0
+    while got < n:
+        d = s.recv(1 << 20)
+        if not d:
+            break
+        got += d.count(b"]")
+    th.join()
+    s.close()
+    assert got == n, f"burst of {n}: only {got} answered"
+# a peer that sends and never reads: the daemon waits, it does not spin
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+s.setblocking(False)
+sent, t0 = 0, time.time()
+while time.time() - t0 < 1.0:
+    try:
+        sent += s.send(b"[AOECHO;AGabcdefgh;]" * 256)
+    except BlockingIOError:
+        time.sleep(0.01)
+c0 = cpu(); time.sleep(2); c1 = cpu()
+s.close()
+assert c1 - c0 < 0.5, f"daemon used {c1 - c0:.2f} s of CPU in 2 s waiting on a peer that does not read"
+print(f"bursts answered; idle CPU while blocked: {c1 - c0:.2f} s")
+EOF
+
 note "TLS 1.2 and TLS 1.3 are both served; a minimum version is enforced"
 for v in tls1_2 tls1_3; do
   out=$(printf '[AOECHO;AG%s;]' "$v" | timeout 20 openssl s_client -connect "127.0.0.1:$P_PROD" -"$v" \
