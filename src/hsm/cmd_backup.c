@@ -72,6 +72,16 @@ KH_ACT(kh_cmd_bkrs)
 		kh_ctx_detail(c, "BD");
 		goto out;
 	}
+	/* A configuration restore replaces every role and identity, so it can
+	 * bring back deleted administrators or old passwords: only a role that
+	 * may grant everything (Role:Assign All Permissions) may do it. */
+	struct kh_backup_hdr hdr;
+	if (kh_backup_parse_header(data, len, &hdr) == KH_OK && (hdr.scope & KH_BACKUP_CONFIG) &&
+	    !(c->role->perms & KH_PERM(KH_P_ROLE_ASSIGN_ALL))) {
+		kh_ctx_detail(c, "restoring roles and identities needs role.assign_all");
+		r = KH_ERR_PERMISSION_DENIED;
+		goto out;
+	}
 	kh_session_actor(c->s, actor, sizeof(actor));
 	if ((r = kh_backup_restore(c->hsm, data, len, actor, &cnt, c->s->detail,
 	                           sizeof(c->s->detail))) != KH_OK)

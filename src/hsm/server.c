@@ -551,7 +551,10 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	for (int i = 0; i < sv->nlst; i++)
 		if (sv->lst[i].l == l)
 			li = &sv->lst[i];
-	if (atomic_load(&sv->hsm->n_conn_open) >= (uint64_t)sv->max_connections) {
+	/* the console (local, 0600) is exempt: it is the way back in when the
+	 * network ports are flooded */
+	if (li != NULL && li->source != KH_SRC_USB &&
+	    atomic_load(&sv->hsm->n_conn_open) >= (uint64_t)sv->max_connections) {
 		static _Atomic time_t last_warned;
 		time_t now = time(NULL);
 		if (atomic_exchange(&last_warned, now) != now)

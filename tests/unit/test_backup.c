@@ -380,6 +380,18 @@ static void test_refusals_change_nothing(void **state)
 		free(bd2);
 	}
 
+	/* a role that may restore but not grant everything cannot replace the
+	 * roles and identities */
+	{
+		struct kh_session weak = sc;
+		weak.role.perms = KH_PERM(KH_P_RESTORE);
+		fingerprint(&c, before);
+		assert_int_equal(restore(&c, &weak, bd), KH_ERR_PERMISSION_DENIED);
+		assert_non_null(strstr(resp, "role.assign_all"));
+		fingerprint(&c, after);
+		assert_memory_equal(before, after, 32);
+	}
+
 	/* with the FTK loaded the same backup goes in */
 	assert_int_equal(restore(&c, &sc, bd), KH_OK);
 	kh_test_assert_key(&c, 2, m2, sizeof(m2));
