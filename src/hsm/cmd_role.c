@@ -114,6 +114,31 @@ static int check_rules(struct kh_ctx *c, const struct kh_role *old, const struct
 		kh_ctx_detail(c, "LQ: at least 2 in FIPS mode");
 		return KH_ERR_FIPS;
 	}
+	if (caller & KH_PERM(KH_P_ROLE_ASSIGN_ALL))
+		return KH_OK;
+	/* Without Role:Assign All a caller shapes roles only within its own
+	 * reach: not its own role, no slots or commands it lacks, no weaker
+	 * dual control, no ports or sources beyond the role's and its own. */
+	if (old->id != 0 && c->role && old->id == c->role->id) {
+		kh_ctx_detail(c, "a role cannot change itself without role.assign_all");
+		return KH_ERR_PERMISSION_DENIED;
+	}
+	if (!kh_role_may_manage(c->role, nw)) {
+		kh_ctx_detail(c, "the role would reach slots or commands yours lacks");
+		return KH_ERR_PERMISSION_DENIED;
+	}
+	if (old->id != 0 && nw->logins_required < old->logins_required) {
+		kh_ctx_detail(c, "lowering LQ needs role.assign_all");
+		return KH_ERR_PERMISSION_DENIED;
+	}
+	/* (a new role's ports are its own business: a partition made on the
+	 * Admin port serves the Prod port) */
+	unsigned cports = c->role ? c->role->ports : 0, csrc = c->role ? c->role->sources : 0;
+	if (old->id != 0 &&
+	    ((nw->ports & ~(old->ports | cports)) || (nw->sources & ~(old->sources | csrc)))) {
+		kh_ctx_detail(c, "the role would gain ports or sources yours lacks");
+		return KH_ERR_PERMISSION_DENIED;
+	}
 	return KH_OK;
 }
 

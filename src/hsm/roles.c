@@ -355,13 +355,39 @@ bool kh_role_is_builtin_tp(const struct kh_role *r)
 	return r->builtin && kh_role_name_is_tp(r->name);
 }
 
+/* Is every slot of r inside the caller's ranges? */
+static bool ranges_within(const struct kh_role *r, const struct kh_role *caller)
+{
+	for (size_t i = 0; i < r->nranges; i++) {
+		uint64_t cur = r->ranges[i].lo;
+		while (cur <= r->ranges[i].hi) {
+			size_t j;
+			for (j = 0; j < caller->nranges; j++)
+				if (cur >= caller->ranges[j].lo && cur <= caller->ranges[j].hi)
+					break;
+			if (j == caller->nranges)
+				return false;
+			cur = (uint64_t)caller->ranges[j].hi + 1;
+		}
+	}
+	return true;
+}
+
 bool kh_role_may_manage(const struct kh_role *caller, const struct kh_role *target)
 {
 	if (caller == NULL)
 		return false;
 	if (caller->perms & KH_PERM(KH_P_ROLE_ASSIGN_ALL))
 		return true;
-	return (target->perms & ~caller->perms) == 0;
+	/* nothing the caller could not do itself: permissions, slots, commands */
+	if (target->perms & ~caller->perms)
+		return false;
+	if (!ranges_within(target, caller))
+		return false;
+	for (size_t i = 0; i < sizeof(target->cmds); i++)
+		if (target->cmds[i] & ~caller->cmds[i])
+			return false;
+	return true;
 }
 
 /* ---- storage ---- */

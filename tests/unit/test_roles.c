@@ -292,7 +292,7 @@ static void test_role_modify_rename_delete(void **state)
 static void limited_session(struct kh_test_fx *x, struct kh_session *s, const char *perms)
 {
 	char req[512];
-	snprintf(req, sizeof(req), "[AORLAD;RNLimited;PM%s;PTadmin;CSethernet;LQ1;]", perms);
+	snprintf(req, sizeof(req), "[AORLAD;RNLimited;PM%s;PTadmin;CSethernet;LQ1;KRM:0-99;]", perms);
 	assert_int_equal(KH_CALL(x, &x->admin, req), KH_OK);
 	assert_int_equal(
 	    KH_CALL(x, &x->admin, "[AOIDAD;IDLim1;RNLimited;PW6F702D70617373776F7264;]"), KH_OK);
@@ -316,6 +316,35 @@ static void test_permission_denied(void **state)
 	/* has role.add / role.modify */
 	assert_int_equal(KH_CALL(x, &s, "[AORLLS;]"), KH_OK);
 	assert_int_equal(KH_CALL(x, &s, "[AORLAD;RNSmall;PMrole.add;]"), KH_OK);
+}
+
+/* Without role.assign_all a role cannot widen its own reach, nor give
+ * another role slots or commands it lacks, nor weaken its dual control
+ * (the review's Helper/Vault case). */
+static void test_reach_beyond_permissions(void **state)
+{
+	struct kh_test_fx *x = *state;
+	struct kh_session s;
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLAD;RNVault;PMkeys;KRS:50-59;LQ2;CMECHO;]"), KH_OK);
+	limited_session(x, &s, "role.modify,role.add,keys");
+	/* its own role: not at all */
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNLimited;KRM:0-999999;]"), KH_ERR_PERMISSION_DENIED);
+	assert_non_null(strstr(x->out, "cannot change itself"));
+	/* Vault enables ECHO, which Limited lacks: out of reach */
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNVault;LQ1;]"), KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNLimited;CMECHO;]"), KH_OK);
+	/* now Vault is within reach: but lowering its LQ is refused */
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNVault;LQ1;]"), KH_ERR_PERMISSION_DENIED);
+	assert_non_null(strstr(x->out, "lowering LQ"));
+	/* widening its slots beyond Limited's is refused, within them allowed */
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNVault;KRA:0-999999;]"), KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &s, "[AORLMD;RNVault;KRS:50-59,A:60-69;]"), KH_OK);
+	/* new roles likewise stay within the caller's slots */
+	assert_int_equal(KH_CALL(x, &s, "[AORLAD;RNWide;PMkeys;KRM:0-999999;]"),
+	                 KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &s, "[AORLAD;RNNarrow;PMkeys;KRS:0-9;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLSH;RNVault;]"), KH_OK);
+	assert_non_null(strstr(x->out, "LQ2;"));
 }
 
 static void test_assign_all_rule(void **state)
@@ -491,6 +520,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_role_modify_rename_delete, kh_test_fx_setup_admin,
 	                                    kh_test_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_permission_denied, kh_test_fx_setup_admin,
+	                                    kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_reach_beyond_permissions, kh_test_fx_setup_admin,
 	                                    kh_test_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_assign_all_rule, kh_test_fx_setup_admin,
 	                                    kh_test_fx_teardown),
