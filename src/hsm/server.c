@@ -42,6 +42,7 @@
 #define IN_CEILING_PRELOGIN (4 * KH_FRAME_MAX_PRELOGIN)
 #define OUT_HIGH_WATER_PRELOGIN (64u * 1024)
 #define HANDSHAKE_SECONDS 10 /* a TLS handshake not finished by then is dropped */
+#define PRELOGIN_IDLE_SECONDS 120 /* a connection with no login and no request for this long is closed */
 
 struct worker;
 
@@ -57,6 +58,7 @@ struct conn {
 	bool reading;          /* the read event is armed */
 	bool draining;         /* refused: alert sent, discarding input until EOF */
 	struct event *ev_read, *ev_write, *ev_timer;
+	struct event *ev_idle; /* armed while nobody is logged in */
 	struct kh_buf *in, *out;
 	struct kh_session s;
 };
@@ -125,6 +127,8 @@ static void conn_free(struct conn *c)
 		event_free(c->ev_write);
 	if (c->ev_timer)
 		event_free(c->ev_timer);
+	if (c->ev_idle)
+		event_free(c->ev_idle);
 	if (c->ssl) {
 		if (c->handshake_done && !SSL_in_init(c->ssl))
 			(void)SSL_shutdown(c->ssl);
@@ -299,6 +303,21 @@ static bool want_read(const struct conn *c)
 	return !c->closing && !c->eof && kh_buf_len(c->out) < out_high_water(c);
 }
 
+/* Before any login a connection lives only while it is used: it holds a
+ * slot under --max-connections, so an idle unauthenticated peer may not
+ * keep it forever. Logged-in connections have no such limit. */
+static void conn_touch_idle(struct conn *c)
+{
+	if (c->ev_idle == NULL)
+		return;
+	if (c->s.nident) {
+		event_del(c->ev_idle);
+		return;
+	}
+	struct timeval tv = {PRELOGIN_IDLE_SECONDS, 0};
+	evtimer_add(c->ev_idle, &tv);
+}
+
 static void conn_update_events(struct conn *c)
 {
 	bool need_read = want_read(c);
@@ -403,6 +422,8 @@ static void conn_io(struct conn *c)
 		size_t unprocessed = kh_buf_len(c->in);
 		process(c);
 		bool consumed = kh_buf_len(c->in) != unprocessed;
+		if (consumed)
+			conn_touch_idle(c);
 		if (flush_out(c) < 0) {
 			conn_free(c);
 			return;
@@ -439,6 +460,16 @@ static void on_handshake_timeout(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	log_warnx("%s: TLS handshake with %s not finished within %d s: dropped", port_label(&c->s),
 		  c->s.peer, HANDSHAKE_SECONDS);
+	conn_free(c);
+}
+
+static void on_idle_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	(void)fd;
+	(void)what;
+	log_info("%s: closing %s: no login and no request for %d s", port_label(&c->s), c->s.peer,
+		 PRELOGIN_IDLE_SECONDS);
 	conn_free(c);
 }
 
@@ -499,6 +530,12 @@ static void worker_adopt(struct worker *w, struct pending *p)
 	if (c->ev_read == NULL || c->ev_write == NULL || event_add(c->ev_read, NULL) != 0)
 		goto drop;
 	c->reading = true;
+	if (p->source == KH_SRC_ETHERNET) {
+		c->ev_idle = evtimer_new(w->base, on_idle_timeout, c);
+		if (c->ev_idle == NULL)
+			goto drop;
+		conn_touch_idle(c);
+	}
 	conn_io(c); /* start the handshake at once */
 	return;
 drop:
