@@ -57,6 +57,8 @@ static const struct kh_errdesc errtab[] = {
 	[44] = {"KEY_USAGE", "key usage does not allow the operation"},
 	[45] = {"UNSUPPORTED", "not supported"},
 	[46] = {"LOCAL_FILE", "a local file or the terminal could not be used"},
+	[47] = {"VERIFY_FAILED", "signature or MAC does not verify"},
+	[48] = {"DECRYPT_FAILED", "decryption failed"},
 };
 
 _Static_assert(sizeof(errtab) / sizeof(errtab[0]) == (unsigned)-KH_ERR_LAST,

@@ -60,7 +60,9 @@ enum kh_err {
 	KH_ERR_KEY_USAGE = -44,
 	KH_ERR_UNSUPPORTED = -45,
 	KH_ERR_LOCAL_FILE = -46, /* client side: a local file or terminal could not be used */
-	KH_ERR_LAST = -47
+	KH_ERR_VERIFY_FAILED = -47,
+	KH_ERR_DECRYPT_FAILED = -48, /* one answer for every padding, tag or unwrap failure */
+	KH_ERR_LAST = -49
 };
 
 /* Short fixed text for an error code (never NULL). */

@@ -10,6 +10,7 @@
 #include "hsm/hsm_core.h"
 #include "hsm/identity.h"
 #include "hsm/keystore.h"
+#include "hsm/keyobj.h"
 #include "hsm/roles.h"
 #include "common/kh_buf.h"
 #include "common/kh_mem.h"
@@ -925,6 +926,8 @@ int kh_backup_restore(struct kh_hsm *hsm, const uint8_t *data, size_t len, const
 	in_tx = false;
 	if ((r = kh_db_commit(hsm->db)) != KH_OK)
 		goto out;
+	if (hdr.scope & KH_BACKUP_KEYS)
+		kh_keycache_clear(hsm); /* slots the backup lacks are gone too */
 	if (hdr.scope & KH_BACKUP_CONFIG) {
 		atomic_fetch_add(&hsm->role_gen, 1);
 		kh_hsm_reload_settings(hsm);

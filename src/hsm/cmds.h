@@ -9,6 +9,9 @@
 #include "hsm/hsm.h"
 
 #define KH_ACT(fn) int fn(struct kh_ctx *c, const struct kh_frame *req, struct kh_buf *resp)
+/* A command's plan (keyobj.h): what keys and rights the request needs. */
+struct kh_op;
+#define KH_PLAN(fn) int fn(struct kh_ctx *c, const struct kh_frame *req, struct kh_op *op)
 
 /* cmd_info.c: PKCS#11 communication commands */
 KH_ACT(kh_cmd_echo);
@@ -72,5 +75,72 @@ KH_ACT(kh_cmd_tprs);
 /* cmd_backup.c */
 KH_ACT(kh_cmd_bkup);
 KH_ACT(kh_cmd_bkrs);
+
+/* The crypto service. Each command's plan runs first (the dispatcher
+ * resolves and checks the keys it names), then its handler. */
+
+/* cmd_keys.c: symmetric keys, adding, deleting, cryptograms of slots */
+KH_ACT(kh_cmd_gpgs);
+KH_PLAN(kh_plan_gpgs);
+KH_ACT(kh_cmd_gpka);
+KH_PLAN(kh_plan_gpka);
+KH_ACT(kh_cmd_gpkd);
+KH_ACT(kh_cmd_gpgc);
+KH_PLAN(kh_plan_gpgc);
+
+/* cmd_asym.c: key pairs, loading asymmetric keys, public keys, certificates */
+KH_ACT(kh_cmd_grsa);
+KH_PLAN(kh_plan_grsa);
+KH_ACT(kh_cmd_gecc);
+KH_PLAN(kh_plan_gecc);
+KH_ACT(kh_cmd_asyl);
+KH_PLAN(kh_plan_asyl);
+KH_ACT(kh_cmd_lrsa);
+KH_PLAN(kh_plan_lrsa);
+KH_ACT(kh_cmd_apfp);
+KH_PLAN(kh_plan_apfp);
+KH_ACT(kh_cmd_rpfp);
+KH_PLAN(kh_plan_rpfp);
+KH_ACT(kh_cmd_gpca);
+KH_PLAN(kh_plan_gpca);
+KH_ACT(kh_cmd_rdpk);
+KH_PLAN(kh_plan_rdpk);
+KH_ACT(kh_cmd_adpk);
+KH_PLAN(kh_plan_adpk);
+
+/* cmd_wrap.c: key wrapping and derivation */
+KH_ACT(kh_cmd_gpkw);
+KH_PLAN(kh_plan_gpkw);
+KH_ACT(kh_cmd_gpwk);
+KH_PLAN(kh_plan_gpwk);
+KH_ACT(kh_cmd_gpku);
+KH_PLAN(kh_plan_gpku);
+KH_ACT(kh_cmd_gpuk);
+KH_PLAN(kh_plan_gpuk);
+KH_ACT(kh_cmd_gpdk);
+KH_PLAN(kh_plan_gpdk);
+
+/* cmd_data.c: data encryption, MACs, digests, raw RSA */
+KH_ACT(kh_cmd_gpse);
+KH_PLAN(kh_plan_gpse);
+KH_ACT(kh_cmd_gpsd);
+KH_PLAN(kh_plan_gpsd);
+KH_ACT(kh_cmd_gpmc);
+KH_PLAN(kh_plan_gpmc);
+KH_ACT(kh_cmd_hmac);
+KH_PLAN(kh_plan_hmac);
+KH_ACT(kh_cmd_ghsh);
+KH_ACT(kh_cmd_gpsr);
+KH_PLAN(kh_plan_gpsr);
+
+/* cmd_sign.c: signatures */
+KH_ACT(kh_cmd_asys);
+KH_PLAN(kh_plan_asys);
+KH_ACT(kh_cmd_rsas);
+KH_PLAN(kh_plan_rsas);
+KH_ACT(kh_cmd_asyv);
+KH_PLAN(kh_plan_asyv);
+KH_ACT(kh_cmd_gpsv);
+KH_PLAN(kh_plan_gpsv);
 
 #endif

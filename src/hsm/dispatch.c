@@ -6,6 +6,7 @@
 #include "hsm/dispatch.h"
 #include "hsm/roles.h"
 #include "hsm/identity.h"
+#include "hsm/keyobj.h"
 #include "common/kh_mem.h"
 #include "common/kh_buf.h"
 #include "common/kh_log.h"
@@ -151,7 +152,8 @@ int kh_dispatch(struct kh_hsm *hsm, struct kh_session *s, const struct kh_frame 
 		struct kh_buf *out)
 {
 	const struct kh_cmd *cmd = kh_cmd_find(req->cmd);
-	struct kh_ctx c = {.hsm = hsm, .s = s, .cmd = cmd, .role = NULL};
+	struct kh_op op = {0};
+	struct kh_ctx c = {.hsm = hsm, .s = s, .cmd = cmd, .role = NULL, .op = NULL};
 	size_t mark = kh_buf_len(out);
 	int r;
 
@@ -226,6 +228,22 @@ int kh_dispatch(struct kh_hsm *hsm, struct kh_session *s, const struct kh_frame 
 			 cmd->name);
 		goto fail;
 	}
+	if ((cmd->flags & KH_CF_CRYPTO) && atomic_load(&hsm->error_state)) {
+		r = KH_ERR_STATE;
+		snprintf(s->detail, sizeof(s->detail), "self-test failed: cryptography is refused");
+		goto fail;
+	}
+	/* the request's keys, usage, extra permissions, FIPS limits and
+	 * destination slots, checked here so that handlers never do */
+	if (cmd->plan != NULL) {
+		if (c.role == NULL) {
+			r = KH_ERR_NOT_LOGGED_IN;
+			goto fail;
+		}
+		c.op = &op;
+		if ((r = cmd->plan(&c, req, &op)) != KH_OK || (r = kh_op_resolve(&c, req, &op)) != KH_OK)
+			goto fail;
+	}
 	if ((r = kh_msg_begin(out, cmd->name)) != KH_OK)
 		goto fail;
 	/* (a failed login that sets a lock bumps role_gen in identity.c, so
@@ -234,8 +252,10 @@ int kh_dispatch(struct kh_hsm *hsm, struct kh_session *s, const struct kh_frame 
 		goto fail;
 	if ((r = kh_msg_end(out)) != KH_OK)
 		goto fail;
+	kh_op_release(&op);
 	return KH_OK;
 fail:
+	kh_op_release(&op);
 	atomic_fetch_add(&hsm->n_errors, 1);
 	kh_buf_truncate(out, mark);
 	if (kh_msg_error(out, req->cmd, r, s->detail) != KH_OK) {

@@ -17,6 +17,7 @@
 #define KH_CF_EXCRYPT 0x08   /* an Excrypt command: subject to the role's allowed-command list */
 #define KH_CF_SLOT 0x10      /* carries a slot in tag SL that must be in the role's ranges */
 #define KH_CF_PREADMIN 0x20  /* may run on the Admin port before login (ECHO) */
+#define KH_CF_CRYPTO 0x40    /* uses keys or cryptography: refused while self-tests have failed */
 
 struct kh_cmd {
 	const char *name;     /* four characters */
@@ -24,6 +25,10 @@ struct kh_cmd {
 	unsigned flags;
 	uint64_t perms;       /* KH_PERM() bits all required */
 	const char *summary;  /* one line, as in docs/PROTOCOL.md */
+	/* reads the request's mode and names the keys, usage, permissions and
+	 * destination slots it needs (keyobj.h); the dispatcher checks and
+	 * resolves them before act runs. NULL: the command uses no keys. */
+	int (*plan)(struct kh_ctx *c, const struct kh_frame *req, struct kh_op *op);
 };
 
 /* The table, in index order; kh_cmd_index() is stable for a given build and

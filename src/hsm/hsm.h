@@ -22,6 +22,8 @@ struct kh_db;
 struct kh_mkstore;
 struct kh_tlsstate;
 struct kh_mk_ceremony;
+struct kh_keycache;
+struct kh_op;
 
 #define KH_MODEL "Keyhold KH-1"
 #define KH_NAME_MAX 64          /* role and identity names, NUL included */
@@ -119,6 +121,7 @@ struct kh_hsm {
 	struct kh_db *db;
 	struct kh_mkstore *mk;
 	struct kh_tlsstate *tls;
+	struct kh_keycache *keycache;         /* parsed keys in use (keyobj.c) */
 	uint8_t *device_key;                  /* 32 bytes on the secure heap */
 	uint8_t *audit_key;                   /* 32 bytes on the secure heap, HKDF of device_key */
 	char serial[32];
@@ -150,6 +153,7 @@ struct kh_ctx {
 	struct kh_session *s;
 	const struct kh_cmd *cmd;
 	const struct kh_role *role;           /* the effective role for this command, or NULL */
+	struct kh_op *op;                     /* the keys and needs of a planned command, or NULL */
 };
 
 /* A handler appends its output fields to resp (the dispatcher has written the

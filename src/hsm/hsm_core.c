@@ -4,6 +4,7 @@
  * only ever read into the secure heap.
  */
 #include "hsm/hsm_core.h"
+#include "hsm/keyobj.h"
 #include "hsm/audit.h"
 #include "hsm/db.h"
 #include "hsm/majorkey.h"
@@ -204,6 +205,7 @@ int kh_hsm_open(struct kh_hsm *hsm, const char *datadir, bool volatile_mk)
 	if ((r = ensure_serial(hsm)) != KH_OK)
 		return r;
 	kh_hsm_reload_settings(hsm);
+	kh_keycache_init(hsm);
 	if ((r = kh_roles_bootstrap(hsm)) != KH_OK) {
 		log_warnx("cannot create the built-in roles: %s", kh_strerror(r));
 		return r;
@@ -222,6 +224,7 @@ int kh_hsm_open(struct kh_hsm *hsm, const char *datadir, bool volatile_mk)
 void kh_hsm_close(struct kh_hsm *hsm)
 {
 	kh_tls_free(hsm);
+	kh_keycache_free(hsm);
 	kh_mk_free(hsm);
 	kh_db_close(hsm->db);
 	hsm->db = NULL;

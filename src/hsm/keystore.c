@@ -6,6 +6,7 @@
 #include "hsm/keystore.h"
 #include "hsm/audit.h"
 #include "hsm/db.h"
+#include "hsm/keyobj.h"
 #include "common/kh_mem.h"
 
 #include <stdio.h>
@@ -172,6 +173,9 @@ static int store(struct kh_hsm *hsm, const struct kh_key_row *row, const uint8_t
 	st = NULL;
 	if ((r = kh_db_commit(hsm->db)) == KH_OK && created)
 		*created = now;
+	/* after the commit: a reader that loaded the old key before it cannot
+	 * put it back (the cache's generation moved on) */
+	kh_keycache_forget(hsm, row->slot);
 	return r;
 out:
 	sqlite3_finalize(st);
@@ -295,7 +299,9 @@ int kh_keystore_delete(struct kh_hsm *hsm, uint32_t slot, const char *actor)
 	if (sqlite3_prepare_v2(h, "DELETE FROM keys WHERE slot=?", -1, &st, NULL) != SQLITE_OK)
 		return slot_change_fail(hsm, st, kh_db_err(hsm->db, sqlite3_errcode(h)));
 	sqlite3_bind_int64(st, 1, slot);
-	return slot_change_finish(hsm, st, slot, actor, "key.delete");
+	r = slot_change_finish(hsm, st, slot, actor, "key.delete");
+	kh_keycache_forget(hsm, slot);
+	return r;
 }
 
 static int dup_col(sqlite3_stmt *q, int col, size_t max, uint8_t **out, size_t *len)

@@ -323,7 +323,7 @@ static void test_refusals_change_nothing(void **state)
 	/* truncated and garbled backups */
 	const size_t hdr = 2 * KH_BACKUP_HDR_LEN;
 	const size_t cuts[] = {0,       2,      8, hdr, hdr + 24, hdr + 2 * KH_MK_SEAL_OVERHEAD,
-	                       len / 2, len - 2};
+	                       (len / 4) * 2, len - 2}; /* even: whole hex bytes */
 	for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
 		memcpy(bad, bd, cuts[i]);
 		bad[cuts[i]] = '\0';

@@ -1,0 +1,254 @@
+/*
+ * The crypto service's key objects: what a key is (class, type, size,
+ * usage, flags), how it is encoded in the key table and in cryptograms, the
+ * cache of ready-to-use keys, and how a request names a key. Handlers get
+ * resolved, checked keys from the dispatcher (struct kh_op) and never see a
+ * wrapped form; this module is the only one that opens key-table rows and
+ * cryptograms.
+ *
+ * Encodings of the clear material (inside the AEAD, never stored clear):
+ *   secret keys   raw key bytes
+ *   private keys  PKCS#8 PrivateKeyInfo DER
+ *   public keys   SubjectPublicKeyInfo DER
+ *   certificates  X.509 DER
+ */
+#ifndef KH_KEYOBJ_H
+#define KH_KEYOBJ_H
+
+#include <openssl/evp.h>
+
+#include "hsm/hsm.h"
+#include "hsm/majorkey.h"
+#include "hsm/keystore.h"
+
+struct kh_frame;
+struct kh_buf;
+
+enum kh_kclass { KH_KC_SECRET = 1, KH_KC_PRIVATE, KH_KC_PUBLIC, KH_KC_CERT };
+enum kh_ktype {
+	KH_KT_AES = 1,
+	KH_KT_GENERIC, /* generic secret: HMAC keys, derived secrets, unwrapped blobs */
+	KH_KT_RSA,
+	KH_KT_EC, /* NIST P-256, P-384, P-521 (bits tell which) */
+	KH_KT_ED25519,
+	KH_KT_X25519,
+	KH_KT_X509,
+};
+#define KH_KT_BIT(t) (1u << (t))
+
+/* Usage (wire letters in CZ, in this order): E encrypt, D decrypt, G sign
+ * (and MAC generate), V verify, W wrap, U unwrap, X derive. */
+enum {
+	KH_U_ENCRYPT = 1 << 0,
+	KH_U_DECRYPT = 1 << 1,
+	KH_U_SIGN = 1 << 2,
+	KH_U_VERIFY = 1 << 3,
+	KH_U_WRAP = 1 << 4,
+	KH_U_UNWRAP = 1 << 5,
+	KH_U_DERIVE = 1 << 6,
+	KH_U_ALL = 0x7f
+};
+/* Flags (wire letters in KF). X, S, A, M may be asked for; L, N, Y are set
+ * by the HSM only (PKCS#11 CKA_LOCAL, NEVER_EXTRACTABLE, ALWAYS_SENSITIVE). */
+enum {
+	KH_KF_EXPORTABLE = 1 << 0, /* X: may leave the HSM wrapped by GPKW/GPWK */
+	KH_KF_SENSITIVE = 1 << 1,  /* S */
+	KH_KF_AUTHORIZED = 1 << 2, /* A: use needs a logged-in identity and keys.authorized */
+	KH_KF_MODIFIABLE = 1 << 3, /* M */
+	KH_KF_LOCAL = 1 << 4,      /* L: generated on the HSM */
+	KH_KF_NEVER_EXPORTABLE = 1 << 5, /* N */
+	KH_KF_ALWAYS_SENSITIVE = 1 << 6, /* Y */
+	KH_KF_REQUESTABLE = KH_KF_EXPORTABLE | KH_KF_SENSITIVE | KH_KF_AUTHORIZED | KH_KF_MODIFIABLE,
+	KH_KF_ALL = 0x7f
+};
+
+/* What a key is. Everything here is bound into the AEAD of its stored form
+ * and of its cryptograms. */
+struct kh_keyattr {
+	enum kh_kclass cls;
+	enum kh_ktype type;
+	uint32_t bits;  /* AES/generic: key bits; RSA: modulus; EC: 256/384/521; Ed/X25519: 255 */
+	uint16_t usage; /* KH_U_* */
+	uint16_t flags; /* KH_KF_* */
+	enum kh_mk_id major;
+};
+
+/* A ready-to-use key. Immutable once made; shared by reference (the cache
+ * holds one). Secret bytes live on the secure heap. */
+struct kh_key {
+	_Atomic unsigned refs;
+	struct kh_keyattr a;
+	uint8_t key_id[KH_KEY_ID_LEN];
+	bool has_id;   /* key_id is set (a new key gets one when stored or wrapped) */
+	bool in_table; /* true: slot holds it; false: a cryptogram or clear public key */
+	uint32_t slot;
+	uint8_t *secret; /* KH_KC_SECRET: raw bytes (secure heap) */
+	size_t secret_len;
+	EVP_PKEY *pkey;  /* private and public keys; certificates: their public key */
+	uint8_t *der;    /* KH_KC_CERT: the certificate; KH_KC_PUBLIC: SPKI (plain heap) */
+	size_t der_len;
+};
+
+struct kh_key *kh_key_ref(struct kh_key *k);
+void kh_key_unref(struct kh_key *k); /* NULL ok */
+
+/* Names used in the key table's class/ktype columns and on the wire
+ * ("secret", "private", "public", "cert"; "AES", "GENERIC", "RSA", "EC",
+ * "ED25519", "X25519", "X509"). */
+const char *kh_kclass_name(enum kh_kclass c);
+const char *kh_ktype_name(enum kh_ktype t);
+KH_MUST_CHECK int kh_kclass_parse(const char *s, enum kh_kclass *out);
+KH_MUST_CHECK int kh_ktype_parse(const char *s, enum kh_ktype *out);
+/* Usage / flag letters <-> bits. parse refuses unknown or repeated letters. */
+KH_MUST_CHECK int kh_usage_parse(const char *s, size_t n, uint16_t *out);
+void kh_usage_str(uint16_t usage, char out[static 8]);
+KH_MUST_CHECK int kh_flags_parse(const char *s, size_t n, uint16_t *out);
+void kh_flags_str(uint16_t flags, char out[static 8]);
+bool kh_ktype_symmetric(enum kh_ktype t);
+
+/* Make key objects from clear material. These validate the material
+ * against the attributes (AES length, RSA/EC parameters, curve, FIPS
+ * limits through kh_key_policy) and return KH_ERR_BAD_FIELD /
+ * KH_ERR_UNSUPPORTED / KH_ERR_FIPS with c->s->detail set when c is not
+ * NULL. from_pkey takes over the caller's reference on success. */
+KH_MUST_CHECK int kh_key_from_secret(struct kh_ctx *c, const struct kh_keyattr *a,
+                                     const uint8_t *bytes, size_t len, struct kh_key **out);
+KH_MUST_CHECK int kh_key_from_pkey(struct kh_ctx *c, const struct kh_keyattr *a, EVP_PKEY *pk,
+                                   struct kh_key **out);
+/* Parse DER (PKCS#8 private, PKCS#1 RSAPrivateKey, SPKI public, X.509
+ * certificate for KH_KC_CERT) into a key; a->type and a->bits are filled in
+ * from the material when a->type is 0, otherwise must match it. */
+KH_MUST_CHECK int kh_key_from_der(struct kh_ctx *c, struct kh_keyattr *a, const uint8_t *der,
+                                  size_t len, struct kh_key **out);
+/* The clear encoding of a key (see top of file) in a secure-heap buffer
+ * (kh_secure_free(*out, *len)). */
+KH_MUST_CHECK int kh_key_material(const struct kh_key *k, uint8_t **out, size_t *len);
+/* The public key of a private/public/cert key as SPKI DER (malloc'd). */
+KH_MUST_CHECK int kh_key_spki(const struct kh_key *k, uint8_t **out, size_t *len);
+/* Check value: AES: first 3 bytes of AES-ECB(key, 0^128); generic secret:
+ * first 3 bytes of SHA-1(value) (PKCS#11 3.0); six hex digits. */
+KH_MUST_CHECK int kh_key_kcv(const struct kh_key *k, char out[static 7]);
+
+/* Flags of a new key from the requested ones: a key generated on the HSM
+ * (local) gets L, and N when not exportable, Y when sensitive. */
+uint16_t kh_key_new_flags(uint16_t requested, bool local);
+/* The usage a public key gets by default from its private key's:
+ * G -> V, D -> E, U -> W, X -> X. */
+uint16_t kh_usage_public_of(uint16_t private_usage);
+/* Type of the key in a cryptogram field, read from its header without
+ * opening it (for destination range kinds; the header is authenticated
+ * when the cryptogram is opened). KH_ERR_BAD_FIELD if unreadable. */
+KH_MUST_CHECK int kh_req_cg_type(struct kh_ctx *c, const struct kh_frame *req, const char *tag,
+                                 enum kh_ktype *out);
+
+/* FIPS policy for a key about to be made or used: RSA under 2048 bits,
+ * curves under P-256 are refused in FIPS mode (KH_ERR_FIPS). */
+KH_MUST_CHECK int kh_key_policy(struct kh_ctx *c, const struct kh_keyattr *a);
+bool kh_hsm_fips(struct kh_hsm *hsm);
+
+/* Store a new key in a slot (fresh random key id, KH_ERR_EXISTS if the slot
+ * is taken unless replace). Sets k->key_id, in_table and slot. desc may
+ * carry label/CKA_ID/extra from the request (LB, KI, EX tags) or be NULL. */
+struct kh_key_desc {
+	const uint8_t *label, *ckaid, *extra;
+	size_t label_len, ckaid_len, extra_len;
+};
+KH_MUST_CHECK int kh_key_store(struct kh_ctx *c, struct kh_key *k, uint32_t slot, bool replace,
+                               const struct kh_key_desc *desc);
+/* Delete a slot (KH_ERR_NOT_FOUND if empty); the cache forgets it. */
+KH_MUST_CHECK int kh_key_delete(struct kh_ctx *c, uint32_t slot);
+
+/* Cryptograms: the key wrapped under its major key with every attribute and
+ * the key id bound (layout in docs/PROTOCOL.md). kh_key_cryptogram gives a
+ * malloc'd blob; for a key without an id yet one is made. */
+KH_MUST_CHECK int kh_key_cryptogram(struct kh_hsm *hsm, struct kh_key *k, uint8_t **out,
+                                    size_t *len);
+KH_MUST_CHECK int kh_key_from_cryptogram(struct kh_hsm *hsm, const uint8_t *cg, size_t len,
+                                         struct kh_key **out);
+/* Load the key in a slot (through the cache). KH_ERR_NOT_FOUND if empty,
+ * KH_ERR_CRYPTO if its stored form does not open (tampered row). */
+KH_MUST_CHECK int kh_key_load_slot(struct kh_hsm *hsm, uint32_t slot, struct kh_key **out);
+
+/* Emit a key a command made: stored in the slot named by slot_tag when the
+ * request has that tag (with LB/KI/EX descriptive tags, RP=Y to replace),
+ * else returned as a cryptogram under cg_tag. Always adds id_tag (the key
+ * id, hex). The dispatcher has already checked the slot (kh_op.dest). */
+KH_MUST_CHECK int kh_key_emit(struct kh_ctx *c, const struct kh_frame *req, struct kh_key *k,
+                              const char *slot_tag, const char *id_tag, const char *cg_tag,
+                              struct kh_buf *resp);
+
+/* The key cache. Bounded; entries are dropped on any change to their slot
+ * (kh_keystore calls kh_keycache_forget) and all at once on restore or
+ * major-key change (kh_keycache_clear). */
+void kh_keycache_init(struct kh_hsm *hsm);
+void kh_keycache_free(struct kh_hsm *hsm);
+void kh_keycache_forget(struct kh_hsm *hsm, uint32_t slot);
+void kh_keycache_clear(struct kh_hsm *hsm);
+
+/* ---- what a request does with keys: filled by a command's plan ---- */
+
+/* Where a key may come from and what it must allow. */
+#define KH_KR_REQUIRED 0x01    /* missing key -> MISSING_FIELD */
+#define KH_KR_EXPORTABLE 0x02  /* must carry KH_KF_EXPORTABLE */
+#define KH_KR_CLEAR_PUB 0x04   /* may be a clear SPKI in pub_tag */
+#define KH_KR_CLEAR_PKI 0x08   /* ...and using it needs keys.import_pki */
+
+struct kh_keyref {
+	const char *slot_tag; /* e.g. "SL" */
+	const char *id_tag;   /* e.g. "KD": must match the slot's key id when given */
+	const char *cg_tag;   /* e.g. "CG" */
+	const char *pub_tag;  /* e.g. "PU" (with KH_KR_CLEAR_PUB) */
+	unsigned flags;       /* KH_KR_* */
+	uint16_t usage;       /* KH_U_* all required */
+	uint32_t classes;     /* bit set (1u << enum kh_kclass); 0 = any */
+	uint32_t types;       /* KH_KT_BIT set; 0 = any */
+};
+
+/* A slot a command will write a new key into. */
+struct kh_dest {
+	const char *slot_tag; /* e.g. "SL", "PS", "DS" */
+	bool symmetric;       /* checked against the range kind (S, A, M) */
+};
+
+#define KH_OP_MAX_KEYS 2
+#define KH_OP_MAX_DEST 2
+struct kh_op {
+	struct kh_keyref ref[KH_OP_MAX_KEYS];
+	size_t nref;
+	struct kh_dest dest[KH_OP_MAX_DEST];
+	size_t ndest;
+	uint64_t perms;            /* permissions this request needs beyond the command's */
+	const char *fips_refusal;  /* non-NULL: refused in FIPS mode, detail text */
+	uint16_t new_flags;        /* flags asked for a new key (A needs keys.authorized) */
+	/* filled in by the dispatcher before the handler runs */
+	struct kh_key *key[KH_OP_MAX_KEYS]; /* NULL for an optional key not given */
+};
+
+/* A command's plan: read the request's mode fields (no key access) and say
+ * what the request needs. Returns KH_OK or an error (detail set). */
+typedef int (*kh_plan_fn)(struct kh_ctx *c, const struct kh_frame *req, struct kh_op *op);
+
+/* Run by the dispatcher after the role checks: permissions and FIPS of the
+ * plan, destination slots (range and kind), then each key: named by slot
+ * (range, kind, id), cryptogram or clear public key; class, type, usage,
+ * exportability, Authorized, FIPS key policy. On success op->key[] are
+ * set; kh_op_release drops them. */
+KH_MUST_CHECK int kh_op_resolve(struct kh_ctx *c, const struct kh_frame *req, struct kh_op *op);
+void kh_op_release(struct kh_op *op);
+
+/* Range kind check: may a key of this kind sit in this slot for the role? */
+bool kh_role_slot_kind_ok(const struct kh_role *r, uint32_t slot, bool symmetric);
+
+/* Request readers shared by the key commands. */
+/* FS: "PMK" / "6" -> PMK, "FTK" -> FTK; default PMK. */
+KH_MUST_CHECK int kh_req_major(struct kh_ctx *c, const struct kh_frame *req, enum kh_mk_id *out);
+/* CZ (default dflt) and KF (default 0: requestable letters only). */
+KH_MUST_CHECK int kh_req_usage(struct kh_ctx *c, const struct kh_frame *req, const char *tag,
+                               uint16_t dflt, uint16_t *out);
+KH_MUST_CHECK int kh_req_flags(struct kh_ctx *c, const struct kh_frame *req, uint16_t *out);
+/* HA and friends: "SHA-1", "SHA-224", "SHA-256", "SHA-384", "SHA-512",
+ * "SHA3-224", "SHA3-256", "SHA3-384", "SHA3-512" -> EVP_MD (static). */
+KH_MUST_CHECK int kh_req_md(struct kh_ctx *c, const struct kh_frame *req, const char *tag,
+                            const char *dflt, const EVP_MD **out);
+
+#endif
