@@ -5,6 +5,7 @@
  * devices apart; they never reveal key material.
  */
 #include "hsm/cmds.h"
+#include "hsm/selftest.h"
 #include "hsm/audit.h"
 #include "hsm/db.h"
 #include "hsm/dispatch.h"
@@ -493,5 +494,20 @@ fail:
 	return r;
 bad_fi:
 	kh_ctx_detail(c, "FI");
+	return r;
+}
+
+KH_ACT(kh_cmd_slft)
+{
+	struct kh_selftest_result st;
+	char actor[300], text[96];
+	int r = kh_hsm_selftest(c->hsm, &st);
+	kh_session_actor(c->s, actor, sizeof(actor));
+	snprintf(text, sizeof(text), "%s (%u tests)", r == KH_OK ? "passed" : "failed", st.run);
+	KH_IGNORE(kh_audit_append(c->hsm, actor, "selftest.run", text));
+	r = kh_msg_put(resp, "BB", "Y");
+	if (r == KH_OK) r = kh_msg_put(resp, "ST", atomic_load(&c->hsm->error_state) ? "ERROR" : "OK");
+	if (r == KH_OK) r = kh_msg_put_u64(resp, "TN", st.run);
+	if (r == KH_OK && st.first_failed[0]) r = kh_msg_put(resp, "TF", st.first_failed);
 	return r;
 }

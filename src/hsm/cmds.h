@@ -25,6 +25,7 @@ KH_ACT(kh_cmd_gpks);
 KH_ACT(kh_cmd_gpkr);
 KH_ACT(kh_cmd_setg);
 KH_ACT(kh_cmd_sets);
+KH_ACT(kh_cmd_slft);
 
 /* cmd_session.c: login, logout, password change */
 KH_ACT(kh_cmd_logn);

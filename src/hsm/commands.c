@@ -104,7 +104,7 @@ const struct kh_cmd kh_cmd_table[] = {
 	{"AUDV", kh_cmd_audv, AD, P(AUDIT_VIEW), "Verify the audit log", NULL},
 	{"SETG", kh_cmd_setg, AD, P(SECURITY_SETTINGS), "Get device settings", NULL},
 	{"SETS", kh_cmd_sets, AD, P(SECURITY_SETTINGS), "Change device settings", NULL},
-	{"SLFT", NULL, AD, P(SECURITY_SETTINGS), "Run the self-tests", NULL},
+	{"SLFT", kh_cmd_slft, AD, P(SECURITY_SETTINGS), "Run the self-tests", NULL},
 };
 
 const size_t kh_cmd_count = sizeof(kh_cmd_table) / sizeof(kh_cmd_table[0]);

@@ -5,6 +5,8 @@
  */
 #include "hsm/hsm_core.h"
 #include "hsm/keyobj.h"
+#include "hsm/selftest.h"
+#include "hsm/audit.h"
 #include "hsm/audit.h"
 #include "hsm/db.h"
 #include "hsm/majorkey.h"
@@ -235,4 +237,17 @@ void kh_hsm_close(struct kh_hsm *hsm)
 		close(hsm->lock_fd);
 	hsm->lock_fd = -1;
 	pthread_mutex_destroy(&hsm->mu);
+}
+
+int kh_hsm_selftest(struct kh_hsm *hsm, struct kh_selftest_result *res)
+{
+	char text[96];
+	int r = kh_selftest_run(res);
+	if (r == KH_OK)
+		return KH_OK;
+	atomic_store(&hsm->error_state, 1);
+	snprintf(text, sizeof(text), "%u of %u failed, first %s", res->failed, res->run,
+		 res->first_failed);
+	KH_IGNORE(kh_audit_append(hsm, "-", "selftest.fail", text));
+	return r;
 }

@@ -3,6 +3,7 @@
  * file, then the server loop. It must never print or log a secret.
  */
 #include "hsm/hsm_core.h"
+#include "hsm/selftest.h"
 #include "hsm/server.h"
 #include "common/kh_log.h"
 #include "common/kh_mem.h"
@@ -92,6 +93,9 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 		{"max-connections", required_argument, NULL, 6},
 		{"excrypt-listen", required_argument, NULL, 7},
 		{"admin-listen", required_argument, NULL, 8},
+#ifdef KH_FAULT_INJECTION
+		{"fault-selftest", required_argument, NULL, 9},
+#endif
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
@@ -120,6 +124,10 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 		case 7: o->prod_listen = optarg; break;
 		case 8: o->admin_listen = optarg; break;
 		case 6: o->max_connections = parse_num(optarg, 1, 1000000, "--max-connections"); break;
+#ifdef KH_FAULT_INJECTION
+		/* test builds only: make one known-answer test fail */
+		case 9: kh_selftest_force_failure(optarg); break;
+#endif
 		case 'V': printf("keyhold-hsm %s\n", KH_VERSION); exit(0);
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); exit(2);
@@ -224,6 +232,16 @@ int main(int argc, char **argv)
 		fatalx("out of memory");
 	if ((r = kh_hsm_open(hsm, o.datadir, o.volatile_mk)) != KH_OK)
 		fatalx("cannot open device in %s: %s", o.datadir, kh_strerror(r));
+	/* power-up self-tests: on failure the daemon keeps serving STAT and
+	 * administration, but refuses every cryptographic command */
+	{
+		struct kh_selftest_result st;
+		if (kh_hsm_selftest(hsm, &st) != KH_OK)
+			log_warnx("self-tests FAILED (%u of %u, first %s): cryptography refused",
+				  st.failed, st.run, st.first_failed);
+		else
+			log_info("self-tests passed (%u)", st.run);
+	}
 
 	if (o.console == NULL) {
 		snprintf(console, sizeof(console), "%s/console.sock", o.datadir);

@@ -3,6 +3,7 @@
  * stored key or a cryptogram, and the cache following changes. */
 #include "kh_testutil.h"
 #include "hsm/keyobj.h"
+#include "hsm/selftest.h"
 #include "common/kh_mem.h"
 
 #include <stdio.h>
@@ -186,6 +187,21 @@ static void test_error_state_refuses_crypto(void **state)
 	assert_int_equal(KH_CALL(x, &p, "[AOSTAT;]"), KH_OK);
 	assert_non_null(strstr(x->out, "STERROR;"));
 	atomic_store(&x->hsm.error_state, 0);
+	/* SLFT on demand: a pass reports OK */
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOSLFT;]"), KH_OK);
+	assert_non_null(strstr(x->out, "STOK;"));
+#ifdef KH_FAULT_INJECTION
+	/* a failing known-answer test puts the device in the error state */
+	kh_selftest_force_failure("AES-GCM");
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOSLFT;]"), KH_OK);
+	kh_selftest_force_failure(NULL);
+	assert_non_null(strstr(x->out, "STERROR;"));
+	assert_non_null(strstr(x->out, "TFAES-GCM;"));
+	assert_int_equal(KH_CALL(x, &p, "[AOGPGS;CT6;]"), KH_ERR_STATE);
+	/* a later pass does not clear it: only a restart does */
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOSLFT;]"), KH_OK);
+	assert_non_null(strstr(x->out, "STERROR;"));
+#endif
 }
 
 int main(void)
