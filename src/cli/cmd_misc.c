@@ -32,6 +32,9 @@ const struct cli_optdef cli_keytable_opts[] = {
 	{"from", 0, CLI_VALUE, "SLOT", "first slot (default 0)"},
 	{"count", 0, CLI_VALUE, "N", "page size 1-1000 (default 100)"},
 	{"all", 0, CLI_FLAG, NULL, "follow pages to the end of the table"},
+	{"class", 0, CLI_VALUE, "CLASS", "only keys of this class (secret, private, public, cert)"},
+	{"type", 0, CLI_VALUE, "TYPE", "only keys of this type (AES, GENERIC, RSA, EC, ...)"},
+	{"label", 0, CLI_VALUE, "TEXT", "only keys with exactly this label"},
 	{NULL, 0, 0, NULL, NULL},
 };
 
@@ -193,12 +196,12 @@ static void out_keylist(struct cli *cli, const struct kh_field *f)
 		size_t e = i;
 		while (e < f->len && f->val[e] != ',')
 			e++;
-		char item[128], *parts[4] = {NULL, NULL, NULL, NULL};
+		char item[128], *parts[5] = {NULL, NULL, NULL, NULL, NULL};
 		size_t n = e - i < sizeof(item) - 1 ? e - i : sizeof(item) - 1;
 		memcpy(item, f->val + i, n);
 		item[n] = '\0';
 		char *save = NULL, *tok = strtok_r(item, ":", &save);
-		for (int k = 0; tok && k < 4; k++, tok = strtok_r(NULL, ":", &save))
+		for (int k = 0; tok && k < 5; k++, tok = strtok_r(NULL, ":", &save))
 			parts[k] = tok;
 		if (parts[0]) {
 			json_t *o = json_object();
@@ -207,9 +210,11 @@ static void out_keylist(struct cli *cli, const struct kh_field *f)
 			json_object_set_new(o, "type", json_string(parts[2] ? parts[2] : ""));
 			json_object_set_new(o, "bits",
 					    json_integer(parts[3] ? strtoll(parts[3], NULL, 10) : 0));
+			json_object_set_new(o, "id", json_string(parts[4] ? parts[4] : ""));
 			out_append(cli, "keys", o);
-			out_text(cli, "%8s  %-12s %-10s %s", parts[0], parts[1] ? parts[1] : "",
-				 parts[2] ? parts[2] : "", parts[3] ? parts[3] : "");
+			out_text(cli, "%8s  %-12s %-10s %-6s %s", parts[0], parts[1] ? parts[1] : "",
+				 parts[2] ? parts[2] : "", parts[3] ? parts[3] : "",
+				 parts[4] ? parts[4] : "");
 		}
 		i = e + 1;
 	}
@@ -228,11 +233,18 @@ int cmd_keytable(struct cli *cli, struct cli_args *a)
 		cli_req(cli, "GPKM");
 		cli_put_u64(cli, "SL", from);
 		cli_put_u64(cli, "NM", count);
+		if (cli_arg(a, "class"))
+			cli_put(cli, "CL", cli_arg(a, "class"));
+		if (cli_arg(a, "type"))
+			cli_put(cli, "TY", cli_arg(a, "type"));
+		if (cli_arg(a, "label"))
+			cli_put_hex(cli, "LB", (const uint8_t *)cli_arg(a, "label"),
+				    strlen(cli_arg(a, "label")));
 		if ((rc = cli_call(cli)) != CLI_OK)
 			return rc;
 		if (first) {
 			cli_out_fnum(cli, "KC", "count", "Keys");
-			out_text(cli, "%8s  %-12s %-10s %s", "SLOT", "CLASS", "TYPE", "BITS");
+			out_text(cli, "%8s  %-12s %-10s %-6s %s", "SLOT", "CLASS", "TYPE", "BITS", "KEY ID");
 			first = false;
 		}
 		out_keylist(cli, cli_field(cli, "KL"));

@@ -11,10 +11,12 @@
 #include "hsm/dispatch.h"
 #include "hsm/hsm_core.h"
 #include "hsm/majorkey.h"
+#include "hsm/keystore.h"
 #include "common/kh_buf.h"
 #include "common/kh_mem.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/rand.h>
@@ -210,14 +212,97 @@ static void range_clause(const struct kh_role *role, char *out, size_t outsz)
 		snprintf(out + n, outsz - n, ")");
 }
 
+/* GPKM's optional filters, each bound as a parameter (never spliced in). */
+struct gpkm_filter {
+	char cls[KH_KS_NAME_MAX], type[KH_KS_NAME_MAX];
+	uint8_t label[KEY_SETTING_MAX], ckaid[KEY_SETTING_MAX], key_id[KH_KEY_ID_LEN];
+	size_t label_len, ckaid_len, key_id_len;
+	bool has_label, has_ckaid;
+};
+
+static int gpkm_filter_read(struct kh_ctx *c, const struct kh_frame *req, struct gpkm_filter *f)
+{
+	if (kh_frame_has(req, "CL") && kh_frame_str(req, "CL", f->cls, sizeof(f->cls)) != KH_OK)
+		goto bad_cl;
+	if (kh_frame_has(req, "TY") && kh_frame_str(req, "TY", f->type, sizeof(f->type)) != KH_OK) {
+		kh_ctx_detail(c, "TY");
+		return KH_ERR_BAD_FIELD;
+	}
+	/* an empty LB or KI matches keys without one */
+	if ((f->has_label = kh_frame_has(req, "LB")) &&
+	    kh_frame_hex(req, "LB", f->label, sizeof(f->label), &f->label_len) != KH_OK) {
+		kh_ctx_detail(c, "LB (hex, at most %d bytes)", KEY_SETTING_MAX);
+		return KH_ERR_BAD_FIELD;
+	}
+	if ((f->has_ckaid = kh_frame_has(req, "KI")) &&
+	    kh_frame_hex(req, "KI", f->ckaid, sizeof(f->ckaid), &f->ckaid_len) != KH_OK) {
+		kh_ctx_detail(c, "KI (hex, at most %d bytes)", KEY_SETTING_MAX);
+		return KH_ERR_BAD_FIELD;
+	}
+	if (kh_frame_has(req, "KD") &&
+	    (kh_frame_hex(req, "KD", f->key_id, sizeof(f->key_id), &f->key_id_len) != KH_OK ||
+	     f->key_id_len != KH_KEY_ID_LEN)) {
+		kh_ctx_detail(c, "KD (16 bytes, hex)");
+		return KH_ERR_BAD_FIELD;
+	}
+	return KH_OK;
+bad_cl:
+	kh_ctx_detail(c, "CL");
+	return KH_ERR_BAD_FIELD;
+}
+
+/* The WHERE clause: fixed text with ? placeholders for the filters, and
+ * numbers from the role for its ranges. */
+static void gpkm_where(const struct kh_role *role, const struct gpkm_filter *f, char *out,
+		       size_t outsz)
+{
+	size_t n = 0;
+	range_clause(role, out, outsz);
+	n = strlen(out);
+	if (f->cls[0])
+		n += (size_t)snprintf(out + n, outsz - n, " AND class = ?");
+	if (f->type[0] && n < outsz)
+		n += (size_t)snprintf(out + n, outsz - n, " AND ktype = ?");
+	if (f->has_label && n < outsz)
+		n += (size_t)snprintf(out + n, outsz - n, " AND label IS ?");
+	if (f->has_ckaid && n < outsz)
+		n += (size_t)snprintf(out + n, outsz - n, " AND ckaid IS ?");
+	if (f->key_id_len && n < outsz)
+		snprintf(out + n, outsz - n, " AND key_id = ?");
+}
+
+/* Binds the filters in gpkm_where's order, from parameter index i. */
+static int gpkm_bind(sqlite3_stmt *st, const struct gpkm_filter *f, int i)
+{
+	if (f->cls[0])
+		sqlite3_bind_text(st, i++, f->cls, -1, SQLITE_STATIC);
+	if (f->type[0])
+		sqlite3_bind_text(st, i++, f->type, -1, SQLITE_STATIC);
+	/* descriptive columns hold NULL for "none" (keystore.c) */
+	if (f->has_label) {
+		if (f->label_len)
+			sqlite3_bind_blob(st, i, f->label, (int)f->label_len, SQLITE_STATIC);
+		i++;
+	}
+	if (f->has_ckaid) {
+		if (f->ckaid_len)
+			sqlite3_bind_blob(st, i, f->ckaid, (int)f->ckaid_len, SQLITE_STATIC);
+		i++;
+	}
+	if (f->key_id_len)
+		sqlite3_bind_blob(st, i++, f->key_id, KH_KEY_ID_LEN, SQLITE_STATIC);
+	return i;
+}
+
 KH_ACT(kh_cmd_gpkm)
 {
 	struct kh_hsm *hsm = c->hsm;
 	uint64_t from = 0, page = GPKM_PAGE_DEFAULT;
-	char where[KH_MAX_RANGES * 48 + 8], sql[sizeof(where) + 128];
+	char where[KH_MAX_RANGES * 48 + 160], sql[sizeof(where) + 160];
+	struct gpkm_filter *flt = NULL;
 	sqlite3_stmt *st = NULL;
 	struct kh_buf *list = NULL;
-	int r, count = 0;
+	int r, count = 0, i;
 	int64_t total = 0, next = -1;
 
 	if (kh_frame_has(req, "SL") && (r = kh_frame_u64(req, "SL", 0, KH_SLOT_MAX, &from)) != KH_OK) {
@@ -229,14 +314,26 @@ KH_ACT(kh_cmd_gpkm)
 		kh_ctx_detail(c, "NM (1-%d)", GPKM_PAGE_MAX);
 		return r;
 	}
-	/* the clause holds only numbers from the role, never request text */
-	range_clause(c->role, where, sizeof(where));
-	if ((list = kh_buf_new(GPKM_PAGE_MAX * 48)) == NULL)
+	if ((flt = calloc(1, sizeof(*flt))) == NULL)
 		return KH_ERR_NOMEM;
+	if ((r = gpkm_filter_read(c, req, flt)) != KH_OK) {
+		free(flt);
+		return r;
+	}
+	/* the clause holds only numbers from the role and fixed text */
+	gpkm_where(c->role, flt, where, sizeof(where));
+	if ((list = kh_buf_new(GPKM_PAGE_MAX * 90)) == NULL) {
+		free(flt);
+		return KH_ERR_NOMEM;
+	}
 	kh_db_lock(hsm->db);
 	snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM keys WHERE %s", where);
-	r = sqlite3_prepare_v2(kh_db_sqlite(hsm->db), sql, -1, &st, NULL);
-	if (r != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
+	if (sqlite3_prepare_v2(kh_db_sqlite(hsm->db), sql, -1, &st, NULL) != SQLITE_OK) {
+		r = KH_ERR_STORAGE;
+		goto out;
+	}
+	gpkm_bind(st, flt, 1);
+	if (sqlite3_step(st) != SQLITE_ROW) {
 		r = KH_ERR_STORAGE;
 		goto out;
 	}
@@ -244,18 +341,20 @@ KH_ACT(kh_cmd_gpkm)
 	sqlite3_finalize(st);
 	st = NULL;
 	snprintf(sql, sizeof(sql),
-		 "SELECT slot, class, ktype, bits FROM keys WHERE slot >= ? AND %s "
+		 "SELECT slot, class, ktype, bits, key_id FROM keys WHERE %s AND slot >= ? "
 		 "ORDER BY slot LIMIT ?",
 		 where);
 	if (sqlite3_prepare_v2(kh_db_sqlite(hsm->db), sql, -1, &st, NULL) != SQLITE_OK) {
 		r = KH_ERR_STORAGE;
 		goto out;
 	}
-	sqlite3_bind_int64(st, 1, (sqlite3_int64)from);
-	sqlite3_bind_int64(st, 2, (sqlite3_int64)page + 1);
+	i = gpkm_bind(st, flt, 1);
+	sqlite3_bind_int64(st, i++, (sqlite3_int64)from);
+	sqlite3_bind_int64(st, i, (sqlite3_int64)page + 1);
 	r = KH_OK;
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		int64_t slot = sqlite3_column_int64(st, 0);
+		char id[2 * KH_KEY_ID_LEN + 1];
 		if ((uint64_t)count == page) {
 			next = slot;
 			break;
@@ -263,18 +362,21 @@ KH_ACT(kh_cmd_gpkm)
 		const char *cl = (const char *)sqlite3_column_text(st, 1);
 		const char *ty = (const char *)sqlite3_column_text(st, 2);
 		if (!kh_frame_text_ok(cl ? cl : "", cl ? strlen(cl) : 0) ||
-		    !kh_frame_text_ok(ty ? ty : "", ty ? strlen(ty) : 0)) {
+		    !kh_frame_text_ok(ty ? ty : "", ty ? strlen(ty) : 0) ||
+		    sqlite3_column_bytes(st, 4) != KH_KEY_ID_LEN) {
 			r = KH_ERR_STORAGE;
 			break;
 		}
-		if ((r = kh_buf_putf(list, "%s%lld:%s:%s:%d", count ? "," : "", (long long)slot,
-				     cl ? cl : "", ty ? ty : "", sqlite3_column_int(st, 3))) != KH_OK)
+		kh_hex_encode(sqlite3_column_blob(st, 4), KH_KEY_ID_LEN, id);
+		if ((r = kh_buf_putf(list, "%s%lld:%s:%s:%d:%s", count ? "," : "", (long long)slot,
+				     cl ? cl : "", ty ? ty : "", sqlite3_column_int(st, 3), id)) != KH_OK)
 			break;
 		count++;
 	}
 out:
 	sqlite3_finalize(st);
 	kh_db_unlock(hsm->db);
+	free(flt);
 	if (r == KH_OK)
 		r = kh_msg_put_u64(resp, "KC", (uint64_t)total);
 	if (r == KH_OK)
