@@ -202,6 +202,7 @@ int cmd_time(struct cli *cli, struct cli_args *a);
 int cmd_hash(struct cli *cli, struct cli_args *a);
 int cmd_restrictions(struct cli *cli, struct cli_args *a);
 int cmd_keytable(struct cli *cli, struct cli_args *a);
+int cmd_selftest(struct cli *cli, struct cli_args *a);
 int cmd_send(struct cli *cli, struct cli_args *a);
 int cmd_backup(struct cli *cli, struct cli_args *a);
 int cmd_restore(struct cli *cli, struct cli_args *a);

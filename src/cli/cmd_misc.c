@@ -107,6 +107,19 @@ int cmd_echo(struct cli *cli, struct cli_args *a)
 	return CLI_OK;
 }
 
+int cmd_selftest(struct cli *cli, struct cli_args *a)
+{
+	int rc;
+	cli_req(cli, "SLFT");
+	if ((rc = cli_call(cli)) != CLI_OK)
+		return rc;
+	cli_out_field(cli, "ST", "state", "State");
+	cli_out_fnum(cli, "TN", "tests", "Tests run");
+	if (cli_field(cli, "TF"))
+		cli_out_field(cli, "TF", "first_failed", "First failed");
+	return CLI_OK;
+}
+
 int cmd_rand(struct cli *cli, struct cli_args *a)
 {
 	uint64_t n = 0;
