@@ -143,5 +143,13 @@ KH_ACT(kh_cmd_asyv);
 KH_PLAN(kh_plan_asyv);
 KH_ACT(kh_cmd_gpsv);
 KH_PLAN(kh_plan_gpsv);
+/* Sign (adds SG) or verify (adds nothing; KH_ERR_VERIFY_FAILED for a
+ * signature that does not verify or is malformed) with an RSA, EC or
+ * Ed25519 key, reading HA, PD, SA, MG, SF, DT or HS, and SG to verify. */
+struct kh_key;
+KH_MUST_CHECK int kh_sign_run(struct kh_ctx *c, const struct kh_frame *req, const struct kh_key *k,
+                              bool verify, struct kh_buf *resp);
+/* A signing plan's op->fips_refusal: non-NULL when HA or MG is SHA-1. */
+const char *kh_sign_fips_refusal(const struct kh_frame *req);
 
 #endif

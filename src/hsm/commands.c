@@ -59,9 +59,9 @@ const struct kh_cmd kh_cmd_table[] = {
 	{"GPSR", NULL, XP, P(KEYS), "General-purpose RSA encrypt/decrypt or sign/verify with recovery", NULL},
 
 	/* signing */
-	{"ASYS", NULL, XP, P(KEYS), "Generate a signature using a PKI private key", NULL},
-	{"RSAS", NULL, XP, P(KEYS), "Generate a signature using an RSA private key", NULL},
-	{"ASYV", NULL, XP, P(KEYS), "Verify a signature using a public key", NULL},
+	{"ASYS", kh_cmd_asys, XP, P(KEYS), "Generate a signature using a PKI private key", kh_plan_asys},
+	{"RSAS", kh_cmd_rsas, XP, P(KEYS), "Generate a signature using an RSA private key", kh_plan_rsas},
+	{"ASYV", kh_cmd_asyv, XP, P(KEYS), "Verify a signature using a public key", kh_plan_asyv},
 	{"GPSV", NULL, XP, P(KEYS), "General-purpose data sign and verify", NULL},
 
 	/* session */
