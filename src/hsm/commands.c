@@ -44,11 +44,11 @@ const struct kh_cmd kh_cmd_table[] = {
 	{"ADPK", NULL, XP, P(KEYS), "PKI decrypt trusted public key", NULL},
 
 	/* interoperable key wrapping, derivation */
-	{"GPKW", NULL, XP, P(KEYS) | P(KEYS_NO_USAGE_WRAP), "General-purpose key wrap (unrestricted)", NULL},
-	{"GPWK", NULL, XP, P(KEYS), "General-purpose key wrap (preserves key usage)", NULL},
-	{"GPKU", NULL, XP, P(KEYS) | P(KEYS_NO_USAGE_WRAP), "General-purpose key unwrap (unrestricted)", NULL},
-	{"GPUK", NULL, XP, P(KEYS), "General-purpose key unwrap (preserves key usage)", NULL},
-	{"GPDK", NULL, XP, P(KEYS), "General-purpose derive key", NULL},
+	{"GPKW", kh_cmd_gpkw, XP, P(KEYS) | P(KEYS_NO_USAGE_WRAP), "General-purpose key wrap (unrestricted)", kh_plan_gpkw},
+	{"GPWK", kh_cmd_gpwk, XP, P(KEYS), "General-purpose key wrap (preserves key usage)", kh_plan_gpwk},
+	{"GPKU", kh_cmd_gpku, XP, P(KEYS) | P(KEYS_NO_USAGE_WRAP), "General-purpose key unwrap (unrestricted)", kh_plan_gpku},
+	{"GPUK", kh_cmd_gpuk, XP, P(KEYS), "General-purpose key unwrap (preserves key usage)", kh_plan_gpuk},
+	{"GPDK", kh_cmd_gpdk, XP, P(KEYS), "General-purpose derive key", kh_plan_gpdk},
 
 	/* data */
 	{"GPSE", NULL, XP, P(KEYS), "General-purpose symmetric encrypt", NULL},
