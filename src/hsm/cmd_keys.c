@@ -16,39 +16,6 @@
 #include <openssl/rand.h>
 
 #define GENERIC_DEFAULT_LEN 32
-#define GENERIC_MAX_LEN 512
-
-/* CT: 4/5/6 AES-128/192/256, 7 generic secret (LN bytes). */
-static int read_ct(struct kh_ctx *c, const struct kh_frame *req, enum kh_ktype *type, size_t *len)
-{
-	char ct[4];
-	uint64_t ln = GENERIC_DEFAULT_LEN;
-	if (kh_frame_str(req, "CT", ct, sizeof(ct)) != KH_OK || strlen(ct) != 1 || ct[0] < '4' ||
-	    ct[0] > '7') {
-		kh_ctx_detail(c, "CT (4, 5, 6 AES-128/192/256, 7 generic)");
-		return kh_frame_has(req, "CT") ? KH_ERR_BAD_FIELD : KH_ERR_MISSING_FIELD;
-	}
-	if (ct[0] == '7') {
-		if (kh_frame_has(req, "LN") &&
-		    kh_frame_u64(req, "LN", 1, GENERIC_MAX_LEN, &ln) != KH_OK) {
-			kh_ctx_detail(c, "LN (1-%d)", GENERIC_MAX_LEN);
-			return KH_ERR_BAD_FIELD;
-		}
-		*type = KH_KT_GENERIC;
-		*len = (size_t)ln;
-	} else {
-		*type = KH_KT_AES;
-		*len = (size_t)(16 + 8 * (ct[0] - '4'));
-	}
-	return KH_OK;
-}
-
-static int put_kcv(struct kh_buf *resp, const struct kh_key *k)
-{
-	char kcv[7];
-	int r = kh_key_kcv(k, kcv);
-	return r == KH_OK ? kh_msg_put(resp, "AE", kcv) : r;
-}
 
 KH_PLAN(kh_plan_gpgs)
 {
@@ -65,7 +32,7 @@ KH_ACT(kh_cmd_gpgs)
 	uint16_t flags;
 	int r;
 
-	if ((r = read_ct(c, req, &a.type, &len)) != KH_OK ||
+	if ((r = kh_req_ct(c, req, GENERIC_DEFAULT_LEN, &a.type, &len)) != KH_OK ||
 	    (r = kh_req_usage(c, req, "CZ",
 	                      a.type == KH_KT_AES ? KH_U_ENCRYPT | KH_U_DECRYPT
 	                                          : KH_U_SIGN | KH_U_VERIFY,
@@ -83,7 +50,7 @@ KH_ACT(kh_cmd_gpgs)
 	if (r == KH_OK)
 		r = kh_key_emit(c, req, k, "SL", "KD", NULL, resp);
 	if (r == KH_OK)
-		r = put_kcv(resp, k);
+		r = kh_msg_put_kcv(resp, k);
 	kh_key_unref(k);
 	return r;
 }
@@ -133,20 +100,6 @@ KH_PLAN(kh_plan_gpka)
 	return KH_OK;
 }
 
-static uint16_t default_usage(enum kh_kclass cls, enum kh_ktype type)
-{
-	switch (cls) {
-	case KH_KC_SECRET:
-		return type == KH_KT_AES ? KH_U_ENCRYPT | KH_U_DECRYPT : KH_U_SIGN | KH_U_VERIFY;
-	case KH_KC_PRIVATE:
-		return type == KH_KT_X25519 ? KH_U_DERIVE : KH_U_SIGN;
-	case KH_KC_PUBLIC:
-		return type == KH_KT_X25519 ? KH_U_DERIVE : KH_U_VERIFY;
-	default:
-		return 0;
-	}
-}
-
 static int gpka_clear(struct kh_ctx *c, const struct kh_frame *req, struct kh_key **out)
 {
 	struct kh_keyattr a = {0};
@@ -160,7 +113,7 @@ static int gpka_clear(struct kh_ctx *c, const struct kh_frame *req, struct kh_ke
 	if (kh_frame_str(req, "CL", v, sizeof(v)) != KH_OK || kh_kclass_parse(v, &a.cls) != KH_OK ||
 	    kh_frame_str(req, "KT", v, sizeof(v)) != KH_OK || kh_ktype_parse(v, &a.type) != KH_OK)
 		return KH_ERR_INTERNAL;
-	if ((r = kh_req_usage(c, req, "CZ", default_usage(a.cls, a.type), &a.usage)) != KH_OK ||
+	if ((r = kh_req_usage(c, req, "CZ", kh_key_default_usage(a.cls, a.type), &a.usage)) != KH_OK ||
 	    (r = kh_req_flags(c, req, &flags)) != KH_OK || (r = kh_req_major(c, req, &a.major)) != KH_OK)
 		return r;
 	a.flags = kh_key_new_flags(flags, false);
@@ -214,7 +167,7 @@ KH_ACT(kh_cmd_gpka)
 	}
 	r = kh_key_emit(c, req, k, "SL", "KD", NULL, resp);
 	if (r == KH_OK && k->a.cls == KH_KC_SECRET)
-		r = put_kcv(resp, k);
+		r = kh_msg_put_kcv(resp, k);
 	kh_key_unref(k);
 	return r;
 }

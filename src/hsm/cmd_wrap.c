@@ -36,7 +36,6 @@ enum wrap_alg { WA_KW = 1, WA_KWP, WA_OAEP };
 #define KW_SLACK 16
 /* SA, IN, SI: OpenSSL's HKDF takes at most 1024 bytes of info. */
 #define KDF_PARAM_MAX 1024
-#define GENERIC_MAX_LEN 512
 
 /* GPWK blob: "KHW1" | class | type | bits (4, BE) | usage (2, BE) |
  * flags (2, BE) | the clear encoding of the key. */
@@ -274,21 +273,6 @@ static int unwrap(enum wrap_alg al, const struct kh_key *kek, const struct oaep 
 	return KH_OK;
 }
 
-static int put_kcv(struct kh_buf *resp, const struct kh_key *k)
-{
-	char kcv[7];
-	int r = kh_key_kcv(k, kcv);
-	return r == KH_OK ? kh_msg_put(resp, "AE", kcv) : r;
-}
-
-/* A new key's usage when CZ does not say (as GPKA). */
-static uint16_t default_usage(enum kh_kclass cls, enum kh_ktype type)
-{
-	if (cls == KH_KC_SECRET)
-		return type == KH_KT_AES ? KH_U_ENCRYPT | KH_U_DECRYPT : KH_U_SIGN | KH_U_VERIFY;
-	return type == KH_KT_X25519 ? KH_U_DERIVE : KH_U_SIGN;
-}
-
 /* ---- GPKW / GPWK ------------------------------------------------------------ */
 
 KH_PLAN(kh_plan_gpkw)
@@ -443,7 +427,7 @@ static int emit_new(struct kh_ctx *c, const struct kh_frame *req, struct kh_key 
 	if ((r = kh_msg_put(resp, "BB", "Y")) != KH_OK ||
 	    (r = kh_key_emit(c, req, k, "DS", "KD", NULL, resp)) != KH_OK)
 		return r;
-	return k->a.cls == KH_KC_SECRET ? put_kcv(resp, k) : KH_OK;
+	return k->a.cls == KH_KC_SECRET ? kh_msg_put_kcv(resp, k) : KH_OK;
 }
 
 KH_ACT(kh_cmd_gpku)
@@ -479,7 +463,7 @@ KH_ACT(kh_cmd_gpku)
 	if (r != KH_OK)
 		goto out;
 	if (!kh_frame_has(req, "CZ"))
-		k->a.usage = default_usage(k->a.cls, k->a.type);
+		k->a.usage = kh_key_default_usage(k->a.cls, k->a.type);
 	r = emit_new(c, req, k, resp);
 out:
 	kh_secure_free(m, mcap);
@@ -683,31 +667,6 @@ KH_PLAN(kh_plan_gpdk)
 	return KH_OK;
 }
 
-/* CT: 4/5/6 AES-128/192/256, 7 generic (LN bytes, 0 when LN is absent). */
-static int read_ct(struct kh_ctx *c, const struct kh_frame *req, enum kh_ktype *type, size_t *len)
-{
-	char ct[4];
-	uint64_t ln = 0;
-
-	if (kh_frame_str(req, "CT", ct, sizeof(ct)) != KH_OK || strlen(ct) != 1 || ct[0] < '4' ||
-	    ct[0] > '7') {
-		kh_ctx_detail(c, "CT (4, 5, 6 AES-128/192/256, 7 generic)");
-		return kh_frame_has(req, "CT") ? KH_ERR_BAD_FIELD : KH_ERR_MISSING_FIELD;
-	}
-	if (ct[0] != '7') {
-		*type = KH_KT_AES;
-		*len = (size_t)(16 + 8 * (ct[0] - '4'));
-		return KH_OK;
-	}
-	if (kh_frame_has(req, "LN") && kh_frame_u64(req, "LN", 1, GENERIC_MAX_LEN, &ln) != KH_OK) {
-		kh_ctx_detail(c, "LN (1-%d)", GENERIC_MAX_LEN);
-		return KH_ERR_BAD_FIELD;
-	}
-	*type = KH_KT_GENERIC;
-	*len = (size_t)ln;
-	return KH_OK;
-}
-
 /* An optional hex KDF parameter (SA, IN, SI), allowed only with the KDF
  * that uses it; malloc'd, NULL when absent. */
 static int kdf_param(struct kh_ctx *c, const struct kh_frame *req, const char *tag, bool allowed,
@@ -886,7 +845,7 @@ KH_ACT(kh_cmd_gpdk)
 	int r;
 
 	if ((r = read_kdf(c, req, &kdf)) != KH_OK ||
-	    (r = read_ct(c, req, &a.type, &len)) != KH_OK ||
+	    (r = kh_req_ct(c, req, 0, &a.type, &len)) != KH_OK ||
 	    (r = kh_req_usage(c, req, "CZ",
 	                      a.type == KH_KT_AES ? KH_U_ENCRYPT | KH_U_DECRYPT
 	                                          : KH_U_SIGN | KH_U_VERIFY,

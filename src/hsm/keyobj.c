@@ -461,6 +461,27 @@ uint16_t kh_usage_public_of(uint16_t u)
 	return p;
 }
 
+uint16_t kh_key_default_usage(enum kh_kclass cls, enum kh_ktype type)
+{
+	switch (cls) {
+	case KH_KC_SECRET:
+		return type == KH_KT_AES ? KH_U_ENCRYPT | KH_U_DECRYPT : KH_U_SIGN | KH_U_VERIFY;
+	case KH_KC_PRIVATE:
+		return type == KH_KT_X25519 ? KH_U_DERIVE : KH_U_SIGN;
+	case KH_KC_PUBLIC:
+		return type == KH_KT_X25519 ? KH_U_DERIVE : KH_U_VERIFY;
+	default:
+		return 0;
+	}
+}
+
+int kh_msg_put_kcv(struct kh_buf *resp, const struct kh_key *k)
+{
+	char kcv[7];
+	int r = kh_key_kcv(k, kcv);
+	return r == KH_OK ? kh_msg_put(resp, "AE", kcv) : r;
+}
+
 /* ---- the key table ------------------------------------------------------------ */
 
 #define ATTR_VERSION 1
@@ -958,6 +979,31 @@ int kh_req_cg_type(struct kh_ctx *c, const struct kh_frame *req, const char *tag
 }
 
 /* ---- request readers ----------------------------------------------------------- */
+
+int kh_req_ct(struct kh_ctx *c, const struct kh_frame *req, size_t dflt_len, enum kh_ktype *type,
+              size_t *len)
+{
+	char ct[4];
+	uint64_t ln = dflt_len;
+	if (kh_frame_str(req, "CT", ct, sizeof(ct)) != KH_OK || strlen(ct) != 1 || ct[0] < '4' ||
+	    ct[0] > '7') {
+		kh_ctx_detail(c, "CT (4, 5, 6 AES-128/192/256, 7 generic)");
+		return kh_frame_has(req, "CT") ? KH_ERR_BAD_FIELD : KH_ERR_MISSING_FIELD;
+	}
+	if (ct[0] != '7') {
+		*type = KH_KT_AES;
+		*len = (size_t)(16 + 8 * (ct[0] - '4'));
+		return KH_OK;
+	}
+	if (kh_frame_has(req, "LN") &&
+	    kh_frame_u64(req, "LN", 1, KH_GENERIC_MAX_LEN, &ln) != KH_OK) {
+		kh_ctx_detail(c, "LN (1-%d)", KH_GENERIC_MAX_LEN);
+		return KH_ERR_BAD_FIELD;
+	}
+	*type = KH_KT_GENERIC;
+	*len = (size_t)ln;
+	return KH_OK;
+}
 
 int kh_req_major(struct kh_ctx *c, const struct kh_frame *req, enum kh_mk_id *out)
 {
