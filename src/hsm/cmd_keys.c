@@ -48,6 +48,8 @@ KH_ACT(kh_cmd_gpgs)
 		r = kh_key_from_secret(c, &a, bytes, len, &k);
 	kh_secure_free(bytes, len);
 	if (r == KH_OK)
+		r = kh_msg_put(resp, "BB", "Y");
+	if (r == KH_OK)
 		r = kh_key_emit(c, req, k, "SL", "KD", NULL, resp);
 	if (r == KH_OK)
 		r = kh_msg_put_kcv(resp, k);
@@ -165,7 +167,9 @@ KH_ACT(kh_cmd_gpka)
 	} else if ((r = gpka_clear(c, req, &k)) != KH_OK) {
 		return r;
 	}
-	r = kh_key_emit(c, req, k, "SL", "KD", NULL, resp);
+	r = kh_msg_put(resp, "BB", "Y");
+	if (r == KH_OK)
+		r = kh_key_emit(c, req, k, "SL", "KD", NULL, resp);
 	if (r == KH_OK && k->a.cls == KH_KC_SECRET)
 		r = kh_msg_put_kcv(resp, k);
 	kh_key_unref(k);
@@ -227,7 +231,9 @@ KH_ACT(kh_cmd_gpgc)
 
 	if ((r = kh_key_cryptogram(c->hsm, k, &cg, &n)) != KH_OK)
 		return r;
-	r = kh_msg_put_hex(resp, "KD", k->key_id, KH_KEY_ID_LEN);
+	r = kh_msg_put(resp, "BB", "Y");
+	if (r == KH_OK)
+		r = kh_msg_put_hex(resp, "KD", k->key_id, KH_KEY_ID_LEN);
 	if (r == KH_OK)
 		r = kh_msg_put_hex(resp,
 		                   k->a.cls == KH_KC_SECRET    ? "BG"

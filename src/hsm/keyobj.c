@@ -324,9 +324,14 @@ int kh_key_from_der(struct kh_ctx *c, struct kh_keyattr *a, const uint8_t *der, 
 		pk = X509_get_pubkey(x);
 		X509_free(x);
 		if (pk != NULL) {
-			enum kh_ktype t;
-			if (pkey_kind(pk, &t, &a->bits) != KH_OK)
-				a->bits = (uint32_t)EVP_PKEY_get_bits(pk);
+			struct kh_keyattr pa = *a;
+			if (pkey_kind(pk, &pa.type, &pa.bits) != KH_OK)
+				pa.bits = (uint32_t)EVP_PKEY_get_bits(pk);
+			else if ((r = kh_key_policy(c, &pa)) != KH_OK) {
+				EVP_PKEY_free(pk);
+				return r;
+			}
+			a->bits = pa.bits;
 		}
 		if ((k = key_alloc(a)) == NULL || (k->der = malloc(len)) == NULL) {
 			EVP_PKEY_free(pk);
@@ -1261,6 +1266,13 @@ static int resolve_one(struct kh_ctx *c, const struct kh_frame *req, const struc
 		goto fail;
 	if ((r = kh_key_policy(c, &k->a)) != KH_OK)
 		goto fail;
+	if (k->a.cls == KH_KC_CERT && k->pkey != NULL) {
+		/* a certificate's key is held to the same limits as a key's */
+		struct kh_keyattr pa = k->a;
+		if (pkey_kind(k->pkey, &pa.type, &pa.bits) == KH_OK &&
+		    (r = kh_key_policy(c, &pa)) != KH_OK)
+			goto fail;
+	}
 	*out = k;
 	return KH_OK;
 fail:

@@ -621,6 +621,10 @@ static void test_gpca(void **state)
 	BIO_free(b);
 
 	snprintf(req, sizeof(req), "[AOGPCA;SL60;CE%s;LB6361;]", cert_der);
+	/* a certificate from outside is an external PKI: keys.import_pki */
+	assert_int_equal(KH_CALL(x, &p, req), KH_ERR_PERMISSION_DENIED);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;PMkeys,keys.import_pki;]"),
+	                 KH_OK);
 	assert_int_equal(KH_CALL(x, &p, req), KH_OK);
 	assert_non_null(strstr(x->out, "[AOGPCA;BBY;KD"));
 	assert_string_equal(kh_test_field(x->out, "RD"), pub);
@@ -747,7 +751,8 @@ static void test_range_kinds(void **state)
 	assert_int_equal(KH_CALL(x, &p, "[AOGECC;RA5;SL250;PS251;]"), KH_OK);
 	assert_int_equal(KH_CALL(x, &p, "[AOAPFP;SL250;PS150;]"), KH_ERR_SLOT_OUT_OF_RANGE);
 	assert_int_equal(KH_CALL(x, &p, "[AOAPFP;SL250;PS252;]"), KH_OK);
-	assert_int_equal(KH_CALL(x, &p, "[AOGPCA;SL150;CE3003020100;]"), KH_ERR_SLOT_OUT_OF_RANGE);
+	/* (GPCA: the missing keys.import_pki is refused before the slot) */
+	assert_int_equal(KH_CALL(x, &p, "[AOGPCA;SL150;CE3003020100;]"), KH_ERR_PERMISSION_DENIED);
 	assert_int_equal(KH_CALL(x, &p, "[AOASYL;KV3003020100;SL150;]"), KH_ERR_SLOT_OUT_OF_RANGE);
 	/* the role has no keys.import_pki */
 	assert_int_equal(KH_CALL(x, &p, "[AOASYL;KV30033001;SL260;]"), KH_ERR_PERMISSION_DENIED);
