@@ -133,6 +133,13 @@ KH_PLAN(kh_plan_hmac);
 KH_ACT(kh_cmd_ghsh);
 KH_ACT(kh_cmd_gpsr);
 KH_PLAN(kh_plan_gpsr);
+/* A MAC of DT under the resolved key k: HMAC for generic secret keys (HA,
+ * default SHA-256), CMAC for AES keys; ML truncates. Generating writes the
+ * MAC under out_tag; verifying compares MC (exactly ML bytes) in constant
+ * time: KH_OK or KH_ERR_VERIFY_FAILED. The caller writes BBY. */
+struct kh_key;
+KH_MUST_CHECK int kh_data_mac(struct kh_ctx *c, const struct kh_frame *req, const struct kh_key *k,
+                              bool verify, const char *out_tag, struct kh_buf *resp);
 
 /* cmd_sign.c: signatures */
 KH_ACT(kh_cmd_asys);

@@ -51,12 +51,12 @@ const struct kh_cmd kh_cmd_table[] = {
 	{"GPDK", kh_cmd_gpdk, XP, P(KEYS), "General-purpose derive key", kh_plan_gpdk},
 
 	/* data */
-	{"GPSE", NULL, XP, P(KEYS), "General-purpose symmetric encrypt", NULL},
-	{"GPSD", NULL, XP, P(KEYS), "General-purpose symmetric decrypt", NULL},
-	{"GPMC", NULL, XP, P(KEYS), "General-purpose MAC", NULL},
-	{"HMAC", NULL, XP, P(KEYS), "Generate a hash-based message authentication code", NULL},
-	{"GHSH", NULL, XP, 0, "Generate a hash (message digest)", NULL},
-	{"GPSR", NULL, XP, P(KEYS), "General-purpose RSA encrypt/decrypt or sign/verify with recovery", NULL},
+	{"GPSE", kh_cmd_gpse, XP, P(KEYS), "General-purpose symmetric encrypt", kh_plan_gpse},
+	{"GPSD", kh_cmd_gpsd, XP, P(KEYS), "General-purpose symmetric decrypt", kh_plan_gpsd},
+	{"GPMC", kh_cmd_gpmc, XP, P(KEYS), "General-purpose MAC", kh_plan_gpmc},
+	{"HMAC", kh_cmd_hmac, XP, P(KEYS), "Generate a hash-based message authentication code", kh_plan_hmac},
+	{"GHSH", kh_cmd_ghsh, XP, 0, "Generate a hash (message digest)", NULL},
+	{"GPSR", kh_cmd_gpsr, XP, P(KEYS), "General-purpose RSA encrypt/decrypt or sign/verify with recovery", kh_plan_gpsr},
 
 	/* signing */
 	{"ASYS", kh_cmd_asys, XP, P(KEYS), "Generate a signature using a PKI private key", kh_plan_asys},
