@@ -1,6 +1,7 @@
 /*
  * Major-key ceremonies: status, load from XOR'd components, generate as
- * M-of-N fragments, recombine fragments, erase. Components and passphrases
+ * M-of-N fragments, recombine fragments, erase; each way of loading can
+ * instead rotate a loaded FTK or PMK (--rotate: RO=Y, --grace: GP). Components and passphrases
  * are secrets (secure heap, wiped, never echoed); an interrupted ceremony is
  * aborted on the HSM (MKLA) so that no entered part lingers there.
  */
@@ -16,11 +17,17 @@
 
 #define MK_MAX_PARTS 9
 #define FRAGMENT_MAX (64 * 1024)
+#define MK_GRACE_MAX (30 * 86400)
 
 #define KEY_OPTS                                                                                   \
 	{"ftk", 0, CLI_FLAG, NULL, "the Futurex Token Key (wraps PKCS#11 keys)"},                  \
 	{"pmk", 0, CLI_FLAG, NULL, "the Platform Master Key"},                                     \
 	{"bek", 0, CLI_FLAG, NULL, "the Backup Encryption Key"}
+
+#define ROTATE_OPTS                                                                                \
+	{"rotate", 0, CLI_FLAG, NULL, "replace the loaded FTK or PMK, re-wrapping its keys"},      \
+	{"grace", 0, CLI_VALUE, "SECONDS",                                                         \
+	 "with --rotate: the old key still opens its cryptograms this long (default 0)"}
 
 static const struct cli_optdef load_opts[] = {
 	KEY_OPTS,
@@ -30,6 +37,7 @@ static const struct cli_optdef load_opts[] = {
 	{"component-file", 0, CLI_VALUE, "FILE", "components in hex, one per line"},
 	{"component-fd", 0, CLI_VALUE, "N", "components in hex from descriptor N, one per line"},
 	{"kcv", 0, CLI_VALUE, "KCV,KCV..", "expected check value of each component"},
+	ROTATE_OPTS,
 	{NULL, 0, 0, NULL, NULL},
 };
 
@@ -41,6 +49,7 @@ static const struct cli_optdef random_opts[] = {
 	{"n", 'n', CLI_VALUE, "N", "fragments made (M-9)"},
 	{"out", 'o', CLI_VALUE, "DIR", "directory for the fragment files"},
 	{"passphrase-file", 0, CLI_MULTI, "FILE", "custodian i's passphrase (give N, in order)"},
+	ROTATE_OPTS,
 	{NULL, 0, 0, NULL, NULL},
 };
 
@@ -48,6 +57,7 @@ static const struct cli_optdef recombine_opts[] = {
 	KEY_OPTS,
 	{"fragment", 0, CLI_MULTI, "FILE", "a fragment file"},
 	{"passphrase-file", 0, CLI_MULTI, "FILE", "passphrase of the fragment at the same position"},
+	ROTATE_OPTS,
 	{NULL, 0, 0, NULL, NULL},
 };
 
@@ -79,6 +89,47 @@ static int alg_bits(struct cli *cli, struct cli_args *a, uint64_t *bits)
 	return CLI_OK;
 }
 
+/* --rotate and --grace: *grace is -1 for a plain load. */
+static int rotation_args(struct cli *cli, struct cli_args *a, const char *kn, long long *grace)
+{
+	uint64_t g = 0;
+	*grace = -1;
+	if (!cli_flag(a, "rotate")) {
+		if (cli_arg(a, "grace"))
+			return cli_usage(cli, "--grace needs --rotate");
+		return CLI_OK;
+	}
+	if (strcmp(kn, "BEK") == 0)
+		return cli_usage(cli, "--rotate: only the FTK and the PMK are rotated");
+	if (!cli_arg_u64(cli, a, "grace", 0, MK_GRACE_MAX, &g))
+		return CLI_USAGE;
+	*grace = (long long)g;
+	return CLI_OK;
+}
+
+static void put_rotation(struct cli *cli, long long grace)
+{
+	if (grace < 0)
+		return;
+	cli_put(cli, "RO", "Y");
+	cli_put_u64(cli, "GP", (uint64_t)grace);
+}
+
+/* After the last part: the final check value, and what a rotation did. */
+static void out_result(struct cli *cli, const char *kn, long long grace)
+{
+	cli_out_field(cli, "KV", "kcv", "Final Key Checksum");
+	if (grace < 0)
+		return;
+	cli_out_field(cli, "OV", "previous_kcv", "Replaced key KCV");
+	cli_out_fnum(cli, "RW", "rewrapped", "Keys re-wrapped");
+	if (cli_field(cli, "GU"))
+		cli_out_field(cli, "GU", "grace_until", "Grace period ends");
+	else
+		out_text(cli, "Cryptograms made under the replaced %s are refused from now on.",
+			 kn);
+}
+
 /* Abort the ceremony on the HSM after a failure was reported. */
 static void ceremony_abort(struct cli *cli)
 {
@@ -91,8 +142,10 @@ static void ceremony_abort(struct cli *cli)
 static int cmd_mk_status(struct cli *cli, struct cli_args *a)
 {
 	static const struct {
-		const char *tag, *key, *label;
-	} keys[] = {{"FT", "ftk", "FTK"}, {"PM", "pmk", "PMK"}, {"BK", "bek", "BEK"}};
+		const char *tag, *prev, *key, *label;
+	} keys[] = {{"FT", "FR", "ftk", "FTK"},
+		    {"PM", "PR", "pmk", "PMK"},
+		    {"BK", "BR", "bek", "BEK"}};
 	int rc;
 
 	cli_req(cli, "MKST");
@@ -121,6 +174,17 @@ static int cmd_mk_status(struct cli *cli, struct cli_args *a)
 			json_object_set_new(o, "bits", json_integer(bits));
 			json_object_set_new(o, "kcv", json_string(kcv));
 			out_text(cli, "%s: loaded, %s-%ld, KCV %s", keys[i].label, alg, bits, kcv);
+			/* <KCV>/<YYYYMMDDhhmmss>: the key a rotation replaced */
+			cli_fstr(cli, keys[i].prev, v, sizeof(v));
+			char *slash = strchr(v, '/');
+			if (slash) {
+				*slash = '\0';
+				json_object_set_new(o, "previous_kcv", json_string(v));
+				json_object_set_new(o, "previous_until", json_string(slash + 1));
+				out_text(cli,
+					 "%s: replaced key KCV %s opens its cryptograms until %s UTC",
+					 keys[i].label, v, slash + 1);
+			}
 		} else {
 			json_object_set_new(o, "loaded", json_false());
 			out_text(cli, "%s: not loaded", keys[i].label);
@@ -164,11 +228,13 @@ static int cmd_mk_load(struct cli *cli, struct cli_args *a)
 	size_t pos = 0, keylen;
 	int nkcv = 0, rc;
 	bool begun = false;
+	long long grace;
 	const char *kn = key_name(cli, a);
 
 	if (kn == NULL)
 		return CLI_USAGE;
-	if ((rc = alg_bits(cli, a, &bits)) != CLI_OK)
+	if ((rc = alg_bits(cli, a, &bits)) != CLI_OK ||
+	    (rc = rotation_args(cli, a, kn, &grace)) != CLI_OK)
 		return rc;
 	keylen = bits / 8;
 	if (cli_arg(a, "component-file") && cli_arg(a, "component-fd"))
@@ -214,12 +280,13 @@ static int cmd_mk_load(struct cli *cli, struct cli_args *a)
 	cli_put(cli, "AL", "AES");
 	cli_put_u64(cli, "KL", bits);
 	cli_put_u64(cli, "NP", parts);
+	put_rotation(cli, grace);
 	if ((rc = cli_call(cli)) != CLI_OK)
 		goto out;
 	begun = true;
 	out_str(cli, "key", NULL, kn);
-	out_text(cli, "Loading %s: AES-%llu from %llu components.", kn, (unsigned long long)bits,
-		 (unsigned long long)parts);
+	out_text(cli, "%s %s: AES-%llu from %llu components.", grace < 0 ? "Loading" : "Rotating",
+		 kn, (unsigned long long)bits, (unsigned long long)parts);
 	for (unsigned i = 1; i <= parts; i++) {
 		const char *hex;
 		size_t hexlen;
@@ -264,7 +331,7 @@ static int cmd_mk_load(struct cli *cli, struct cli_args *a)
 		goto out;
 	}
 	begun = false;
-	cli_out_field(cli, "KV", "kcv", "Final Key Checksum");
+	out_result(cli, kn, grace);
 	rc = CLI_OK;
 out:
 	if (rc != CLI_OK && begun)
@@ -290,11 +357,13 @@ static int cmd_mk_random(struct cli *cli, struct cli_args *a)
 	size_t nfiles = cli_arg_count(a, "passphrase-file");
 	struct stat st;
 	char path[4096];
+	long long grace;
 	int rc;
 
 	if (kn == NULL)
 		return CLI_USAGE;
-	if ((rc = alg_bits(cli, a, &bits)) != CLI_OK)
+	if ((rc = alg_bits(cli, a, &bits)) != CLI_OK ||
+	    (rc = rotation_args(cli, a, kn, &grace)) != CLI_OK)
 		return rc;
 	if (!cli_arg(a, "m") || !cli_arg(a, "n") || dir == NULL)
 		return cli_usage(cli, "majorkey random needs -m M -n N --out DIR");
@@ -333,6 +402,7 @@ static int cmd_mk_random(struct cli *cli, struct cli_args *a)
 	cli_put_u64(cli, "KL", bits);
 	cli_put_u64(cli, "FM", m);
 	cli_put_u64(cli, "FN", n);
+	put_rotation(cli, grace);
 	for (unsigned i = 0; i < n; i++) {
 		char tag[3] = {'P', (char)('1' + i), '\0'};
 		cli_put_hex(cli, tag, (const uint8_t *)pp[i].p, pp[i].len);
@@ -357,9 +427,9 @@ static int cmd_mk_random(struct cli *cli, struct cli_args *a)
 	}
 	out_int(cli, "m", NULL, (long long)m);
 	out_int(cli, "n", NULL, (long long)n);
-	out_text(cli, "%s generated and loaded: any %llu of the %llu fragments recombine it.", kn,
-		 (unsigned long long)m, (unsigned long long)n);
-	cli_out_field(cli, "KV", "kcv", "Final Key Checksum");
+	out_text(cli, "%s generated and %s: any %llu of the %llu fragments recombine it.", kn,
+		 grace < 0 ? "loaded" : "rotated to", (unsigned long long)m, (unsigned long long)n);
+	out_result(cli, kn, grace);
 	rc = CLI_OK;
 out:
 	for (unsigned i = 0; i < MK_MAX_PARTS; i++)
@@ -375,10 +445,13 @@ static int cmd_mk_recombine(struct cli *cli, struct cli_args *a)
 	uint8_t *frag = NULL;
 	size_t flen = 0;
 	bool begun = false;
+	long long grace;
 	int rc;
 
 	if (kn == NULL)
 		return CLI_USAGE;
+	if ((rc = rotation_args(cli, a, kn, &grace)) != CLI_OK)
+		return rc;
 	if (nfrag == 0)
 		return cli_usage(cli, "majorkey recombine needs --fragment FILE (one per fragment)");
 	if (nfrag > MK_MAX_PARTS)
@@ -388,6 +461,7 @@ static int cmd_mk_recombine(struct cli *cli, struct cli_args *a)
 	cli_req(cli, "MKLB");
 	cli_put(cli, "KN", kn);
 	cli_put(cli, "MO", "F");
+	put_rotation(cli, grace);
 	if ((rc = cli_call(cli)) != CLI_OK)
 		goto out;
 	begun = true;
@@ -424,7 +498,7 @@ static int cmd_mk_recombine(struct cli *cli, struct cli_args *a)
 		goto out;
 	}
 	begun = false;
-	cli_out_field(cli, "KV", "kcv", "Final Key Checksum");
+	out_result(cli, kn, grace);
 	rc = CLI_OK;
 out:
 	if (rc != CLI_OK && begun)
@@ -455,14 +529,16 @@ const struct cli_cmd cli_majorkey_cmds[] = {
 	 NULL, CLI_F_CONN},
 	{"load", cmd_mk_load, load_opts,
 	 "--ftk|--pmk|--bek [--alg AES] [--bits 128|192|256] [--parts N] [--component-file F | "
-	 "--component-fd N] [--kcv KCV,KCV..]",
-	 "load a major key from XOR'd components (MKLB, MKLC)", NULL, CLI_F_CONN},
+	 "--component-fd N] [--kcv KCV,KCV..] [--rotate [--grace SECONDS]]",
+	 "load (or rotate to) a major key from XOR'd components (MKLB, MKLC)", NULL, CLI_F_CONN},
 	{"random", cmd_mk_random, random_opts,
-	 "--ftk|--pmk|--bek [--bits N] -m M -n N --out DIR [--passphrase-file F]...",
+	 "--ftk|--pmk|--bek [--bits N] -m M -n N --out DIR [--passphrase-file F]... "
+	 "[--rotate [--grace SECONDS]]",
 	 "generate a major key and write it as M-of-N fragments (MKGN)", NULL, CLI_F_CONN},
 	{"recombine", cmd_mk_recombine, recombine_opts,
-	 "--ftk|--pmk|--bek --fragment FILE [--fragment FILE]... [--passphrase-file F]...",
-	 "load a major key from M-of-N fragments (MKLB, MKLC)", NULL, CLI_F_CONN},
+	 "--ftk|--pmk|--bek --fragment FILE [--fragment FILE]... [--passphrase-file F]... "
+	 "[--rotate [--grace SECONDS]]",
+	 "load (or rotate to) a major key from M-of-N fragments (MKLB, MKLC)", NULL, CLI_F_CONN},
 	{"erase", cmd_mk_erase, key_only_opts, "--ftk|--pmk|--bek", "erase a major key (MKER)", NULL,
 	 CLI_F_CONN},
 	{NULL, NULL, NULL, NULL, NULL, NULL, 0},

@@ -1,7 +1,9 @@
 /*
  * Major-key commands (MKST MKLB MKLC MKLA MKGN MKER) and the per-connection
- * key-loading ceremony. Parts live on the secure heap only until they are
- * combined; audit entries and replies carry check values, never key bytes.
+ * key-loading ceremony, which either loads a key or, with RO=Y, rotates a
+ * loaded FTK or PMK to the new key (kh_mk_rotate). Parts live on the secure
+ * heap only until they are combined; audit entries and replies carry check
+ * values, never key bytes.
  */
 #include "hsm/cmds.h"
 #include "hsm/audit.h"
@@ -16,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/rand.h>
 
@@ -33,6 +36,8 @@ struct kh_mk_ceremony {
 	uint8_t nums[MAX_PARTS];     /* 'F': their numbers */
 	char kcvs[MAX_PARTS][7];     /* 'C': check values of the components so far */
 	struct kh_fragment_hdr meta; /* 'F': what every fragment must agree on */
+	bool rotate;                 /* RO=Y: replaces the loaded key */
+	uint32_t grace;              /* GP: seconds the replaced key still opens */
 };
 
 void kh_mk_ceremony_free(struct kh_mk_ceremony *cer)
@@ -115,12 +120,46 @@ static int key_bits(struct kh_ctx *c, const struct kh_frame *req, size_t *keylen
 	return KH_OK;
 }
 
-static int not_loaded(struct kh_ctx *c, enum kh_mk_id id)
+/* RO and GP: whether the ceremony rotates the loaded key, and for how long
+ * the replaced key keeps opening cryptograms. The key's state must fit:
+ * loaded for a rotation, not loaded for a load. */
+static int read_rotation(struct kh_ctx *c, const struct kh_frame *req, enum kh_mk_id id,
+                         bool *rotate, uint32_t *grace)
 {
 	struct kh_mk_info info;
+	uint64_t gp = 0;
+	int r;
+
+	*rotate = false;
+	*grace = 0;
+	if (kh_frame_has(req, "RO") && (r = kh_frame_yn(req, "RO", rotate)) != KH_OK) {
+		kh_ctx_detail(c, "RO");
+		return r;
+	}
+	if (kh_frame_has(req, "GP")) {
+		if (!*rotate) {
+			kh_ctx_detail(c, "GP: only with RO=Y");
+			return KH_ERR_BAD_FIELD;
+		}
+		if ((r = kh_frame_u64(req, "GP", 0, KH_MK_GRACE_MAX, &gp)) != KH_OK) {
+			kh_ctx_detail(c, "GP: 0 to %d seconds", KH_MK_GRACE_MAX);
+			return r;
+		}
+	}
+	*grace = (uint32_t)gp;
+	if (*rotate && id == KH_MK_BEK) {
+		kh_ctx_detail(c, "RO: the BEK is not rotated (erase and load it; back up again)");
+		return KH_ERR_UNSUPPORTED;
+	}
 	kh_mk_info(c->hsm, id, &info);
-	if (info.loaded) {
-		kh_ctx_detail(c, "%s is loaded: erase it first", kh_mk_name(id));
+	if (*rotate && !info.loaded) {
+		kh_ctx_detail(c, "%s is not loaded: nothing to rotate (load it without RO)",
+		              kh_mk_name(id));
+		return KH_ERR_NOT_FOUND;
+	}
+	if (!*rotate && info.loaded) {
+		kh_ctx_detail(c, "%s is loaded: erase it first, or rotate it (RO=Y)",
+		              kh_mk_name(id));
 		return KH_ERR_EXISTS;
 	}
 	return KH_OK;
@@ -140,15 +179,53 @@ static int audit(struct kh_ctx *c, const char *event, const char *fmt, ...)
 	return kh_audit_append(c->hsm, actor, event, detail);
 }
 
-static int load(struct kh_ctx *c, enum kh_mk_id id, const uint8_t *key, size_t len,
-                const char *event, const char *how, char kcv[7])
+/* UTC YYYYMMDDhhmmss, the protocol's time format. */
+static void fmt_time(int64_t t, char out[static 16])
 {
-	char actor[KH_MAX_LOGINS * KH_NAME_MAX];
+	struct tm tm;
+	time_t tt = (time_t)t;
+	if (gmtime_r(&tt, &tm) == NULL || strftime(out, 16, "%Y%m%d%H%M%S", &tm) != 14)
+		snprintf(out, 16, "0");
+}
+
+/* The last part is in: load the key, or rotate to it. Replies KV (and for
+ * a rotation OV, RW and, with a grace period, GU). */
+static int install(struct kh_ctx *c, enum kh_mk_id id, bool rotate, uint32_t grace,
+                   const uint8_t *key, size_t len, const char *event, const char *how,
+                   struct kh_buf *resp)
+{
+	char actor[KH_MAX_LOGINS * KH_NAME_MAX], kcv[7], until[16];
+	struct kh_mk_rotation rot;
 	int r;
+
 	kh_session_actor(c->s, actor, sizeof(actor));
-	r = kh_mk_load(c->hsm, id, key, len, actor, event, how, kcv);
-	if (r == KH_ERR_EXISTS)
-		kh_ctx_detail(c, "%s is loaded: erase it first", kh_mk_name(id));
+	if (!rotate) {
+		r = kh_mk_load(c->hsm, id, key, len, actor, event, how, kcv);
+		if (r == KH_ERR_EXISTS)
+			kh_ctx_detail(c, "%s is loaded: erase it first, or rotate it (RO=Y)",
+			              kh_mk_name(id));
+		if (r == KH_OK)
+			r = kh_msg_put(resp, "KV", kcv);
+		return r;
+	}
+	r = kh_mk_rotate(c->hsm, id, key, len, grace, actor, how, &rot);
+	if (r == KH_ERR_NOT_FOUND)
+		kh_ctx_detail(c, "%s is not loaded: nothing to rotate", kh_mk_name(id));
+	else if (r == KH_ERR_BAD_KCV)
+		kh_ctx_detail(c, "the new %s is the current one (KCV %s)", kh_mk_name(id), rot.kcv);
+	else if (r == KH_ERR_CRYPTO && rot.bad[0])
+		kh_ctx_detail(c, "%s does not open under the current %s: nothing rotated", rot.bad,
+		              kh_mk_name(id));
+	if (r != KH_OK)
+		return r;
+	if ((r = kh_msg_put(resp, "KV", rot.kcv)) != KH_OK ||
+	    (r = kh_msg_put(resp, "OV", rot.old_kcv)) != KH_OK ||
+	    (r = kh_msg_put_u64(resp, "RW", rot.rows)) != KH_OK)
+		return r;
+	if (rot.until != 0) {
+		fmt_time(rot.until, until);
+		r = kh_msg_put(resp, "GU", until);
+	}
 	return r;
 }
 
@@ -175,16 +252,23 @@ static int read_cv(struct kh_ctx *c, const struct kh_frame *req, char out[static
 KH_ACT(kh_cmd_mkst)
 {
 	static const char *const tags[KH_MK_COUNT] = {"FT", "PM", "BK"};
-	char v[40];
+	static const char *const prev_tags[KH_MK_COUNT] = {"FR", "PR", "BR"};
+	char v[40], until[16];
 	int r = kh_msg_put(resp, "BB", "Y");
 	for (int i = 0; r == KH_OK && i < KH_MK_COUNT; i++) {
 		struct kh_mk_info info;
+		kh_mk_prune(c->hsm, (enum kh_mk_id)i);
 		kh_mk_info(c->hsm, (enum kh_mk_id)i, &info);
 		if (info.loaded)
 			snprintf(v, sizeof(v), "Y/%s-%d/%s", info.alg, info.bits, info.kcv);
 		else
 			snprintf(v, sizeof(v), "N");
 		r = kh_msg_put(resp, tags[i], v);
+		if (r == KH_OK && info.prev_kcv[0]) {
+			fmt_time(info.prev_until, until);
+			snprintf(v, sizeof(v), "%s/%s", info.prev_kcv, until);
+			r = kh_msg_put(resp, prev_tags[i], v);
+		}
 	}
 	return r;
 }
@@ -198,6 +282,8 @@ KH_ACT(kh_cmd_mklb)
 	char mode[3];
 	size_t keylen = 0;
 	uint64_t np = 0;
+	bool rotate;
+	uint32_t grace;
 	int r;
 
 	if ((r = key_name(c, req, &id)) != KH_OK)
@@ -215,7 +301,7 @@ KH_ACT(kh_cmd_mklb)
 			return r;
 		}
 	}
-	if ((r = not_loaded(c, id)) != KH_OK)
+	if ((r = read_rotation(c, req, id, &rotate, &grace)) != KH_OK)
 		return r;
 
 	if ((cer = calloc(1, sizeof(*cer))) == NULL)
@@ -224,16 +310,19 @@ KH_ACT(kh_cmd_mklb)
 	cer->mode = mode[0];
 	cer->keylen = keylen;
 	cer->needed = (unsigned)np;
+	cer->rotate = rotate;
+	cer->grace = grace;
 	if ((mode[0] == 'C' && (cer->acc = kh_secure_alloc(KH_MK_MAX_LEN)) == NULL) ||
 	    (mode[0] == 'F' && (cer->shares = kh_secure_alloc(SHARES_LEN)) == NULL)) {
 		r = KH_ERR_NOMEM;
 		goto out;
 	}
 	if (mode[0] == 'C')
-		r = audit(c, "majorkey.begin", "%s from %u components, AES-%zu", kh_mk_name(id),
-		          cer->needed, keylen * 8);
+		r = audit(c, "majorkey.begin", "%s from %u components, AES-%zu%s", kh_mk_name(id),
+		          cer->needed, keylen * 8, rotate ? ", rotation" : "");
 	else
-		r = audit(c, "majorkey.begin", "%s from fragments", kh_mk_name(id));
+		r = audit(c, "majorkey.begin", "%s from fragments%s", kh_mk_name(id),
+		          rotate ? ", rotation" : "");
 	if (r != KH_OK)
 		goto out;
 	ceremony_end(c); /* a new MKLB replaces an unfinished ceremony */
@@ -266,7 +355,7 @@ static int enter_component(struct kh_ctx *c, const struct kh_frame *req, struct 
 	struct kh_mk_ceremony *cer = c->s->ceremony;
 	uint8_t *comp = NULL;
 	size_t clen = 0;
-	char kcv[7], want[7], fin[7];
+	char kcv[7], want[7];
 	int r;
 
 	if (kh_frame_has(req, "FB") || kh_frame_has(req, "PP")) {
@@ -331,10 +420,9 @@ static int enter_component(struct kh_ctx *c, const struct kh_frame *req, struct 
 	if (cer->entered == cer->needed) {
 		char how[48];
 		snprintf(how, sizeof(how), "from %u components", cer->needed);
-		r = load(c, cer->id, cer->acc, cer->keylen, "majorkey.load", how, fin);
+		r = install(c, cer->id, cer->rotate, cer->grace, cer->acc, cer->keylen,
+		            "majorkey.load", how, resp);
 		ceremony_end(c);
-		if (r == KH_OK)
-			r = kh_msg_put(resp, "KV", fin);
 	}
 out:
 	kh_secure_free(comp, clen ? clen : 1);
@@ -348,7 +436,7 @@ static int finish_fragments(struct kh_ctx *c, struct kh_buf *resp)
 	struct kh_mk_ceremony *cer = c->s->ceremony;
 	gfshare_ctx *g = NULL;
 	uint8_t *key = NULL;
-	char kcv[7], fin[7], how[48];
+	char kcv[7], how[48];
 	int r;
 
 	if ((key = kh_secure_alloc(KH_MK_MAX_LEN)) == NULL) {
@@ -374,9 +462,8 @@ static int finish_fragments(struct kh_ctx *c, struct kh_buf *resp)
 		goto out;
 	}
 	snprintf(how, sizeof(how), "from %u of %u fragments", cer->needed, cer->meta.n);
-	if ((r = load(c, cer->id, key, cer->keylen, "majorkey.load", how, fin)) != KH_OK)
-		goto out;
-	r = kh_msg_put(resp, "KV", fin);
+	r = install(c, cer->id, cer->rotate, cer->grace, key, cer->keylen, "majorkey.load", how,
+	            resp);
 out:
 	if (g != NULL)
 		gfshare_ctx_free(g); /* scrubs its copy of the shares */
@@ -511,7 +598,9 @@ KH_ACT(kh_cmd_mkgn)
 	unsigned char nums[MAX_PARTS];
 	struct kh_fragment_hdr h;
 	gfshare_ctx *g = NULL;
-	char tag[3], kcv[7], fin[7], how[48];
+	char tag[3], kcv[7], how[48];
+	bool rotate;
+	uint32_t grace;
 	int r;
 
 	if ((r = key_name(c, req, &id)) != KH_OK || (r = key_bits(c, req, &keylen)) != KH_OK)
@@ -524,7 +613,7 @@ KH_ACT(kh_cmd_mkgn)
 		kh_ctx_detail(c, "FN");
 		return r;
 	}
-	if ((r = not_loaded(c, id)) != KH_OK)
+	if ((r = read_rotation(c, req, id, &rotate, &grace)) != KH_OK)
 		return r;
 	for (unsigned i = 0; i < MAX_PARTS; i++) {
 		snprintf(tag, sizeof(tag), "P%u", i + 1);
@@ -586,10 +675,10 @@ KH_ACT(kh_cmd_mkgn)
 			goto out;
 	}
 	snprintf(how, sizeof(how), "generated as %u-of-%u fragments", (unsigned)m, (unsigned)n);
-	if ((r = load(c, id, key, keylen, "majorkey.generate", how, fin)) != KH_OK)
-		goto out;
+	/* BB first: install appends KV and the rotation's fields */
 	if ((r = kh_msg_put(resp, "BB", "Y")) != KH_OK ||
-	    (r = kh_msg_put(resp, "KV", fin)) != KH_OK)
+	    (r = install(c, id, rotate, grace, key, keylen, "majorkey.generate", how, resp)) !=
+	        KH_OK)
 		goto out;
 	for (unsigned i = 0; i < n && r == KH_OK; i++) {
 		snprintf(tag, sizeof(tag), "F%u", i + 1);

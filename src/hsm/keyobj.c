@@ -601,12 +601,15 @@ int kh_key_delete(struct kh_ctx *c, uint32_t slot)
 #define CG_MAGIC "KHC1"
 #define CG_HDR 34
 
-static int kcv_bytes(struct kh_hsm *hsm, enum kh_mk_id major, uint8_t out[3])
+/* The current check value of a major key, as text (for kh_mk_seal_kcv) and
+ * as the three bytes a cryptogram's header carries. */
+static int kcv_bytes(struct kh_hsm *hsm, enum kh_mk_id major, char hex[static 7], uint8_t out[3])
 {
 	struct kh_mk_info info;
 	kh_mk_info(hsm, major, &info);
 	if (!info.loaded)
 		return KH_ERR_MAJOR_KEY_NOT_LOADED;
+	memcpy(hex, info.kcv, 7);
 	return kh_hex_decode(info.kcv, 6, out, 3) == 3 ? KH_OK : KH_ERR_INTERNAL;
 }
 
@@ -628,15 +631,20 @@ static void cg_header(const struct kh_key *k, const uint8_t kcv[3], uint8_t h[st
 	memcpy(h + 18, k->key_id, KH_KEY_ID_LEN);
 }
 
+/* Tries to make a cryptogram before giving up on a major key that keeps
+ * changing under it (each retry means a rotation completed meanwhile). */
+#define CG_SEAL_TRIES 3
+
 int kh_key_cryptogram(struct kh_hsm *hsm, struct kh_key *k, uint8_t **out, size_t *len)
 {
 	uint8_t kcv[3], *m = NULL, *blob = NULL;
 	size_t mlen = 0, wlen = 0;
+	char hex[7];
 	int r;
 
 	if (k->a.cls == KH_KC_CERT)
 		return KH_ERR_UNSUPPORTED;
-	if ((r = kcv_bytes(hsm, k->a.major, kcv)) != KH_OK)
+	if ((r = kcv_bytes(hsm, k->a.major, hex, kcv)) != KH_OK)
 		return r;
 	if (!k->has_id) {
 		if (RAND_bytes(k->key_id, KH_KEY_ID_LEN) != 1)
@@ -649,8 +657,18 @@ int kh_key_cryptogram(struct kh_hsm *hsm, struct kh_key *k, uint8_t **out, size_
 		r = KH_ERR_NOMEM;
 		goto out;
 	}
-	cg_header(k, kcv, blob);
-	if ((r = kh_mk_seal(hsm, k->a.major, blob, CG_HDR, m, mlen, blob + CG_HDR, &wlen)) != KH_OK)
+	/* the header names the major key by its check value and is bound as
+	 * associated data: seal only under the key it names */
+	for (int i = 0; i < CG_SEAL_TRIES; i++) {
+		if (i > 0 && (r = kcv_bytes(hsm, k->a.major, hex, kcv)) != KH_OK)
+			goto out;
+		cg_header(k, kcv, blob);
+		r = kh_mk_seal_kcv(hsm, k->a.major, hex, blob, CG_HDR, m, mlen, blob + CG_HDR,
+		                   &wlen);
+		if (r != KH_ERR_BUSY)
+			break;
+	}
+	if (r != KH_OK)
 		goto out;
 	*out = blob;
 	*len = CG_HDR + wlen;
@@ -664,9 +682,10 @@ out:
 static int cryptogram_open(struct kh_hsm *hsm, const uint8_t *cg, size_t len, struct kh_key **out)
 {
 	struct kh_keyattr a = {0};
-	uint8_t kcv[3], *m = NULL;
+	uint8_t *m = NULL;
 	size_t cap, n = 0;
 	struct kh_key *k = NULL;
+	char kcv[7];
 	int r;
 
 	if (len <= CG_HDR + KH_MK_SEAL_OVERHEAD ||
@@ -683,14 +702,13 @@ static int cryptogram_open(struct kh_hsm *hsm, const uint8_t *cg, size_t len, st
 	if (a.cls < KH_KC_SECRET || a.cls > KH_KC_PUBLIC || a.type < KH_KT_AES ||
 	    a.type > KH_KT_X25519 || (a.usage & ~KH_U_ALL) || (a.flags & ~KH_KF_ALL))
 		return KH_ERR_CRYPTO;
-	if ((r = kcv_bytes(hsm, a.major, kcv)) != KH_OK)
-		return r;
-	if (!kh_ct_equal(kcv, cg + 5, 3))
-		return KH_ERR_CRYPTO; /* made under another major key */
 	cap = len - CG_HDR - KH_MK_SEAL_OVERHEAD;
 	if ((m = kh_secure_alloc(cap)) == NULL)
 		return KH_ERR_NOMEM;
-	r = kh_mk_open(hsm, a.major, cg, CG_HDR, cg + CG_HDR, len - CG_HDR, m, &n);
+	/* opens under the major key the header names: the current one, or the
+	 * one a rotation replaced while its grace period lasts */
+	kh_hex_encode(cg + 5, 3, kcv);
+	r = kh_mk_open_kcv(hsm, a.major, kcv, cg, CG_HDR, cg + CG_HDR, len - CG_HDR, m, &n);
 	if (r == KH_OK)
 		r = key_from_material(&a, m, n, &k);
 	kh_secure_free(m, cap);
@@ -849,8 +867,15 @@ int kh_key_from_cryptogram(struct kh_hsm *hsm, const uint8_t *cg, size_t len, st
 	if (SHA256(cg, len, digest) == NULL)
 		return KH_ERR_CRYPTO;
 	if ((k = cache_get(hsm, false, 0, digest, &gen)) != NULL) {
-		*out = k;
-		return KH_OK;
+		char kcv[7];
+		/* kept parsed, but only while its major key would still open it
+		 * (a rotation retires the key a cryptogram was made under) */
+		kh_hex_encode(cg + 5, 3, kcv);
+		if (kh_mk_kcv_usable(hsm, k->a.major, kcv)) {
+			*out = k;
+			return KH_OK;
+		}
+		kh_key_unref(k);
 	}
 	if ((r = cryptogram_open(hsm, cg, len, &k)) != KH_OK)
 		return r;
@@ -1216,7 +1241,9 @@ static int resolve_one(struct kh_ctx *c, const struct kh_frame *req, const struc
 		free(blob);
 		if (r != KH_OK) {
 			if (r == KH_ERR_CRYPTO)
-				kh_ctx_detail(c, "%s: not a cryptogram of this HSM's major keys, or altered",
+				kh_ctx_detail(c,
+				              "%s: not a cryptogram of this HSM's major keys (or made "
+				              "under a retired one), or altered",
 				              ref->cg_tag);
 			return r;
 		}

@@ -202,12 +202,39 @@ int kh_keystore_put(struct kh_hsm *hsm, struct kh_key_row *row, const uint8_t *m
 		r = KH_ERR_NOMEM;
 		goto out;
 	}
-	if ((r = kh_mk_seal(hsm, row->major, aad, aadlen, material, mlen, wrapped, &wlen)) != KH_OK)
-		goto out;
-	r = store(hsm, row, wrapped, wlen, flags, actor, &row->created);
+	/* sealed and stored under one hold of the database lock: a rotation
+	 * cannot come between and leave a row under the key it replaced */
+	kh_db_lock(hsm->db);
+	r = kh_mk_seal(hsm, row->major, aad, aadlen, material, mlen, wrapped, &wlen);
+	if (r == KH_OK)
+		r = store(hsm, row, wrapped, wlen, flags, actor, &row->created);
+	kh_db_unlock(hsm->db);
 out:
 	free(aad);
 	free(wrapped);
+	return r;
+}
+
+/* A row read before a rotation of its major key did not open after it:
+ * open the slot's row as it is now, if it is the same key (same bound
+ * columns). */
+static int unwrap_again(struct kh_hsm *hsm, const struct kh_key_row *row, const uint8_t *aad,
+                        size_t aadlen, uint8_t **material, size_t *mlen)
+{
+	struct kh_key_row now;
+	uint8_t *aad2 = NULL;
+	size_t aad2len = 0;
+	int r;
+
+	if (kh_keystore_get(hsm, row->slot, &now) != KH_OK)
+		return KH_ERR_CRYPTO;
+	if (make_aad(&now, &aad2, &aad2len) != KH_OK || aad2len != aadlen ||
+	    memcmp(aad2, aad, aadlen) != 0)
+		r = KH_ERR_CRYPTO;
+	else
+		r = kh_keystore_unwrap(hsm, &now, material, mlen);
+	free(aad2);
+	kh_keystore_row_free(&now);
 	return r;
 }
 
@@ -230,8 +257,13 @@ int kh_keystore_unwrap(struct kh_hsm *hsm, const struct kh_key_row *row, uint8_t
 		r = KH_ERR_NOMEM;
 		goto out;
 	}
-	if ((r = kh_mk_open(hsm, row->major, aad, aadlen, row->wrapped, row->wrapped_len, m, &n)) !=
-	    KH_OK)
+	r = kh_mk_open(hsm, row->major, aad, aadlen, row->wrapped, row->wrapped_len, m, &n);
+	if (r == KH_ERR_CRYPTO && row->mk_gen != 0 &&
+	    row->mk_gen != kh_mk_generation(hsm, row->major)) {
+		r = unwrap_again(hsm, row, aad, aadlen, material, mlen);
+		goto out;
+	}
+	if (r != KH_OK)
 		goto out;
 	*material = m;
 	*mlen = n;
@@ -251,11 +283,15 @@ int kh_keystore_put_wrapped(struct kh_hsm *hsm, const struct kh_key_row *row, un
 
 	if ((r = validate(row)) != KH_OK)
 		return r;
-	if ((r = kh_keystore_unwrap(hsm, row, &m, &mlen)) != KH_OK)
-		return r;
-	kh_secure_free(m, mlen);
-	return store(hsm, row, row->wrapped, row->wrapped_len, flags & ~(unsigned)KH_KS_NEW_ID,
-	             actor, NULL);
+	/* checked and stored under one hold of the database lock (see put) */
+	kh_db_lock(hsm->db);
+	if ((r = kh_keystore_unwrap(hsm, row, &m, &mlen)) == KH_OK) {
+		kh_secure_free(m, mlen);
+		r = store(hsm, row, row->wrapped, row->wrapped_len, flags & ~(unsigned)KH_KS_NEW_ID,
+		          actor, NULL);
+	}
+	kh_db_unlock(hsm->db);
+	return r;
 }
 
 /* Ends the transaction a change to one slot began: finalizes st, rolls back,
@@ -379,9 +415,11 @@ int kh_keystore_get(struct kh_hsm *hsm, uint32_t slot, struct kh_key_row *out)
 	}
 	sqlite3_bind_int64(q, 1, slot);
 	r = sqlite3_step(q);
-	if (r == SQLITE_ROW)
-		r = row_from(q, out, false);
-	else if (r == SQLITE_DONE)
+	if (r == SQLITE_ROW) {
+		/* read under the database lock: a rotation is before or after */
+		if ((r = row_from(q, out, false)) == KH_OK)
+			out->mk_gen = kh_mk_generation(hsm, out->major);
+	} else if (r == SQLITE_DONE)
 		r = KH_ERR_NOT_FOUND;
 	else
 		r = kh_db_err(hsm->db, r);
@@ -507,6 +545,7 @@ int kh_keystore_foreach(struct kh_hsm *hsm, int (*fn)(void *arg, const struct kh
 	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
 		if ((r = row_from(q, &row, false)) != KH_OK)
 			goto out;
+		row.mk_gen = kh_mk_generation(hsm, row.major);
 		r = fn(arg, &row);
 		kh_keystore_row_free(&row);
 		if (r != KH_OK)
@@ -517,5 +556,85 @@ int kh_keystore_foreach(struct kh_hsm *hsm, int (*fn)(void *arg, const struct kh
 out:
 	sqlite3_finalize(q);
 	kh_db_unlock(hsm->db);
+	return r;
+}
+
+int kh_keystore_rewrap(struct kh_hsm *hsm, enum kh_mk_id major, kh_keystore_rewrap_fn fn, void *arg,
+                       uint64_t *count, uint32_t *bad_slot)
+{
+	sqlite3 *h = kh_db_sqlite(hsm->db);
+	sqlite3_stmt *q = NULL, *u = NULL;
+	struct kh_key_row row = {0};
+	uint32_t *slots = NULL;
+	size_t n = 0, cap = 0;
+	uint8_t *aad = NULL, *out = NULL;
+	size_t aadlen = 0;
+	int r, rc;
+
+	*count = 0;
+	*bad_slot = 0;
+	/* the slots first: the rows are updated after the walk, not under it */
+	if (sqlite3_prepare_v2(h, "SELECT slot FROM keys WHERE major=? ORDER BY slot", -1, &q,
+	                       NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(h, "UPDATE keys SET wrapped=? WHERE slot=?", -1, &u, NULL) !=
+	        SQLITE_OK) {
+		r = kh_db_err(hsm->db, sqlite3_errcode(h));
+		goto out;
+	}
+	sqlite3_bind_text(q, 1, kh_mk_name(major), -1, SQLITE_STATIC);
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		if (n == cap) {
+			size_t ncap = cap ? 2 * cap : 256;
+			uint32_t *p = realloc(slots, ncap * sizeof(*slots));
+			if (p == NULL) {
+				r = KH_ERR_NOMEM;
+				goto out;
+			}
+			slots = p;
+			cap = ncap;
+		}
+		slots[n++] = (uint32_t)sqlite3_column_int64(q, 0);
+	}
+	if (rc != SQLITE_DONE) {
+		r = kh_db_err(hsm->db, rc);
+		goto out;
+	}
+	r = KH_OK;
+	for (size_t i = 0; i < n && r == KH_OK; i++) {
+		*bad_slot = slots[i];
+		if ((r = kh_keystore_get(hsm, slots[i], &row)) != KH_OK)
+			break;
+		if (row.wrapped_len <= KH_MK_SEAL_OVERHEAD || validate(&row) != KH_OK) {
+			r = KH_ERR_CRYPTO;
+			break;
+		}
+		if ((r = make_aad(&row, &aad, &aadlen)) != KH_OK)
+			break;
+		if ((out = malloc(row.wrapped_len)) == NULL) {
+			r = KH_ERR_NOMEM;
+			break;
+		}
+		if ((r = fn(arg, aad, aadlen, row.wrapped, row.wrapped_len, out)) != KH_OK)
+			break;
+		sqlite3_reset(u);
+		sqlite3_bind_blob(u, 1, out, (int)row.wrapped_len, SQLITE_STATIC);
+		sqlite3_bind_int64(u, 2, row.slot);
+		if ((rc = sqlite3_step(u)) != SQLITE_DONE) {
+			r = kh_db_err(hsm->db, rc);
+			break;
+		}
+		(*count)++;
+		free(aad);
+		free(out);
+		aad = out = NULL;
+		kh_keystore_row_free(&row);
+	}
+out:
+	sqlite3_finalize(q);
+	sqlite3_finalize(u);
+	kh_keystore_row_free(&row);
+	free(aad);
+	free(out);
+	free(slots);
 	return r;
 }

@@ -46,6 +46,8 @@ struct kh_key_row {
 	int64_t created; /* 0: put sets it to the HSM clock (callers
 	                  * inside a transaction must set it: reading
 	                  * the clock takes hsm->mu) */
+	uint64_t mk_gen; /* kh_mk_generation of major when get/foreach read
+	                  * the row; 0 for a row the caller built */
 };
 
 struct kh_key_summary {
@@ -79,7 +81,9 @@ KH_MUST_CHECK int kh_keystore_set_desc(struct kh_hsm *hsm, uint32_t slot, const 
                                        const uint8_t *extra, size_t extra_len, const char *actor);
 /* Unwrap a row's material into a fresh secure-heap buffer
  * (kh_secure_free(*material, *mlen)). KH_ERR_CRYPTO if any bound column
- * was altered; KH_ERR_MAJOR_KEY_NOT_LOADED if its major key is missing. */
+ * was altered; KH_ERR_MAJOR_KEY_NOT_LOADED if its major key is missing.
+ * A row read before a rotation of its major key and opened after it is
+ * read again (same bound columns) and opened in its re-wrapped form. */
 KH_MUST_CHECK int kh_keystore_unwrap(struct kh_hsm *hsm, const struct kh_key_row *row,
                                      uint8_t **material, size_t *mlen);
 
@@ -94,5 +98,17 @@ KH_MUST_CHECK int kh_keystore_list(struct kh_hsm *hsm, uint32_t from, struct kh_
 KH_MUST_CHECK int kh_keystore_foreach(struct kh_hsm *hsm,
                                       int (*fn)(void *arg, const struct kh_key_row *row),
                                       void *arg);
+
+/* Re-wrap every row under major (a major-key rotation) inside the
+ * transaction the caller holds: fn gets a row's associated data and wrapped
+ * form and writes the new wrapped form, of the same length, to out. Only
+ * the wrapped column changes. A row fn refuses (or that cannot be read)
+ * stops the walk with that result, and *bad_slot names it. *count gets the
+ * number of rows re-wrapped. */
+typedef int (*kh_keystore_rewrap_fn)(void *arg, const uint8_t *aad, size_t aadlen,
+                                     const uint8_t *in, size_t inlen, uint8_t *out);
+KH_MUST_CHECK int kh_keystore_rewrap(struct kh_hsm *hsm, enum kh_mk_id major,
+                                     kh_keystore_rewrap_fn fn, void *arg, uint64_t *count,
+                                     uint32_t *bad_slot);
 
 #endif
