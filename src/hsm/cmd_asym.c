@@ -694,8 +694,6 @@ KH_PLAN(kh_plan_gpca)
 		return KH_ERR_MISSING_FIELD;
 	}
 	op->dest[op->ndest++] = (struct kh_dest){"SL", false};
-	/* a certificate from outside is an external PKI the HSM will trust */
-	op->perms |= KH_PERM(KH_P_KEYS_IMPORT_PKI);
 	return kh_req_flags(c, req, &op->new_flags);
 }
 

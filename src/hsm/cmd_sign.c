@@ -470,3 +470,55 @@ KH_ACT(kh_cmd_asyv)
 	int r = kh_sign_run(c, req, c->op->key[0], true, resp);
 	return r == KH_OK ? kh_msg_put(resp, "BB", "Y") : r;
 }
+
+/* GPSV: one front for signing and verifying with any key that can: RSA,
+ * EC and Ed25519 keys as ASYS/ASYV, generic secrets (HMAC) and AES keys
+ * (CMAC) as HMAC/GPMC. OP picks the direction and so the usage. */
+static int gpsv_op(struct kh_ctx *c, const struct kh_frame *req, bool *verify)
+{
+	char op[4];
+	if (kh_frame_str(req, "OP", op, sizeof(op)) != KH_OK || (strcmp(op, "S") && strcmp(op, "V"))) {
+		kh_ctx_detail(c, "OP (S sign, V verify)");
+		return kh_frame_has(req, "OP") ? KH_ERR_BAD_FIELD : KH_ERR_MISSING_FIELD;
+	}
+	*verify = op[0] == 'V';
+	return KH_OK;
+}
+
+KH_PLAN(kh_plan_gpsv)
+{
+	bool verify;
+	int r = gpsv_op(c, req, &verify);
+	if (r != KH_OK)
+		return r;
+	op->ref[op->nref++] = (struct kh_keyref){
+	    .slot_tag = "SL",
+	    .id_tag = "KD",
+	    .cg_tag = "CG",
+	    .pub_tag = "PU",
+	    .flags = KH_KR_REQUIRED | (verify ? KH_KR_CLEAR_PUB : 0u),
+	    .usage = verify ? KH_U_VERIFY : KH_U_SIGN,
+	    .classes = 1u << KH_KC_SECRET | 1u << KH_KC_PRIVATE |
+	               (verify ? 1u << KH_KC_PUBLIC : 0u),
+	    .types = KH_KT_BIT(KH_KT_RSA) | KH_KT_BIT(KH_KT_EC) | KH_KT_BIT(KH_KT_ED25519) |
+	             KH_KT_BIT(KH_KT_GENERIC) | KH_KT_BIT(KH_KT_AES)};
+	/* SHA-1 signing is refused in FIPS mode; the plan cannot tell a MAC
+	 * key from a signing key yet, so GPSV refuses SHA-1 for both */
+	if (!verify)
+		op->fips_refusal = kh_sign_fips_refusal(req);
+	return KH_OK;
+}
+
+KH_ACT(kh_cmd_gpsv)
+{
+	const struct kh_key *k = c->op->key[0];
+	bool verify;
+	int r = gpsv_op(c, req, &verify);
+	if (r == KH_OK)
+		r = kh_msg_put(resp, "BB", "Y");
+	if (r != KH_OK)
+		return r;
+	if (k->a.cls == KH_KC_SECRET)
+		return kh_data_mac(c, req, k, verify, "SG", resp);
+	return kh_sign_run(c, req, k, verify, resp);
+}

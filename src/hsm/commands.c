@@ -39,7 +39,7 @@ const struct kh_cmd kh_cmd_table[] = {
 	{"LRSA", kh_cmd_lrsa, XP, P(KEYS), "Load key into RSA key table", kh_plan_lrsa},
 	{"APFP", kh_cmd_apfp, XP, P(KEYS), "Generate PKI public key from private key", kh_plan_apfp},
 	{"RPFP", kh_cmd_rpfp, XP, P(KEYS), "Get public components from the RSA private key", kh_plan_rpfp},
-	{"GPCA", kh_cmd_gpca, XP, P(KEYS), "General-purpose add certificate to key table", kh_plan_gpca},
+	{"GPCA", kh_cmd_gpca, XP, P(KEYS) | P(KEYS_IMPORT_PKI), "General-purpose add certificate to key table", kh_plan_gpca},
 	{"RDPK", kh_cmd_rdpk, XP, P(KEYS), "Get clear public key from cryptogram", kh_plan_rdpk},
 	{"ADPK", kh_cmd_adpk, XP, P(KEYS), "PKI decrypt trusted public key", kh_plan_adpk},
 
@@ -62,7 +62,7 @@ const struct kh_cmd kh_cmd_table[] = {
 	{"ASYS", kh_cmd_asys, XP, P(KEYS), "Generate a signature using a PKI private key", kh_plan_asys},
 	{"RSAS", kh_cmd_rsas, XP, P(KEYS), "Generate a signature using an RSA private key", kh_plan_rsas},
 	{"ASYV", kh_cmd_asyv, XP, P(KEYS), "Verify a signature using a public key", kh_plan_asyv},
-	{"GPSV", NULL, XP, P(KEYS), "General-purpose data sign and verify", NULL},
+	{"GPSV", kh_cmd_gpsv, XP, P(KEYS), "General-purpose data sign and verify", kh_plan_gpsv},
 
 	/* session */
 	{"LOGN", kh_cmd_logn, PA | KH_CF_SESSION, 0, "Log in an identity", NULL},

@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/err.h>
+
 bool kh_role_has_slot(const struct kh_role *r, uint32_t slot)
 {
 	for (size_t i = 0; i < r->nranges; i++)
@@ -253,9 +255,13 @@ int kh_dispatch(struct kh_hsm *hsm, struct kh_session *s, const struct kh_frame 
 	if ((r = kh_msg_end(out)) != KH_OK)
 		goto fail;
 	kh_op_release(&op);
+	/* a parse attempt may leave OpenSSL errors queued on success too; a
+	 * stale entry would make the connection's next SSL call look failed */
+	ERR_clear_error();
 	return KH_OK;
 fail:
 	kh_op_release(&op);
+	ERR_clear_error();
 	atomic_fetch_add(&hsm->n_errors, 1);
 	kh_buf_truncate(out, mark);
 	if (kh_msg_error(out, req->cmd, r, s->detail) != KH_OK) {

@@ -1198,8 +1198,10 @@ static int resolve_one(struct kh_ctx *c, const struct kh_frame *req, const struc
 	if (!has_slot && !has_cg && !has_pub) {
 		if (!(ref->flags & KH_KR_REQUIRED))
 			return KH_OK;
-		kh_ctx_detail(c, "%s or %s", ref->slot_tag ? ref->slot_tag : "-",
-		              ref->cg_tag ? ref->cg_tag : "-");
+		if (ref->slot_tag && ref->cg_tag)
+			kh_ctx_detail(c, "%s or %s", ref->slot_tag, ref->cg_tag);
+		else
+			kh_ctx_detail(c, "%s", ref->slot_tag ? ref->slot_tag : ref->cg_tag);
 		return KH_ERR_MISSING_FIELD;
 	}
 	if (has_slot) {

@@ -569,6 +569,66 @@ static void test_fips(void **state)
 	assert_non_null(strstr(x->out, "2048"));
 }
 
+/* GPSV: one front for every key that signs or MACs. */
+static void test_gpsv(void **state)
+{
+	struct kh_test_fx *x = *state;
+	struct kh_session p;
+	uint8_t sig[512];
+	char *sghex, *m = hex(msg, sizeof(msg));
+	kh_test_session(&p, KH_PORT_PROD);
+
+	/* EC: sign with GPSV, verify with GPSV and with OpenSSL */
+	EVP_PKEY *ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	assert_non_null(ec);
+	import_pair(x, &p, ec, 300, "GV");
+	assert_int_equal(call(x, &p, "[AOGPSV;OPS;SL300;HASHA-256;DT%s;]", m),
+	                 KH_OK);
+	size_t n = sg(x, sig, sizeof(sig));
+	assert_int_equal(ossl_verify(ec, EVP_sha256(), 0, 0, sig, n, msg, sizeof(msg)), 1);
+	sghex = strdup(kh_test_field(x->out, "SG"));
+	assert_int_equal(call(x, &p, "[AOGPSV;OPV;SL301;HASHA-256;DT%s;SG%s;]",
+	                      m, sghex),
+	                 KH_OK);
+	sghex[4] = sghex[4] == '0' ? '1' : '0';
+	assert_int_equal(call(x, &p, "[AOGPSV;OPV;SL301;HASHA-256;DT%s;SG%s;]",
+	                      m, sghex),
+	                 KH_ERR_VERIFY_FAILED);
+	free(sghex);
+	/* HMAC-SHA256 (RFC 4231 test case 2: key "Jefe") through GPSV */
+	assert_int_equal(KH_CALL(x, &p, "[AOGPKA;CLsecret;KTGENERIC;KV4A656665;SL310;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &p, "[AOGPSV;OPS;SL310;HASHA-256;"
+	                                "DT7768617420646F2079612077616E7420666F72206E6F7468696E673F;]"),
+	                 KH_OK);
+	assert_string_equal(kh_test_field(x->out, "SG"),
+	                    "5BDCC146BF60754E6A042426089575C75A003F089D2739839DEC58B964EC3843");
+	assert_int_equal(
+	    KH_CALL(x, &p, "[AOGPSV;OPV;SL310;HASHA-256;"
+	                   "DT7768617420646F2079612077616E7420666F72206E6F7468696E673F;"
+	                   "MC5BDCC146BF60754E6A042426089575C75A003F089D2739839DEC58B964EC3843;]"),
+	    KH_OK);
+	assert_int_equal(
+	    KH_CALL(x, &p, "[AOGPSV;OPV;SL310;HASHA-256;"
+	                   "DT7768617420646F2079612077616E7420666F72206E6F7468696E673F;"
+	                   "MC5BDCC146BF60754E6A042426089575C75A003F089D2739839DEC58B964EC3844;]"),
+	    KH_ERR_VERIFY_FAILED);
+	/* AES-CMAC (RFC 4493 example 2) */
+	assert_int_equal(
+	    KH_CALL(x, &p, "[AOGPKA;CLsecret;KTAES;KV2B7E151628AED2A6ABF7158809CF4F3C;CZGV;SL311;]"),
+	    KH_OK);
+	assert_int_equal(KH_CALL(x, &p, "[AOGPSV;OPS;SL311;DT6BC1BEE22E409F96E93D7E117393172A;]"),
+	                 KH_OK);
+	assert_string_equal(kh_test_field(x->out, "SG"), "070A16B46B4D4144F79BDD9DD04A287C");
+	/* usage, direction and key kind */
+	assert_int_equal(call(x, &p, "[AOGPSV;OPS;SL301;HASHA-256;DT00;]"), KH_ERR_KEY_USAGE);
+	assert_int_equal(call(x, &p, "[AOGPSV;OPX;SL300;DT00;]"), KH_ERR_BAD_FIELD);
+	assert_int_equal(call(x, &p, "[AOGPSV;SL300;DT00;]"), KH_ERR_MISSING_FIELD);
+	assert_int_equal(KH_CALL(x, &p, "[AOGPGS;CT6;SL312;]"), KH_OK); /* E D only */
+	assert_int_equal(call(x, &p, "[AOGPSV;OPS;SL312;DT00;]"), KH_ERR_KEY_USAGE);
+	EVP_PKEY_free(ec);
+	free(m);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -577,6 +637,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_ed25519, setup, kh_test_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_usage, setup, kh_test_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_fips, setup, kh_test_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_gpsv, setup, kh_test_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
