@@ -24,7 +24,7 @@
 
 #define AES_BLOCK 16
 #define GCM_IV_DEFAULT 12
-#define GCM_IV_MAX 128
+#define GCM_IV_MAX 512
 #define GCM_TAG_MIN 4
 #define GCM_TAG_MAX 16
 #define CMAC_LEN 16
@@ -205,7 +205,7 @@ KH_PLAN(kh_plan_gpsd)
 	return plan_cipher(c, req, op, true);
 }
 
-/* IV for a mode: none for ECB, 16 bytes for CBC/CBCP/CTR, 1-128 for GCM
+/* IV for a mode: none for ECB, 16 bytes for CBC/CBCP/CTR, 1-512 for GCM
  * (encryption without one makes 12 random bytes). */
 static int read_iv(struct kh_ctx *c, const struct kh_frame *req, enum mode m, bool dec,
                    uint8_t iv[static GCM_IV_MAX], size_t *len)
@@ -228,7 +228,7 @@ static int read_iv(struct kh_ctx *c, const struct kh_frame *req, enum mode m, bo
 	}
 	if (kh_frame_hex(req, "IV", iv, GCM_IV_MAX, len) != KH_OK || *len == 0 ||
 	    (m != M_GCM && *len != AES_BLOCK)) {
-		kh_ctx_detail(c, m == M_GCM ? "IV (1-128 bytes, hex)" : "IV (16 bytes, hex)");
+		kh_ctx_detail(c, m == M_GCM ? "IV (1-512 bytes, hex)" : "IV (16 bytes, hex)");
 		return KH_ERR_BAD_FIELD;
 	}
 	return KH_OK;
@@ -281,6 +281,133 @@ static int read_gcm(struct kh_ctx *c, const struct kh_frame *req, enum mode m, b
 	return KH_OK;
 }
 
+/* ---- GCM with IVs longer than OpenSSL takes -------------------------------------
+ * SP 800-38D allows any IV length; OpenSSL's GCM stops at 128 bytes. For a
+ * longer IV the pre-counter block is GHASH(IV) (as for any IV that is not 96
+ * bits), the data runs through AES-CTR from inc32(J0), and the tag is
+ * E(K, J0) xor GHASH(A, C). Rare and short, so GHASH is the plain bitwise
+ * multiplication of the standard. */
+#define OSSL_GCM_IV_MAX 128
+
+static void gf128_mul(uint8_t x[16], const uint8_t h[16])
+{
+	uint8_t z[16] = {0}, v[16];
+	memcpy(v, h, 16);
+	for (int i = 0; i < 128; i++) {
+		if (x[i / 8] & (0x80 >> (i % 8)))
+			for (int j = 0; j < 16; j++)
+				z[j] ^= v[j];
+		uint8_t lsb = v[15] & 1;
+		for (int j = 15; j > 0; j--)
+			v[j] = (uint8_t)(v[j] >> 1 | v[j - 1] << 7);
+		v[0] >>= 1;
+		if (lsb)
+			v[0] ^= 0xe1;
+	}
+	memcpy(x, z, 16);
+}
+
+/* y = (y xor each 16-byte block of d, zero-padded) * h, block by block. */
+static void ghash_update(uint8_t y[16], const uint8_t h[16], const uint8_t *d, size_t n)
+{
+	for (size_t o = 0; o < n; o += 16) {
+		size_t l = n - o < 16 ? n - o : 16;
+		for (size_t j = 0; j < l; j++)
+			y[j] ^= d[o + j];
+		gf128_mul(y, h);
+	}
+}
+
+static void ghash_lengths(uint8_t y[16], const uint8_t h[16], uint64_t a_bytes, uint64_t c_bytes)
+{
+	uint8_t b[16];
+	for (int i = 0; i < 8; i++) {
+		b[i] = (uint8_t)((a_bytes * 8) >> (56 - 8 * i));
+		b[8 + i] = (uint8_t)((c_bytes * 8) >> (56 - 8 * i));
+	}
+	ghash_update(y, h, b, 16);
+}
+
+/* One AES block with key k: ECB, no padding. */
+static int aes_block(EVP_CIPHER_CTX *ecb, const uint8_t in[16], uint8_t out[16])
+{
+	int n = 0;
+	return EVP_EncryptUpdate(ecb, out, &n, in, 16) == 1 && n == 16 ? KH_OK : KH_ERR_CRYPTO;
+}
+
+/* CTR from counter block ctr, with GCM's inc32: only the low 32 bits count,
+ * so OpenSSL's 128-bit CTR is restarted where they would carry. */
+static int gcm_ctr(const EVP_CIPHER *ctr_cipher, const uint8_t *key, uint8_t ctr[16],
+                   const uint8_t *in, size_t n, uint8_t *out)
+{
+	EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+	int r = x ? KH_OK : KH_ERR_NOMEM;
+	while (r == KH_OK && n > 0) {
+		uint32_t low = (uint32_t)ctr[12] << 24 | (uint32_t)ctr[13] << 16 | (uint32_t)ctr[14] << 8 | ctr[15];
+		uint64_t blocks_left = (uint64_t)UINT32_MAX - low + 1; /* before the low word wraps */
+		size_t chunk = n / 16 + (n % 16 != 0) <= blocks_left ? n : (size_t)blocks_left * 16;
+		int o = 0;
+		if (EVP_EncryptInit_ex(x, ctr_cipher, NULL, key, ctr) != 1 ||
+		    EVP_EncryptUpdate(x, out, &o, in, (int)chunk) != 1 || (size_t)o != chunk) {
+			r = KH_ERR_CRYPTO;
+			break;
+		}
+		in += chunk;
+		out += chunk;
+		n -= chunk;
+		memset(ctr + 12, 0, 4); /* wrapped: the high 96 bits stay */
+	}
+	EVP_CIPHER_CTX_free(x);
+	return r;
+}
+
+/* AES-GCM for an IV over OpenSSL's limit. out gets n bytes; on encryption
+ * tag gets tag_len bytes, on decryption tag is compared (DECRYPT_FAILED). */
+static int gcm_long_iv(const struct kh_key *k, const uint8_t *iv, size_t iv_len,
+                       const uint8_t *ad, size_t ad_len, const uint8_t *in, size_t n, bool dec,
+                       uint8_t *out, uint8_t *tag, size_t tag_len)
+{
+	const EVP_CIPHER *ecb = algs.cipher[aes_index(k->secret_len)][M_ECB];
+	const EVP_CIPHER *ctr = algs.cipher[aes_index(k->secret_len)][M_CTR];
+	uint8_t h[16] = {0}, j0[16] = {0}, cb[16], ek[16], s[16] = {0};
+	EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+	int r = KH_ERR_CRYPTO;
+
+	if (x == NULL || ecb == NULL || ctr == NULL ||
+	    EVP_EncryptInit_ex(x, ecb, NULL, k->secret, NULL) != 1 ||
+	    EVP_CIPHER_CTX_set_padding(x, 0) != 1 || aes_block(x, h, h) != KH_OK)
+		goto out;
+	ghash_update(j0, h, iv, iv_len);
+	ghash_lengths(j0, h, 0, iv_len);
+	memcpy(cb, j0, 16);
+	for (int i = 15; i >= 12 && ++cb[i] == 0; i--)
+		;
+	/* GHASH runs over the ciphertext: the input when decrypting */
+	ghash_update(s, h, ad, ad_len);
+	if (dec)
+		ghash_update(s, h, in, n);
+	if ((r = gcm_ctr(ctr, k->secret, cb, in, n, out)) != KH_OK)
+		goto out;
+	if (!dec)
+		ghash_update(s, h, out, n);
+	ghash_lengths(s, h, ad_len, n);
+	if ((r = aes_block(x, j0, ek)) != KH_OK)
+		goto out;
+	for (int i = 0; i < 16; i++)
+		ek[i] ^= s[i];
+	if (!dec)
+		memcpy(tag, ek, tag_len);
+	else if (CRYPTO_memcmp(ek, tag, tag_len) != 0)
+		r = KH_ERR_DECRYPT_FAILED;
+out:
+	EVP_CIPHER_CTX_free(x);
+	OPENSSL_cleanse(h, sizeof(h));
+	OPENSSL_cleanse(ek, sizeof(ek));
+	if (r != KH_OK && dec)
+		OPENSSL_cleanse(out, n);
+	return r;
+}
+
 static int aes_crypt(struct kh_ctx *c, const struct kh_frame *req, const struct kh_key *k,
                      enum mode m, bool dec, struct kh_buf *resp)
 {
@@ -309,6 +436,14 @@ static int aes_crypt(struct kh_ctx *c, const struct kh_frame *req, const struct 
 		r = KH_ERR_NOMEM;
 		goto out;
 	}
+	if (m == M_GCM && iv_len > OSSL_GCM_IV_MAX) {
+		if ((r = gcm_long_iv(k, iv, iv_len, ad, ad_len, in, in_len, dec, out, tag, tag_len)) ==
+		    KH_OK) {
+			n1 = (int)in_len;
+			goto done;
+		}
+		goto out;
+	}
 	/* GCM's IV length is set between choosing the cipher and keying it */
 	r = KH_ERR_CRYPTO;
 	if (EVP_CipherInit_ex(x, cipher, NULL, NULL, NULL, !dec) != 1 ||
@@ -330,6 +465,7 @@ static int aes_crypt(struct kh_ctx *c, const struct kh_frame *req, const struct 
 	if (m == M_GCM && !dec &&
 	    EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_GET_TAG, (int)tag_len, tag) != 1)
 		goto out;
+done:
 	if ((r = kh_msg_put(resp, "BB", "Y")) != KH_OK ||
 	    (r = kh_msg_put_hex(resp, "DT", out, (size_t)n1 + (size_t)n2)) != KH_OK)
 		goto out;

@@ -722,8 +722,9 @@ static int peer_key(struct kh_ctx *c, const struct kh_frame *req, const struct k
 	}
 	if (pu) {
 		const uint8_t *p = b;
-		if ((*out = d2i_PUBKEY(NULL, &p, (long)n)) == NULL || p != b + n) {
-			kh_ctx_detail(c, "PU: not a valid public key");
+		if ((*out = d2i_PUBKEY(NULL, &p, (long)n)) == NULL || p != b + n ||
+		    kh_pkey_explicit_curve(*out)) {
+			kh_ctx_detail(c, "PU: not a valid public key on a named curve");
 			r = KH_ERR_CRYPTO;
 		}
 	} else if (base->a.type == KH_KT_X25519) {

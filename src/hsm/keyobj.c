@@ -185,8 +185,8 @@ int kh_key_from_secret(struct kh_ctx *c, const struct kh_keyattr *a, const uint8
 			return KH_ERR_BAD_FIELD;
 		}
 	} else if (at.type == KH_KT_GENERIC) {
-		if (len == 0 || len > 512) {
-			detail(c, "generic secrets are 1-512 bytes");
+		if (len == 0 || len > KH_GENERIC_MAX_LEN) {
+			detail(c, "generic secrets are 1-16320 bytes");
 			return KH_ERR_BAD_FIELD;
 		}
 	} else {
@@ -204,7 +204,17 @@ int kh_key_from_secret(struct kh_ctx *c, const struct kh_keyattr *a, const uint8
 	return KH_OK;
 }
 
-/* Type and size of an OpenSSL key as ours. */
+bool kh_pkey_explicit_curve(EVP_PKEY *pk)
+{
+	int explicit = 0;
+	return EVP_PKEY_get_base_id(pk) == EVP_PKEY_EC &&
+	       (!EVP_PKEY_get_int_param(pk, OSSL_PKEY_PARAM_EC_DECODED_FROM_EXPLICIT_PARAMS,
+	                                &explicit) ||
+	        explicit != 0);
+}
+
+/* Type and size of an OpenSSL key as ours; keys on explicit curves are
+ * not supported (kh_pkey_explicit_curve). */
 static int pkey_kind(EVP_PKEY *pk, enum kh_ktype *type, uint32_t *bits)
 {
 	switch (EVP_PKEY_get_base_id(pk)) {
@@ -215,6 +225,8 @@ static int pkey_kind(EVP_PKEY *pk, enum kh_ktype *type, uint32_t *bits)
 	case EVP_PKEY_EC: {
 		char curve[32];
 		size_t n = 0;
+		if (kh_pkey_explicit_curve(pk))
+			return KH_ERR_UNSUPPORTED;
 		if (!EVP_PKEY_get_utf8_string_param(pk, OSSL_PKEY_PARAM_GROUP_NAME, curve,
 		                                    sizeof(curve), &n))
 			return KH_ERR_UNSUPPORTED;

@@ -145,13 +145,18 @@ KH_MUST_CHECK int kh_req_cg_type(struct kh_ctx *c, const struct kh_frame *req, c
  * encrypt/decrypt, generic secrets sign/verify (MAC), X25519 derive, other
  * private keys sign, other public keys verify. */
 uint16_t kh_key_default_usage(enum kh_kclass cls, enum kh_ktype type);
-/* CT: 4/5/6 AES-128/192/256, 7 generic secret of LN bytes (1-512; dflt_len
+/* CT: 4/5/6 AES-128/192/256, 7 generic secret of LN bytes (1-16320; dflt_len
  * when LN is absent, 0 meaning "the caller decides"). */
-#define KH_GENERIC_MAX_LEN 512
+#define KH_GENERIC_MAX_LEN 16320 /* the longest HKDF-SHA512 output */
 KH_MUST_CHECK int kh_req_ct(struct kh_ctx *c, const struct kh_frame *req, size_t dflt_len,
                             enum kh_ktype *type, size_t *len);
 /* AE: a secret key's check value, into a response. */
 KH_MUST_CHECK int kh_msg_put_kcv(struct kh_buf *resp, const struct kh_key *k);
+
+/* An EC key given with explicit curve parameters. OpenSSL maps them to the
+ * named curve they resemble and drops what differs (a wrong cofactor, for
+ * one), so such keys are refused wherever a key comes from outside. */
+bool kh_pkey_explicit_curve(EVP_PKEY *pk);
 
 /* FIPS policy for a key about to be made or used: RSA under 2048 bits,
  * curves under P-256 are refused in FIPS mode (KH_ERR_FIPS). */

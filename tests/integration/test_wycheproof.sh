@@ -16,6 +16,10 @@ source "$KH_SRC/scripts/lib/reference-setup.sh"
 VECTORS=${KH_WYCHEPROOF_DIR:-$KH_SRC/../shared/vectors/wycheproof}
 [ -d "$VECTORS" ] || fail "no Wycheproof vectors in $VECTORS (set KH_WYCHEPROOF_DIR)"
 
+note "client library and DER encoder self-tests"
+PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 "$KH_SRC/tests/integration/excrypt.py" || fail "excrypt.py self-test"
+/usr/bin/python3 "$KH_SRC/tests/integration/wycheproof_excrypt.py" --selftest || fail "DER self-test"
+
 start_hsm A
 W=$T/work
 note "reference set-up through the CLI on the console"
@@ -45,7 +49,9 @@ note "the partition's role gets PKCS#1 v1.5 decryption, Import PKI, No Usage Wra
 out=$(role_show) || fail "role show: $out"
 perms=$(sed -n 's/^Permissions: *//p' <<<"$out")
 cmds=$(sed -n 's/^Commands: *//p' <<<"$out")
-[ -n "$perms" ] && [ -n "$cmds" ] || fail "cannot read the role's permissions and commands: $out"
+if [ -z "$perms" ] || [ -z "$cmds" ]; then
+  fail "cannot read the role's permissions and commands: $out"
+fi
 perms=$(add_items "$perms" keys keys.pkcs1_decrypt keys.import_pki keys.no_usage_wrap)
 cmds=$(add_items "$cmds" GPKA ASYL GPSE GPSD GPMC HMAC GPKW GPKU ASYV GPDK)
 out=$(console A -f - 2>&1 <<EOF
