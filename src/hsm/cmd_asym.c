@@ -700,23 +700,12 @@ KH_PLAN(kh_plan_gpca)
 /* A certificate's key type, for its usage. */
 static int cert_key_type(struct kh_ctx *c, EVP_PKEY *pk, enum kh_ktype *out)
 {
-	switch (pk != NULL ? EVP_PKEY_get_base_id(pk) : EVP_PKEY_NONE) {
-	case EVP_PKEY_RSA:
-		*out = KH_KT_RSA;
-		return KH_OK;
-	case EVP_PKEY_EC:
-		*out = KH_KT_EC;
-		return KH_OK;
-	case EVP_PKEY_ED25519:
-		*out = KH_KT_ED25519;
-		return KH_OK;
-	case EVP_PKEY_X25519:
-		*out = KH_KT_X25519;
-		return KH_OK;
-	default:
+	uint32_t bits;
+	if (pk == NULL || kh_pkey_kind(pk, out, &bits) != KH_OK) {
 		kh_ctx_detail(c, "CE: the certificate's key algorithm");
 		return KH_ERR_UNSUPPORTED;
 	}
+	return KH_OK;
 }
 
 /* CE as DER (malloc'd): a DER certificate starts with its SEQUENCE,

@@ -489,35 +489,8 @@ out:
 
 enum rsa_op { RSA_ENC, RSA_DEC, RSA_SIGN, RSA_RECOVER };
 
-struct oaep {
-	const EVP_MD *md, *mgf;
-	uint8_t *label; /* OPENSSL_malloc'd: the context takes it */
-	size_t label_len;
-};
-
-static int read_oaep(struct kh_ctx *c, const struct kh_frame *req, struct oaep *o)
-{
-	uint8_t *l = NULL;
-	size_t n = 0;
-	int r;
-
-	if ((r = kh_req_md(c, req, "HA", "SHA-256", &o->md)) != KH_OK)
-		return r;
-	o->mgf = o->md;
-	if (kh_frame_has(req, "MG") && (r = kh_req_md(c, req, "MG", NULL, &o->mgf)) != KH_OK)
-		return r;
-	if (!kh_frame_has(req, "OL"))
-		return KH_OK;
-	if ((r = read_hex(c, req, "OL", &l, &n)) != KH_OK)
-		return r;
-	o->label = n ? OPENSSL_memdup(l, n) : NULL;
-	o->label_len = n;
-	free(l);
-	return n && o->label == NULL ? KH_ERR_NOMEM : KH_OK;
-}
-
 /* The largest input the padding takes for a modulus of k bytes. */
-static size_t rsa_max_in(int pad, size_t k, const struct oaep *o)
+static size_t rsa_max_in(int pad, size_t k, const struct kh_oaep *o)
 {
 	size_t over = pad == RSA_PKCS1_PADDING ? PKCS1_OVERHEAD
 	              : pad == RSA_NO_PADDING  ? 0
@@ -548,7 +521,7 @@ static int raw_in_range(struct kh_ctx *c, EVP_PKEY *pk, const uint8_t *in, size_
 	return r;
 }
 
-static int rsa_init(EVP_PKEY_CTX *pc, enum rsa_op op, int pad, struct oaep *o)
+static int rsa_init(EVP_PKEY_CTX *pc, enum rsa_op op, int pad, struct kh_oaep *o)
 {
 	int ok;
 	switch (op) {
@@ -565,18 +538,12 @@ static int rsa_init(EVP_PKEY_CTX *pc, enum rsa_op op, int pad, struct oaep *o)
 		ok = EVP_PKEY_verify_recover_init(pc);
 		break;
 	}
-	if (ok != 1 || EVP_PKEY_CTX_set_rsa_padding(pc, pad) != 1)
+	if (ok != 1)
 		return KH_ERR_CRYPTO;
-	if (pad == RSA_PKCS1_OAEP_PADDING) {
-		if (EVP_PKEY_CTX_set_rsa_oaep_md(pc, o->md) != 1 ||
-		    EVP_PKEY_CTX_set_rsa_mgf1_md(pc, o->mgf) != 1)
-			return KH_ERR_CRYPTO;
-		if (o->label_len) {
-			if (EVP_PKEY_CTX_set0_rsa_oaep_label(pc, o->label, (int)o->label_len) != 1)
-				return KH_ERR_CRYPTO;
-			o->label = NULL;
-		}
-	}
+	if (pad == RSA_PKCS1_OAEP_PADDING)
+		return kh_oaep_setup(pc, o);
+	if (EVP_PKEY_CTX_set_rsa_padding(pc, pad) != 1)
+		return KH_ERR_CRYPTO;
 #ifdef OSSL_ASYM_CIPHER_PARAM_IMPLICIT_REJECTION
 	/* a bad PKCS#1 v1.5 padding is an error (one answer), not a random
 	 * message the client would take for the plaintext */
@@ -598,13 +565,13 @@ static int rsa_init(EVP_PKEY_CTX *pc, enum rsa_op op, int pad, struct oaep *o)
 static int rsa_crypt(struct kh_ctx *c, const struct kh_frame *req, EVP_PKEY *pk, enum rsa_op op,
                      int pad, struct kh_buf *resp)
 {
-	struct oaep o = {0};
+	struct kh_oaep o = {0};
 	EVP_PKEY_CTX *pc = NULL;
 	uint8_t *in = NULL, *out = NULL;
 	size_t in_len = 0, k = (size_t)EVP_PKEY_get_size(pk), out_len = k;
 	int r, ok;
 
-	if (pad == RSA_PKCS1_OAEP_PADDING && (r = read_oaep(c, req, &o)) != KH_OK)
+	if (pad == RSA_PKCS1_OAEP_PADDING && (r = kh_req_oaep(c, req, &o)) != KH_OK)
 		goto out;
 	if ((r = read_hex(c, req, "DT", &in, &in_len)) != KH_OK)
 		goto out;
@@ -650,7 +617,7 @@ out:
 	if (r != KH_OK)
 		ERR_clear_error();
 	EVP_PKEY_CTX_free(pc);
-	OPENSSL_free(o.label);
+	kh_oaep_free(&o);
 	data_free(out, k);
 	data_free(in, in_len);
 	return r;

@@ -127,64 +127,20 @@ static bool aes_kw(const struct kh_key *kek, enum wrap_alg al, int enc, const ui
 	return ok;
 }
 
-struct oaep {
-	const EVP_MD *md, *mgf;
-	uint8_t *label; /* malloc'd, NULL when empty */
-	size_t label_len;
-};
-
-static int read_oaep(struct kh_ctx *c, const struct kh_frame *req, struct oaep *o)
-{
-	const struct kh_field *f = kh_frame_get(req, "OL");
-	int r;
-
-	if ((r = kh_req_md(c, req, "HA", "SHA-256", &o->md)) != KH_OK)
-		return r;
-	o->mgf = o->md;
-	if (kh_frame_has(req, "MG") && (r = kh_req_md(c, req, "MG", NULL, &o->mgf)) != KH_OK)
-		return r;
-	if (f == NULL || f->len == 0)
-		return KH_OK;
-	if (f->len / 2 > KDF_PARAM_MAX || (o->label = malloc(f->len / 2 + 1)) == NULL ||
-	    kh_frame_hex(req, "OL", o->label, f->len / 2 + 1, &o->label_len) != KH_OK) {
-		free(o->label);
-		o->label = NULL;
-		kh_ctx_detail(c, "OL (hex, at most %d bytes)", KDF_PARAM_MAX);
-		return KH_ERR_BAD_FIELD;
-	}
-	return KH_OK;
-}
-
-static EVP_PKEY_CTX *oaep_ctx(EVP_PKEY *pk, const struct oaep *o, bool enc)
+static EVP_PKEY_CTX *oaep_ctx(EVP_PKEY *pk, const struct kh_oaep *o, bool enc)
 {
 	EVP_PKEY_CTX *px = EVP_PKEY_CTX_new_from_pkey(NULL, pk, NULL);
-	uint8_t *l;
-
-	if (px == NULL)
-		return NULL;
-	if ((enc ? EVP_PKEY_encrypt_init(px) : EVP_PKEY_decrypt_init(px)) != 1 ||
-	    EVP_PKEY_CTX_set_rsa_padding(px, RSA_PKCS1_OAEP_PADDING) != 1 ||
-	    EVP_PKEY_CTX_set_rsa_oaep_md(px, o->md) != 1 ||
-	    EVP_PKEY_CTX_set_rsa_mgf1_md(px, o->mgf) != 1)
-		goto fail;
-	if (o->label_len != 0) {
-		/* set0 takes the label over */
-		if ((l = OPENSSL_memdup(o->label, o->label_len)) == NULL)
-			goto fail;
-		if (EVP_PKEY_CTX_set0_rsa_oaep_label(px, l, (int)o->label_len) != 1) {
-			OPENSSL_free(l);
-			goto fail;
-		}
+	if (px != NULL && ((enc ? EVP_PKEY_encrypt_init(px) : EVP_PKEY_decrypt_init(px)) != 1 ||
+	                   kh_oaep_setup(px, o) != KH_OK)) {
+		EVP_PKEY_CTX_free(px);
+		px = NULL;
 	}
 	return px;
-fail:
-	EVP_PKEY_CTX_free(px);
-	return NULL;
 }
 
 /* Wrap the n bytes m under kek and answer BBY and WK. */
 static int wrap_out(struct kh_ctx *c, enum wrap_alg al, const struct kh_key *kek,
-                    const struct oaep *o, const uint8_t *m, size_t n, struct kh_buf *resp)
+                    const struct kh_oaep *o, const uint8_t *m, size_t n, struct kh_buf *resp)
 {
 	uint8_t *w = NULL;
 	size_t wl = 0;
@@ -245,7 +201,7 @@ static int read_wk(struct kh_ctx *c, const struct kh_frame *req, uint8_t **out, 
  * *cap)), *outl of them used. One answer for every failure, the OpenSSL
  * error queue emptied, no detail: a caller must not learn whether the
  * length, the padding or the integrity check failed. */
-static int unwrap(enum wrap_alg al, const struct kh_key *kek, const struct oaep *o,
+static int unwrap(enum wrap_alg al, const struct kh_key *kek, const struct kh_oaep *o,
                   const uint8_t *w, size_t wl, uint8_t **out, size_t *outl, size_t *cap_out)
 {
 	size_t cap = al == WA_OAEP ? (size_t)EVP_PKEY_get_size(kek->pkey) : wl + KW_SLACK;
@@ -292,14 +248,14 @@ KH_PLAN(kh_plan_gpkw)
 KH_ACT(kh_cmd_gpkw)
 {
 	const struct kh_key *kek = c->op->key[0], *k = c->op->key[1];
-	struct oaep o = {0};
+	struct kh_oaep o = {0};
 	enum wrap_alg al;
 	uint8_t *m = NULL;
 	size_t n = 0;
 	int r;
 
 	if ((r = read_al(c, req, WA_ALL, &al)) != KH_OK ||
-	    (al == WA_OAEP && (r = read_oaep(c, req, &o)) != KH_OK))
+	    (al == WA_OAEP && (r = kh_req_oaep(c, req, &o)) != KH_OK))
 		return r;
 	if ((r = kh_key_material(k, &m, &n)) != KH_OK)
 		goto out;
@@ -312,7 +268,7 @@ KH_ACT(kh_cmd_gpkw)
 	r = wrap_out(c, al, kek, &o, m, n, resp);
 out:
 	kh_secure_free(m, n);
-	free(o.label);
+	kh_oaep_free(&o);
 	return r;
 }
 
@@ -346,14 +302,14 @@ static void blob_header(const struct kh_keyattr *a, uint8_t h[static BLOB_HDR])
 KH_ACT(kh_cmd_gpwk)
 {
 	const struct kh_key *kek = c->op->key[0], *k = c->op->key[1];
-	struct oaep o = {0};
+	struct kh_oaep o = {0};
 	enum wrap_alg al;
 	uint8_t *m = NULL, *blob = NULL;
 	size_t n = 0;
 	int r;
 
 	if ((r = read_al(c, req, WA_BIT(WA_KWP) | WA_BIT(WA_OAEP), &al)) != KH_OK ||
-	    (al == WA_OAEP && (r = read_oaep(c, req, &o)) != KH_OK))
+	    (al == WA_OAEP && (r = kh_req_oaep(c, req, &o)) != KH_OK))
 		return r;
 	if ((r = kh_key_material(k, &m, &n)) != KH_OK)
 		goto out;
@@ -367,7 +323,7 @@ KH_ACT(kh_cmd_gpwk)
 out:
 	kh_secure_free(blob, BLOB_HDR + n);
 	kh_secure_free(m, n);
-	free(o.label);
+	kh_oaep_free(&o);
 	return r;
 }
 
@@ -435,7 +391,7 @@ KH_ACT(kh_cmd_gpku)
 	const struct kh_key *kek = c->op->key[0];
 	struct kh_keyattr a = {0};
 	struct kh_key *k = NULL;
-	struct oaep o = {0};
+	struct kh_oaep o = {0};
 	enum wrap_alg al;
 	uint8_t *w = NULL, *m = NULL;
 	size_t wl = 0, n = 0, mcap = 0;
@@ -448,7 +404,7 @@ KH_ACT(kh_cmd_gpku)
 	    (r = kh_req_usage(c, req, "CZ", 0, &a.usage)) != KH_OK ||
 	    (r = kh_req_flags(c, req, &flags)) != KH_OK ||
 	    (r = kh_req_major(c, req, &a.major)) != KH_OK ||
-	    (al == WA_OAEP && (r = read_oaep(c, req, &o)) != KH_OK) ||
+	    (al == WA_OAEP && (r = kh_req_oaep(c, req, &o)) != KH_OK) ||
 	    (r = read_wk(c, req, &w, &wl)) != KH_OK)
 		goto out;
 	a.flags = kh_key_new_flags(flags, false);
@@ -469,7 +425,7 @@ out:
 	kh_secure_free(m, mcap);
 	kh_key_unref(k);
 	free(w);
-	free(o.label);
+	kh_oaep_free(&o);
 	return r;
 }
 
@@ -537,7 +493,7 @@ KH_ACT(kh_cmd_gpuk)
 	const struct kh_key *kek = c->op->key[0];
 	struct kh_keyattr a = {0};
 	struct kh_key *k = NULL;
-	struct oaep o = {0};
+	struct kh_oaep o = {0};
 	enum wrap_alg al;
 	enum kh_mk_id major;
 	uint8_t *w = NULL, *m = NULL;
@@ -547,7 +503,7 @@ KH_ACT(kh_cmd_gpuk)
 
 	if ((r = read_al(c, req, WA_BIT(WA_KWP) | WA_BIT(WA_OAEP), &al)) != KH_OK ||
 	    (r = kh_req_major(c, req, &major)) != KH_OK ||
-	    (al == WA_OAEP && (r = read_oaep(c, req, &o)) != KH_OK) ||
+	    (al == WA_OAEP && (r = kh_req_oaep(c, req, &o)) != KH_OK) ||
 	    (r = read_wk(c, req, &w, &wl)) != KH_OK)
 		goto out;
 	/* the slot range is known before the blob is opened; its kind after */
@@ -590,7 +546,7 @@ out:
 	kh_secure_free(m, mcap);
 	kh_key_unref(k);
 	free(w);
-	free(o.label);
+	kh_oaep_free(&o);
 	return r;
 }
 

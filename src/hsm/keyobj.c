@@ -18,6 +18,7 @@
 
 #include <openssl/core_names.h>
 #include <openssl/rand.h>
+#include <openssl/rsa.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 
@@ -215,7 +216,7 @@ bool kh_pkey_explicit_curve(EVP_PKEY *pk)
 
 /* Type and size of an OpenSSL key as ours; keys on explicit curves are
  * not supported (kh_pkey_explicit_curve). */
-static int pkey_kind(EVP_PKEY *pk, enum kh_ktype *type, uint32_t *bits)
+int kh_pkey_kind(EVP_PKEY *pk, enum kh_ktype *type, uint32_t *bits)
 {
 	switch (EVP_PKEY_get_base_id(pk)) {
 	case EVP_PKEY_RSA:
@@ -281,7 +282,7 @@ int kh_key_from_pkey(struct kh_ctx *c, const struct kh_keyattr *a, EVP_PKEY *pk,
 	struct kh_key *k;
 	int r;
 
-	if ((r = pkey_kind(pk, &type, &bits)) != KH_OK) {
+	if ((r = kh_pkey_kind(pk, &type, &bits)) != KH_OK) {
 		detail(c, "key algorithm or curve not supported");
 		return r;
 	}
@@ -340,7 +341,7 @@ int kh_key_from_der(struct kh_ctx *c, struct kh_keyattr *a, const uint8_t *der, 
 		X509_free(x);
 		if (pk != NULL) {
 			struct kh_keyattr pa = *a;
-			if (pkey_kind(pk, &pa.type, &pa.bits) != KH_OK)
+			if (kh_pkey_kind(pk, &pa.type, &pa.bits) != KH_OK)
 				pa.bits = (uint32_t)EVP_PKEY_get_bits(pk);
 			else if ((r = kh_key_policy(c, &pa)) != KH_OK) {
 				EVP_PKEY_free(pk);
@@ -1095,6 +1096,54 @@ int kh_req_flags(struct kh_ctx *c, const struct kh_frame *req, uint16_t *out)
 	return KH_OK;
 }
 
+int kh_req_oaep(struct kh_ctx *c, const struct kh_frame *req, struct kh_oaep *o)
+{
+	const struct kh_field *f = kh_frame_get(req, "OL");
+	int r;
+
+	memset(o, 0, sizeof(*o));
+	if ((r = kh_req_md(c, req, "HA", "SHA-256", &o->md)) != KH_OK)
+		return r;
+	o->mgf = o->md;
+	if (kh_frame_has(req, "MG") && (r = kh_req_md(c, req, "MG", NULL, &o->mgf)) != KH_OK)
+		return r;
+	if (f == NULL || f->len == 0)
+		return KH_OK;
+	if (f->len / 2 > KH_OAEP_LABEL_MAX || (o->label = malloc(f->len / 2 + 1)) == NULL ||
+	    kh_frame_hex(req, "OL", o->label, f->len / 2 + 1, &o->label_len) != KH_OK) {
+		kh_oaep_free(o);
+		kh_ctx_detail(c, "OL (hex, at most %d bytes)", KH_OAEP_LABEL_MAX);
+		return KH_ERR_BAD_FIELD;
+	}
+	return KH_OK;
+}
+
+void kh_oaep_free(struct kh_oaep *o)
+{
+	free(o->label);
+	o->label = NULL;
+	o->label_len = 0;
+}
+
+int kh_oaep_setup(EVP_PKEY_CTX *px, const struct kh_oaep *o)
+{
+	uint8_t *l;
+	if (EVP_PKEY_CTX_set_rsa_padding(px, RSA_PKCS1_OAEP_PADDING) != 1 ||
+	    EVP_PKEY_CTX_set_rsa_oaep_md(px, o->md) != 1 ||
+	    EVP_PKEY_CTX_set_rsa_mgf1_md(px, o->mgf) != 1)
+		return KH_ERR_CRYPTO;
+	if (o->label_len == 0)
+		return KH_OK;
+	/* set0 takes the label over */
+	if ((l = OPENSSL_memdup(o->label, o->label_len)) == NULL)
+		return KH_ERR_NOMEM;
+	if (EVP_PKEY_CTX_set0_rsa_oaep_label(px, l, (int)o->label_len) != 1) {
+		OPENSSL_free(l);
+		return KH_ERR_CRYPTO;
+	}
+	return KH_OK;
+}
+
 static const struct {
 	const char *name;
 	const EVP_MD *(*md)(void);
@@ -1313,7 +1362,7 @@ static int resolve_one(struct kh_ctx *c, const struct kh_frame *req, const struc
 	if (k->a.cls == KH_KC_CERT && k->pkey != NULL) {
 		/* a certificate's key is held to the same limits as a key's */
 		struct kh_keyattr pa = k->a;
-		if (pkey_kind(k->pkey, &pa.type, &pa.bits) == KH_OK &&
+		if (kh_pkey_kind(k->pkey, &pa.type, &pa.bits) == KH_OK &&
 		    (r = kh_key_policy(c, &pa)) != KH_OK)
 			goto fail;
 	}

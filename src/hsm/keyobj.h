@@ -157,6 +157,9 @@ KH_MUST_CHECK int kh_msg_put_kcv(struct kh_buf *resp, const struct kh_key *k);
  * named curve they resemble and drops what differs (a wrong cofactor, for
  * one), so such keys are refused wherever a key comes from outside. */
 bool kh_pkey_explicit_curve(EVP_PKEY *pk);
+/* Our type and size of an OpenSSL key (RSA, EC on P-256/384/521, Ed25519,
+ * X25519); KH_ERR_UNSUPPORTED for anything else. */
+KH_MUST_CHECK int kh_pkey_kind(EVP_PKEY *pk, enum kh_ktype *type, uint32_t *bits);
 
 /* FIPS policy for a key about to be made or used: RSA under 2048 bits,
  * curves under P-256 are refused in FIPS mode (KH_ERR_FIPS). */
@@ -263,6 +266,20 @@ KH_MUST_CHECK int kh_req_major(struct kh_ctx *c, const struct kh_frame *req, enu
 KH_MUST_CHECK int kh_req_usage(struct kh_ctx *c, const struct kh_frame *req, const char *tag,
                                uint16_t dflt, uint16_t *out);
 KH_MUST_CHECK int kh_req_flags(struct kh_ctx *c, const struct kh_frame *req, uint16_t *out);
+/* RSA-OAEP parameters: HA (default SHA-256), MG (default HA), OL label
+ * (hex, at most KH_OAEP_LABEL_MAX bytes). Free with kh_oaep_free. */
+#define KH_OAEP_LABEL_MAX 1024
+struct kh_oaep {
+	const EVP_MD *md, *mgf;
+	uint8_t *label; /* malloc'd, NULL when empty */
+	size_t label_len;
+};
+KH_MUST_CHECK int kh_req_oaep(struct kh_ctx *c, const struct kh_frame *req, struct kh_oaep *o);
+void kh_oaep_free(struct kh_oaep *o);
+/* OAEP padding with o's parameters on a context already initialised for
+ * encryption or decryption. */
+KH_MUST_CHECK int kh_oaep_setup(EVP_PKEY_CTX *px, const struct kh_oaep *o);
+
 /* HA and friends: "SHA-1", "SHA-224", "SHA-256", "SHA-384", "SHA-512",
  * "SHA3-224", "SHA3-256", "SHA3-384", "SHA3-512" -> EVP_MD (static). */
 KH_MUST_CHECK int kh_req_md(struct kh_ctx *c, const struct kh_frame *req, const char *tag,
