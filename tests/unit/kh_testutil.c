@@ -4,6 +4,7 @@
 #include "hsm/db.h"
 #include "hsm/dispatch.h"
 #include "hsm/keystore.h"
+#include "hsm/majorkey.h"
 #include "common/kh_buf.h"
 #include "common/kh_log.h"
 #include "common/kh_mem.h"
@@ -11,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/x509.h>
 
 void kh_test_hsm_open(struct kh_hsm *hsm, char dir[static 256])
 {
@@ -159,4 +162,112 @@ int kh_test_db_exec(struct kh_hsm *hsm, const char *sql)
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+const uint8_t kh_test_pmk[32] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16,
+                                 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
+const uint8_t kh_test_ftk[32] = {0xF0, 0xF1, 0xF2, 0xF3, 0xF4, 0xF5, 0xF6, 0xF7,
+                                 0xF8, 0xF9, 0xFA, 0xFB, 0xFC, 0xFD, 0xFE, 0xFF};
+
+/* Loads key (32 bytes) as the major key id of the fixture x: 0 or -1. */
+static int fx_load_mk(struct kh_test_fx *x, enum kh_mk_id id, const uint8_t key[32])
+{
+	return kh_mk_load(&x->hsm, id, key, 32, "unit", "mk.load", "test", NULL) == KH_OK ? 0 : -1;
+}
+
+int kh_test_fx_setup_pmk(void **state)
+{
+	int r = kh_test_fx_setup_admin(state);
+	return r != 0 ? r : fx_load_mk(*state, KH_MK_PMK, kh_test_pmk);
+}
+
+int kh_test_fx_setup_keys(void **state)
+{
+	int r = kh_test_fx_setup_pmk(state);
+	return r != 0 ? r : fx_load_mk(*state, KH_MK_FTK, kh_test_ftk);
+}
+
+int kh_test_callf(struct kh_test_fx *x, struct kh_session *s, const char *fmt, ...)
+{
+	char *req = NULL;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vasprintf(&req, fmt, ap);
+	va_end(ap);
+	assert_true(n > 0);
+	int r = KH_CALL(x, s, req);
+	free(req);
+	return r;
+}
+
+char *kh_test_fx_field(struct kh_test_fx *x, const char *tag)
+{
+	char *v = strdup(kh_test_field(x->out, tag));
+	assert_non_null(v);
+	return v;
+}
+
+void kh_test_app_login(struct kh_test_fx *x, struct kh_session *p, const char *cmds)
+{
+	char pw[64];
+	kh_test_hexstr(KH_TEST_APP_PW, pw);
+	assert_int_equal(kh_test_callf(x, &x->admin,
+	                               "[AORLAD;RNapp;LQ1;PMkeys;KRS:100-199,A:200-299;CM%s;]",
+	                               cmds),
+	                 KH_OK);
+	assert_int_equal(kh_test_callf(x, &x->admin, "[AOIDAD;IDappuser;RNapp;PW%s;]", pw), KH_OK);
+	kh_test_session(p, KH_PORT_PROD);
+	assert_int_equal(KH_LOGN(x, p, "appuser", KH_TEST_APP_PW, NULL), KH_OK);
+}
+
+char *kh_test_hex(const uint8_t *d, size_t n)
+{
+	char *s = malloc(2 * n + 1);
+	assert_non_null(s);
+	kh_hex_encode(d, n, s);
+	return s;
+}
+
+size_t kh_test_unhex(const char *s, uint8_t *out, size_t max)
+{
+	int n = kh_hex_decode(s, strlen(s), out, max);
+	assert_true(n >= 0);
+	return (size_t)n;
+}
+
+uint8_t *kh_test_unhex_dup(const char *s, size_t *n)
+{
+	size_t max = strlen(s) / 2 + 1;
+	uint8_t *b = malloc(max);
+	assert_non_null(b);
+	*n = kh_test_unhex(s, b, max);
+	return b;
+}
+
+char *kh_test_der_hex(int len, uint8_t **der)
+{
+	assert_true(len > 0);
+	char *s = kh_test_hex(*der, (size_t)len);
+	OPENSSL_free(*der);
+	*der = NULL;
+	return s;
+}
+
+char *kh_test_pkcs8_hex(EVP_PKEY *pk)
+{
+	PKCS8_PRIV_KEY_INFO *p8 = EVP_PKEY2PKCS8(pk);
+	uint8_t *der = NULL;
+	assert_non_null(p8);
+	int n = i2d_PKCS8_PRIV_KEY_INFO(p8, &der);
+	PKCS8_PRIV_KEY_INFO_free(p8);
+	assert_true(n > 0);
+	char *s = kh_test_hex(der, (size_t)n);
+	OPENSSL_clear_free(der, (size_t)n);
+	return s;
+}
+
+char *kh_test_spki_hex(EVP_PKEY *pk)
+{
+	uint8_t *der = NULL;
+	return kh_test_der_hex(i2d_PUBKEY(pk, &der), &der);
 }

@@ -10,6 +10,8 @@
 
 #include "hsm/hsm.h"
 
+#include <openssl/evp.h>
+
 /* Opens a fresh device in a new temporary directory (path in dir, 256 bytes). */
 void kh_test_hsm_open(struct kh_hsm *hsm, char dir[static 256]);
 /* Closes it and removes the directory. */
@@ -66,5 +68,40 @@ void kh_test_assert_key(struct kh_hsm *hsm, uint32_t slot, const uint8_t *m, siz
 /* One SQL statement straight on the device's database (to tamper with it):
  * SQLITE_OK, or the sqlite result code. */
 int kh_test_db_exec(struct kh_hsm *hsm, const char *sql);
+
+/* The fixed test major keys: kh_test_pmk is the bytes 1..32, kh_test_ftk
+ * the bytes F0..FF followed by 16 zero bytes. */
+extern const uint8_t kh_test_pmk[32], kh_test_ftk[32];
+/* cmocka setup: as kh_test_fx_setup_admin, then kh_test_pmk loaded as the PMK. */
+int kh_test_fx_setup_pmk(void **state);
+/* cmocka setup: as kh_test_fx_setup_pmk, then kh_test_ftk loaded as the FTK. */
+int kh_test_fx_setup_keys(void **state);
+/* A cmocka test t run with the fixture set-up setup and kh_test_fx_teardown. */
+#define KH_FX_TEST(t, setup) cmocka_unit_test_setup_teardown(t, setup, kh_test_fx_teardown)
+
+/* KH_CALL with the request built printf-style. */
+int kh_test_callf(struct kh_test_fx *x, struct kh_session *s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+#define KH_CALLF(x, s, ...) kh_test_callf((x), (s), __VA_ARGS__)
+/* A copy (malloc'd) of the value of tag in x->out ("" if absent). */
+char *kh_test_fx_field(struct kh_test_fx *x, const char *tag);
+/* The password kh_test_app_login gives appuser. */
+#define KH_TEST_APP_PW "app-password-1"
+/* Adds role app (LQ1, PMkeys, ranges S:100-199,A:200-299, commands cmds) and
+ * its identity appuser (KH_TEST_APP_PW), who logs in on a new prod session p. */
+void kh_test_app_login(struct kh_test_fx *x, struct kh_session *p, const char *cmds);
+
+/* Uppercase hex of the n bytes d (malloc'd). */
+char *kh_test_hex(const uint8_t *d, size_t n);
+/* The hex text s decoded into out (at most max bytes; fails the test on bad hex): the count. */
+size_t kh_test_unhex(const char *s, uint8_t *out, size_t max);
+/* The hex text s decoded (malloc'd), its length in *n. */
+uint8_t *kh_test_unhex_dup(const char *s, size_t *n);
+/* Hex (malloc'd) of the len bytes an i2d_ call put in *der, which it frees and clears. */
+char *kh_test_der_hex(int len, uint8_t **der);
+/* Hex (malloc'd) of pk's private key as PKCS#8 DER. */
+char *kh_test_pkcs8_hex(EVP_PKEY *pk);
+/* Hex (malloc'd) of pk's public key as SubjectPublicKeyInfo DER. */
+char *kh_test_spki_hex(EVP_PKEY *pk);
 
 #endif

@@ -6,7 +6,6 @@
  * HSM holds and checked against the public key it returned. */
 #include "kh_testutil.h"
 #include "hsm/keyobj.h"
-#include "common/kh_mem.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,49 +16,10 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-static const uint8_t pmk[32] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16,
-                                17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
-
-static int setup(void **state)
-{
-	int r = kh_test_fx_setup_admin(state);
-	struct kh_test_fx *x = *state;
-	if (r == 0)
-		r = kh_mk_load(&x->hsm, KH_MK_PMK, pmk, sizeof(pmk), "unit", "mk.load", "test",
-		               NULL);
-	return r;
-}
-
-static char *field(struct kh_test_fx *x, const char *tag)
-{
-	return strdup(kh_test_field(x->out, tag));
-}
-
-/* Hex text to bytes (malloc'd). */
-static uint8_t *unhex(const char *hex, size_t *n)
-{
-	size_t len = strlen(hex);
-	uint8_t *b = malloc(len / 2 + 1);
-	int r;
-	assert_non_null(b);
-	r = kh_hex_decode(hex, len, b, len / 2 + 1);
-	assert_true(r >= 0);
-	*n = (size_t)r;
-	return b;
-}
-
-static char *tohex(const uint8_t *b, size_t n)
-{
-	char *h = malloc(2 * n + 1);
-	assert_non_null(h);
-	kh_hex_encode(b, n, h);
-	return h;
-}
-
 static EVP_PKEY *spki_key(const char *hex)
 {
 	size_t n;
-	uint8_t *der = unhex(hex, &n);
+	uint8_t *der = kh_test_unhex_dup(hex, &n);
 	const uint8_t *p = der;
 	EVP_PKEY *pk = d2i_PUBKEY(NULL, &p, (long)n);
 	assert_non_null(pk);
@@ -126,7 +86,7 @@ static void assert_slot_pair(struct kh_test_fx *x, uint32_t slot, const char *rd
 static struct kh_key *cg_key(struct kh_test_fx *x, const char *hex)
 {
 	size_t n;
-	uint8_t *cg = unhex(hex, &n);
+	uint8_t *cg = kh_test_unhex_dup(hex, &n);
 	struct kh_key *k = NULL;
 	assert_int_equal(kh_key_from_cryptogram(&x->hsm, cg, n, &k), KH_OK);
 	free(cg);
@@ -158,7 +118,8 @@ static void test_grsa(void **state)
 	 * also runs OAEP) */
 	assert_int_equal(KH_CALL(x, &p, "[AOGRSA;RB2048;CZGD;SL10;PS11;KFS;LB6B6579;]"), KH_OK);
 	assert_non_null(strstr(x->out, "[AOGRSA;BBY;"));
-	char *kd = field(x, "KD"), *pd = field(x, "PD"), *rd = field(x, "RD");
+	char *kd = kh_test_fx_field(x, "KD"), *pd = kh_test_fx_field(x, "PD"),
+	     *rd = kh_test_fx_field(x, "RD");
 	assert_int_equal(strlen(kd), 32);
 	assert_int_equal(strlen(pd), 32);
 	assert_string_not_equal(kd, pd);
@@ -176,7 +137,7 @@ static void test_grsa(void **state)
 	assert_int_equal(k->a.cls, KH_KC_PUBLIC);
 	assert_int_equal(k->a.usage, KH_U_VERIFY | KH_U_ENCRYPT);
 	assert_int_equal(k->a.flags, KH_KF_LOCAL | KH_KF_NEVER_EXPORTABLE);
-	char *spki = tohex(k->der, k->der_len);
+	char *spki = kh_test_hex(k->der, k->der_len);
 	assert_string_equal(spki, rd);
 	free(spki);
 	kh_key_unref(k);
@@ -192,7 +153,7 @@ static void test_grsa(void **state)
 	assert_int_equal(EVP_PKEY_get_bn_param(pub, OSSL_PKEY_PARAM_RSA_E, &e), 1);
 	assert_int_equal(BN_bn2binpad(n, mod, sizeof(mod)), sizeof(mod));
 	assert_int_equal(BN_get_word(e), 65537);
-	char *mo = tohex(mod, sizeof(mod));
+	char *mo = kh_test_hex(mod, sizeof(mod));
 	snprintf(req, sizeof(req), "[AORPFP;SL10;KD%s;]", kd);
 	assert_int_equal(KH_CALL(x, &p, req), KH_OK);
 	assert_string_equal(kh_test_field(x->out, "RB"), "2048");
@@ -209,13 +170,14 @@ static void test_grsa(void **state)
 
 	/* cryptograms: RSA-3072, exponent 3 (allowed outside FIPS mode) */
 	assert_int_equal(KH_CALL(x, &p, "[AOGRSA;RB3072;RA3;KFX;]"), KH_OK);
-	char *rc = field(x, "RC"), *sd = field(x, "SD"), *rd3 = field(x, "RD");
-	char *kd3 = field(x, "KD"), *pd3 = field(x, "PD");
+	char *rc = kh_test_fx_field(x, "RC"), *sd = kh_test_fx_field(x, "SD"),
+	     *rd3 = kh_test_fx_field(x, "RD");
+	char *kd3 = kh_test_fx_field(x, "KD"), *pd3 = kh_test_fx_field(x, "PD");
 	assert_cg_pair(x, rc, rd3);
 	k = cg_key(x, rc);
 	assert_int_equal(k->a.bits, 3072);
 	assert_int_equal(k->a.flags, KH_KF_EXPORTABLE | KH_KF_LOCAL);
-	char *id = tohex(k->key_id, KH_KEY_ID_LEN);
+	char *id = kh_test_hex(k->key_id, KH_KEY_ID_LEN);
 	assert_string_equal(id, kd3);
 	free(id);
 	kh_key_unref(k);
@@ -253,7 +215,7 @@ static void test_grsa(void **state)
 
 	/* RSA-1024 outside FIPS mode, public usage asked for */
 	assert_int_equal(KH_CALL(x, &p, "[AOGRSA;RB1024;CZU;PZWV;SL12;]"), KH_OK);
-	char *rd1 = field(x, "RD");
+	char *rd1 = kh_test_fx_field(x, "RD");
 	assert_slot_pair(x, 12, rd1);
 	k = cg_key(x, kh_test_field(x->out, "SD"));
 	assert_int_equal(k->a.usage, KH_U_WRAP | KH_U_VERIFY);
@@ -312,7 +274,7 @@ static void test_gecc(void **state)
 		/* stored */
 		snprintf(req, sizeof(req), "[AOGECC;RA%s;SL%u;PS%u;]", cv[i].ra, sl, sl + 1);
 		assert_int_equal(KH_CALL(x, &p, req), KH_OK);
-		char *rd = field(x, "RD");
+		char *rd = kh_test_fx_field(x, "RD");
 		assert_slot_pair(x, sl, rd);
 		assert_int_equal(kh_key_load_slot(&x->hsm, sl, &k), KH_OK);
 		assert_int_equal(k->a.type, cv[i].type);
@@ -326,11 +288,11 @@ static void test_gecc(void **state)
 		/* cryptograms */
 		snprintf(req, sizeof(req), "[AOGECC;RA%s;]", cv[i].ra);
 		assert_int_equal(KH_CALL(x, &p, req), KH_OK);
-		char *rc = field(x, "RC"), *sd = field(x, "SD");
-		rd = field(x, "RD");
+		char *rc = kh_test_fx_field(x, "RC"), *sd = kh_test_fx_field(x, "SD");
+		rd = kh_test_fx_field(x, "RD");
 		assert_cg_pair(x, rc, rd);
 		k = cg_key(x, sd);
-		char *spki = tohex(k->der, k->der_len);
+		char *spki = kh_test_hex(k->der, k->der_len);
 		assert_string_equal(spki, rd);
 		assert_int_equal(k->a.type, cv[i].type);
 		free(spki);
@@ -366,7 +328,7 @@ static void test_pair_all_or_nothing(void **state)
 	struct kh_session p;
 	kh_test_session(&p, KH_PORT_PROD);
 	assert_int_equal(KH_CALL(x, &p, "[AOGECC;RA2;SL30;PS31;]"), KH_OK);
-	char *kd = field(x, "KD");
+	char *kd = kh_test_fx_field(x, "KD");
 	/* the public key's slot is taken: the private key is not stored either */
 	assert_int_equal(KH_CALL(x, &p, "[AOGECC;RA2;SL32;PS31;]"), KH_ERR_EXISTS);
 	assert_empty(x, 32);
@@ -380,33 +342,12 @@ static void test_pair_all_or_nothing(void **state)
 	assert_string_equal(kh_test_field(x->out, "KD"), kd);
 	/* RP=Y replaces both */
 	assert_int_equal(KH_CALL(x, &p, "[AOGECC;RA3;SL30;PS31;RPY;]"), KH_OK);
-	char *rd = field(x, "RD");
+	char *rd = kh_test_fx_field(x, "RD");
 	assert_slot_pair(x, 30, rd);
 	assert_int_equal(KH_CALL(x, &p, "[AOGPKR;SL31;]"), KH_OK);
 	assert_non_null(strstr(x->out, "TYEC;BT384;"));
 	free(kd);
 	free(rd);
-}
-
-/* Keys made outside, as the tests' own OpenSSL objects. */
-static uint8_t *der_pkcs8(EVP_PKEY *pk, size_t *n)
-{
-	PKCS8_PRIV_KEY_INFO *p8 = EVP_PKEY2PKCS8(pk);
-	uint8_t *der = NULL;
-	int len = i2d_PKCS8_PRIV_KEY_INFO(p8, &der);
-	assert_true(len > 0);
-	PKCS8_PRIV_KEY_INFO_free(p8);
-	*n = (size_t)len;
-	return der;
-}
-
-static char *hex_of_i2d(uint8_t *der, int len)
-{
-	char *h;
-	assert_true(len > 0);
-	h = tohex(der, (size_t)len);
-	OPENSSL_free(der);
-	return h;
 }
 
 static void test_asyl_lrsa(void **state)
@@ -415,7 +356,6 @@ static void test_asyl_lrsa(void **state)
 	struct kh_session p;
 	struct kh_key *k = NULL;
 	uint8_t *der = NULL;
-	size_t n = 0;
 	static char req[16384];
 	kh_test_session(&p, KH_PORT_PROD);
 
@@ -423,16 +363,11 @@ static void test_asyl_lrsa(void **state)
 	EVP_PKEY *ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384");
 	assert_non_null(rsa);
 	assert_non_null(ec);
-	der = der_pkcs8(rsa, &n);
-	char *rsa_p8 = hex_of_i2d(der, (int)n);
-	der = NULL;
-	char *rsa_p1 = hex_of_i2d(der, i2d_PrivateKey(rsa, &der));
-	der = NULL;
-	char *rsa_pub = hex_of_i2d(der, i2d_PUBKEY(rsa, &der));
-	der = der_pkcs8(ec, &n);
-	char *ec_p8 = hex_of_i2d(der, (int)n);
-	der = NULL;
-	char *ec_pub = hex_of_i2d(der, i2d_PUBKEY(ec, &der));
+	char *rsa_p8 = kh_test_pkcs8_hex(rsa);
+	char *rsa_p1 = kh_test_der_hex(i2d_PrivateKey(rsa, &der), &der);
+	char *rsa_pub = kh_test_der_hex(i2d_PUBKEY(rsa, &der), &der);
+	char *ec_p8 = kh_test_pkcs8_hex(ec);
+	char *ec_pub = kh_test_der_hex(i2d_PUBKEY(ec, &der), &der);
 
 	/* a private key (PKCS#8) into a slot: the same key, RD its public key */
 	snprintf(req, sizeof(req), "[AOASYL;KV%s;SL40;CZGD;]", rsa_p8);
@@ -539,7 +474,7 @@ static void test_apfp(void **state)
 
 	assert_int_equal(KH_CALL(x, &p, "[AOGECC;RA2;CZGX;KFXA;SL50;]"), KH_ERR_PERMISSION_DENIED);
 	assert_int_equal(KH_CALL(x, &p, "[AOGECC;RA2;CZGX;KFXS;SL50;]"), KH_OK);
-	char *kd = field(x, "KD"), *rd = field(x, "RD");
+	char *kd = kh_test_fx_field(x, "KD"), *rd = kh_test_fx_field(x, "RD");
 	/* the public key again, from the slot: same key, a new identifier */
 	snprintf(req, sizeof(req), "[AOAPFP;SL50;KD%s;PS51;]", kd);
 	assert_int_equal(KH_CALL(x, &p, req), KH_OK);
@@ -553,7 +488,7 @@ static void test_apfp(void **state)
 	kh_key_unref(k);
 	/* from a cryptogram, as a trusted public key with the usage asked for */
 	assert_int_equal(KH_CALL(x, &p, "[AOGRSA;RB2048;CZDU;]"), KH_OK);
-	char *rc = field(x, "RC"), *rd2 = field(x, "RD");
+	char *rc = kh_test_fx_field(x, "RC"), *rd2 = kh_test_fx_field(x, "RD");
 	snprintf(req, sizeof(req), "[AOAPFP;CG%s;PZW;]", rc);
 	assert_int_equal(KH_CALL(x, &p, req), KH_OK);
 	assert_string_equal(kh_test_field(x->out, "RD"), rd2);
@@ -610,14 +545,13 @@ static void test_gpca(void **state)
 
 	EVP_PKEY *ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
 	X509 *cert = make_cert(ec);
-	char *cert_der = hex_of_i2d(der, i2d_X509(cert, &der));
-	der = NULL;
-	char *pub = hex_of_i2d(der, i2d_PUBKEY(ec, &der));
+	char *cert_der = kh_test_der_hex(i2d_X509(cert, &der), &der);
+	char *pub = kh_test_der_hex(i2d_PUBKEY(ec, &der), &der);
 	BIO *b = BIO_new(BIO_s_mem());
 	BUF_MEM *bm;
 	assert_int_equal(PEM_write_bio_X509(b, cert), 1);
 	BIO_get_mem_ptr(b, &bm);
-	char *cert_pem = tohex((const uint8_t *)bm->data, bm->length);
+	char *cert_pem = kh_test_hex((const uint8_t *)bm->data, bm->length);
 	BIO_free(b);
 
 	snprintf(req, sizeof(req), "[AOGPCA;SL60;CE%s;LB6361;]", cert_der);
@@ -633,7 +567,7 @@ static void test_gpca(void **state)
 	assert_non_null(strstr(x->out, "CLcert;TYX509;BT256;"));
 	assert_int_equal(kh_key_load_slot(&x->hsm, 60, &k), KH_OK);
 	assert_int_equal(k->a.usage, KH_U_VERIFY | KH_U_DERIVE);
-	char *stored = tohex(k->der, k->der_len);
+	char *stored = kh_test_hex(k->der, k->der_len);
 	assert_string_equal(stored, cert_der);
 	free(stored);
 	kh_key_unref(k);
@@ -642,7 +576,7 @@ static void test_gpca(void **state)
 	assert_int_equal(KH_CALL(x, &p, req), KH_OK);
 	assert_string_equal(kh_test_field(x->out, "RD"), pub);
 	assert_int_equal(kh_key_load_slot(&x->hsm, 61, &k), KH_OK);
-	stored = tohex(k->der, k->der_len);
+	stored = kh_test_hex(k->der, k->der_len);
 	assert_string_equal(stored, cert_der);
 	assert_int_equal(k->a.usage, KH_U_VERIFY);
 	free(stored);
@@ -679,20 +613,16 @@ static void test_fips(void **state)
 
 	EVP_PKEY *rsa = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)1024);
 	EVP_PKEY *ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-	size_t n;
-	der = der_pkcs8(ec, &n);
-	char *ec_p8 = hex_of_i2d(der, (int)n);
-	der = NULL;
-	char *rsa_pub = hex_of_i2d(der, i2d_PUBKEY(rsa, &der));
-	der = der_pkcs8(rsa, &n);
-	char *rsa_p8 = hex_of_i2d(der, (int)n);
+	char *ec_p8 = kh_test_pkcs8_hex(ec);
+	char *rsa_pub = kh_test_der_hex(i2d_PUBKEY(rsa, &der), &der);
+	char *rsa_p8 = kh_test_pkcs8_hex(rsa);
 
 	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;PMkeys,keys.import_pki;]"),
 	                 KH_OK);
 	/* a trusted RSA-1024 public key made before FIPS mode */
 	snprintf(req, sizeof(req), "[AOASYL;KV%s;]", rsa_pub);
 	assert_int_equal(KH_CALL(x, &p, req), KH_OK);
-	char *sd = field(x, "SD");
+	char *sd = kh_test_fx_field(x, "SD");
 	assert_int_equal(KH_CALL(x, &x->admin, "[AOSETS;FIY;]"), KH_OK);
 
 	assert_int_equal(KH_CALL(x, &p, "[AOGRSA;RB1024;SL70;]"), KH_ERR_FIPS);
@@ -711,7 +641,7 @@ static void test_fips(void **state)
 	assert_empty(x, 70);
 	/* what FIPS mode allows */
 	assert_int_equal(KH_CALL(x, &p, "[AOGECC;RA2;SL70;PS71;]"), KH_OK);
-	char *rd = field(x, "RD");
+	char *rd = kh_test_fx_field(x, "RD");
 	assert_slot_pair(x, 70, rd);
 	free(rd);
 	assert_int_equal(KH_CALL(x, &p, "[AOAPFP;SL70;]"), KH_OK);
@@ -730,17 +660,7 @@ static void test_range_kinds(void **state)
 {
 	struct kh_test_fx *x = *state;
 	struct kh_session p;
-	char pw[64], req[256];
-	kh_test_hexstr("app-password-1", pw);
-	assert_int_equal(KH_CALL(x, &x->admin,
-	                         "[AORLAD;RNapp;LQ1;PMkeys;KRS:100-199,A:200-299;"
-	                         "CMGRSA,GECC,ASYL,APFP,GPCA,RPFP;]"),
-	                 KH_OK);
-	snprintf(req, sizeof(req), "[AOIDAD;IDappuser;RNapp;PW%s;]", pw);
-	assert_int_equal(KH_CALL(x, &x->admin, req), KH_OK);
-	kh_test_session(&p, KH_PORT_PROD);
-	snprintf(req, sizeof(req), "[AOLOGN;IDappuser;PW%s;]", pw);
-	assert_int_equal(KH_CALL(x, &p, req), KH_OK);
+	kh_test_app_login(x, &p, "GRSA,GECC,ASYL,APFP,GPCA,RPFP");
 
 	assert_int_equal(KH_CALL(x, &p, "[AOGECC;RA2;SL150;]"), KH_ERR_SLOT_OUT_OF_RANGE);
 	assert_non_null(strstr(x->out, "range kind"));
@@ -761,14 +681,14 @@ static void test_range_kinds(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_grsa, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_gecc, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_pair_all_or_nothing, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_asyl_lrsa, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_apfp, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_gpca, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_fips, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_range_kinds, setup, kh_test_fx_teardown),
+	    KH_FX_TEST(test_grsa, kh_test_fx_setup_pmk),
+	    KH_FX_TEST(test_gecc, kh_test_fx_setup_pmk),
+	    KH_FX_TEST(test_pair_all_or_nothing, kh_test_fx_setup_pmk),
+	    KH_FX_TEST(test_asyl_lrsa, kh_test_fx_setup_pmk),
+	    KH_FX_TEST(test_apfp, kh_test_fx_setup_pmk),
+	    KH_FX_TEST(test_gpca, kh_test_fx_setup_pmk),
+	    KH_FX_TEST(test_fips, kh_test_fx_setup_pmk),
+	    KH_FX_TEST(test_range_kinds, kh_test_fx_setup_pmk),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

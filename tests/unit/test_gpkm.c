@@ -5,7 +5,6 @@
 #include "kh_testutil.h"
 #include "hsm/db.h"
 #include "hsm/keystore.h"
-#include "common/kh_mem.h"
 
 #include <sqlite3.h>
 #include <stdio.h>
@@ -14,8 +13,6 @@
 #include <time.h>
 
 #define NKEYS 100000
-
-static const uint8_t pmk[32] = {7};
 
 static double now_s(void)
 {
@@ -28,14 +25,12 @@ static double now_s(void)
  * "key-<slot>", CKA_IDs of 4 bytes. */
 static int setup(void **state)
 {
-	int r = kh_test_fx_setup_admin(state);
+	int r = kh_test_fx_setup_pmk(state);
 	struct kh_test_fx *x = *state;
 	uint8_t material[32] = {1}, attrs[5] = {1, 0, 0x0f, 0, 0};
 	char label[32];
 	if (r != 0)
 		return r;
-	if (kh_mk_load(&x->hsm, KH_MK_PMK, pmk, sizeof(pmk), "unit", "mk.load", "test", NULL) != KH_OK)
-		return -1;
 	if (kh_db_begin(x->hsm.db) != KH_OK)
 		return -1;
 	for (uint32_t i = 0; i < NKEYS; i++) {

@@ -4,29 +4,10 @@
 #include "kh_testutil.h"
 #include "hsm/keyobj.h"
 #include "hsm/selftest.h"
-#include "common/kh_mem.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const uint8_t pmk[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
-                                17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
-
-static int setup(void **state)
-{
-	int r = kh_test_fx_setup_admin(state);
-	struct kh_test_fx *x = *state;
-	if (r == 0)
-		r = kh_mk_load(&x->hsm, KH_MK_PMK, pmk, sizeof(pmk), "unit", "mk.load", "test", NULL);
-	return r;
-}
-
-/* A copy of the value of tag in x->out. */
-static char *field(struct kh_test_fx *x, const char *tag)
-{
-	return strdup(kh_test_field(x->out, tag));
-}
 
 static void test_generate_and_cryptograms(void **state)
 {
@@ -37,7 +18,8 @@ static void test_generate_and_cryptograms(void **state)
 
 	/* a cryptogram, then the same key made persistent in slot 11 */
 	assert_int_equal(KH_CALL(x, &p, "[AOGPGS;CT6;]"), KH_OK);
-	char *bg = field(x, "BG"), *kd = field(x, "KD"), *ae = field(x, "AE");
+	char *bg = kh_test_fx_field(x, "BG"), *kd = kh_test_fx_field(x, "KD");
+	char *ae = kh_test_fx_field(x, "AE");
 	assert_int_equal(strlen(kd), 32);
 	assert_int_equal(strlen(ae), 6);
 	snprintf(req, sizeof(req), "[AOGPKA;CG%s;SL11;]", bg);
@@ -118,16 +100,8 @@ static void test_range_kinds_and_authorized(void **state)
 {
 	struct kh_test_fx *x = *state;
 	struct kh_session p;
-	char pw[64], req[256];
-	kh_test_hexstr("app-password-1", pw);
-	assert_int_equal(
-	    KH_CALL(x, &x->admin, "[AORLAD;RNapp;LQ1;PMkeys;KRS:100-199,A:200-299;CMGPGS,GPGC,GPKA;]"),
-	    KH_OK);
-	snprintf(req, sizeof(req), "[AOIDAD;IDappuser;RNapp;PW%s;]", pw);
-	assert_int_equal(KH_CALL(x, &x->admin, req), KH_OK);
-	kh_test_session(&p, KH_PORT_PROD);
-	snprintf(req, sizeof(req), "[AOLOGN;IDappuser;PW%s;]", pw);
-	assert_int_equal(KH_CALL(x, &p, req), KH_OK);
+	char req[256];
+	kh_test_app_login(x, &p, "GPGS,GPGC,GPKA");
 	assert_int_equal(KH_CALL(x, &p, "[AOGPGS;CT6;SL150;]"), KH_OK);
 	assert_int_equal(KH_CALL(x, &p, "[AOGPGS;CT6;SL250;]"), KH_ERR_SLOT_OUT_OF_RANGE);
 	assert_non_null(strstr(x->out, "range kind"));
@@ -137,7 +111,7 @@ static void test_range_kinds_and_authorized(void **state)
 	/* Authorized keys need keys.authorized */
 	assert_int_equal(KH_CALL(x, &p, "[AOGPGS;CT6;KFA;SL151;]"), KH_ERR_PERMISSION_DENIED);
 	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNapp;PMkeys,keys.authorized;]"), KH_OK);
-	assert_int_equal(KH_LOGN(x, &p, "appuser", "app-password-1", NULL), KH_OK);
+	assert_int_equal(KH_LOGN(x, &p, "appuser", KH_TEST_APP_PW, NULL), KH_OK);
 	assert_int_equal(KH_CALL(x, &p, "[AOGPGS;CT6;KFAX;]"), KH_OK);
 	char *bg = strdup(kh_test_field(x->out, "BG"));
 	/* ...and a logged-in identity to use: not before login */
@@ -162,8 +136,8 @@ static void test_tampered_row(void **state)
 	assert_int_equal(KH_CALL(x, &p, "[AOGPGS;CT6;SL50;CZE;]"), KH_OK);
 	assert_int_equal(KH_CALL(x, &p, "[AOGPGC;SL50;]"), KH_OK);
 	/* widen the usage in the database: E -> EDGVWUX */
-	assert_int_equal(kh_test_db_exec(&x->hsm, "UPDATE keys SET attrs=X'01007F0030' WHERE slot=50"),
-	                 0);
+	assert_int_equal(
+	    kh_test_db_exec(&x->hsm, "UPDATE keys SET attrs=X'01007F0030' WHERE slot=50"), 0);
 	kh_keycache_clear(&x->hsm);
 	assert_int_equal(KH_CALL(x, &p, "[AOGPGC;SL50;]"), KH_ERR_CRYPTO);
 	assert_non_null(strstr(x->out, "does not open"));
@@ -207,13 +181,11 @@ static void test_error_state_refuses_crypto(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_generate_and_cryptograms, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_clear_import, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_range_kinds_and_authorized, setup,
-	                                    kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_tampered_row, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_error_state_refuses_crypto, setup,
-	                                    kh_test_fx_teardown),
+	    KH_FX_TEST(test_generate_and_cryptograms, kh_test_fx_setup_pmk),
+	    KH_FX_TEST(test_clear_import, kh_test_fx_setup_pmk),
+	    KH_FX_TEST(test_range_kinds_and_authorized, kh_test_fx_setup_pmk),
+	    KH_FX_TEST(test_tampered_row, kh_test_fx_setup_pmk),
+	    KH_FX_TEST(test_error_state_refuses_crypto, kh_test_fx_setup_pmk),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

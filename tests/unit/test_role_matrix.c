@@ -8,9 +8,7 @@
  * the environment prints every answer. */
 #include "kh_testutil.h"
 #include "hsm/dispatch.h"
-#include "hsm/majorkey.h"
 #include "common/kh_err.h"
-#include "common/kh_mem.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -471,27 +469,6 @@ static void run_slots(struct matrix *m, struct kh_session *s, enum column col,
 
 /* ---- set-up: the reference's roles, an identity, keys in the ranges ---- */
 
-static char *hex_of(const uint8_t *p, size_t n)
-{
-	char *h = malloc(2 * n + 1);
-	assert_non_null(h);
-	kh_hex_encode(p, n, h);
-	return h;
-}
-
-static char *pkcs8_hex(EVP_PKEY *k)
-{
-	PKCS8_PRIV_KEY_INFO *p8 = EVP_PKEY2PKCS8(k);
-	unsigned char *der = NULL;
-	assert_non_null(p8);
-	int n = i2d_PKCS8_PRIV_KEY_INFO(p8, &der);
-	assert_true(n > 0);
-	char *h = hex_of(der, (size_t)n);
-	OPENSSL_free(der);
-	PKCS8_PRIV_KEY_INFO_free(p8);
-	return h;
-}
-
 static char *self_signed_hex(EVP_PKEY *k)
 {
 	X509 *c = X509_new();
@@ -509,16 +486,10 @@ static char *self_signed_hex(EVP_PKEY *k)
 	                 1);
 	assert_int_equal(X509_set_issuer_name(c, nm), 1);
 	assert_true(X509_sign(c, k, EVP_sha256()) > 0);
-	int n = i2d_X509(c, &der);
-	assert_true(n > 0);
-	char *h = hex_of(der, (size_t)n);
-	OPENSSL_free(der);
+	char *h = kh_test_der_hex(i2d_X509(c, &der), &der);
 	X509_free(c);
 	return h;
 }
-
-static const uint8_t pmk[32] = {9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5, 6,
-                                7, 8, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4};
 
 static void call_ok(struct kh_test_fx *x, struct kh_session *s, const char *req)
 {
@@ -564,16 +535,14 @@ static void test_role_matrix(void **state)
 	assert_non_null(rsa);
 	m.mat[M_NONE] = strdup("");
 	m.mat[M_AES] = strdup("00112233445566778899AABBCCDDEEFF");
-	m.mat[M_EC] = pkcs8_hex(ec);
-	m.mat[M_RSA] = pkcs8_hex(rsa);
+	m.mat[M_EC] = kh_test_pkcs8_hex(ec);
+	m.mat[M_RSA] = kh_test_pkcs8_hex(rsa);
 	m.mat[M_CERT] = self_signed_hex(ec);
 	EVP_PKEY_free(ec);
 	EVP_PKEY_free(rsa);
 
-	/* the reference's set-up (scripts/lib/reference-setup.sh) */
-	assert_int_equal(
-	    kh_mk_load(&x->hsm, KH_MK_PMK, pmk, sizeof(pmk), "unit", "mk.load", "test", NULL),
-	    KH_OK);
+	/* the reference's set-up (scripts/lib/reference-setup.sh; the fixture
+	 * loaded the PMK) */
 	snprintf(req, sizeof(req), "[AORLMD;RNAnonymous;PMkeys;KR;CM%s;]", tp_role.cmds);
 	call_ok(x, &x->admin, req);
 	snprintf(req, sizeof(req),
@@ -679,8 +648,7 @@ static void test_role_matrix(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_role_matrix, kh_test_fx_setup_admin,
-	                                    kh_test_fx_teardown),
+	    KH_FX_TEST(test_role_matrix, kh_test_fx_setup_pmk),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,24 +20,6 @@
 #include <string.h>
 #include <time.h>
 
-static const uint8_t pmk[32] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16,
-                                17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
-static const uint8_t ftk[32] = {0xF0, 0xF1, 0xF2, 0xF3, 0xF4, 0xF5, 0xF6, 0xF7,
-                                0xF8, 0xF9, 0xFA, 0xFB, 0xFC, 0xFD, 0xFE, 0xFF};
-
-static int setup(void **state)
-{
-	int r = kh_test_fx_setup_admin(state);
-	struct kh_test_fx *x = *state;
-	if (r == 0)
-		r = kh_mk_load(&x->hsm, KH_MK_PMK, pmk, sizeof(pmk), "unit", "mk.load", "test",
-		               NULL);
-	if (r == 0)
-		r = kh_mk_load(&x->hsm, KH_MK_FTK, ftk, sizeof(ftk), "unit", "mk.load", "test",
-		               NULL);
-	return r;
-}
-
 /* Two components for a rotation round: their XOR is the new key. */
 static void components(unsigned round, uint8_t c[2][32], uint8_t key[32])
 {
@@ -179,7 +161,7 @@ static void test_rotate_pmk_components(void **state)
 	char *cg_ftk = strdup(kh_test_field(x->out, "BG"));
 	/* used once: the parsed key sits in the cache */
 	assert_int_equal(use_cryptogram(x, &p, cg_old), KH_OK);
-	assert_int_equal(opens_under(x, 10, pmk), KH_OK);
+	assert_int_equal(opens_under(x, 10, kh_test_pmk), KH_OK);
 	ftk_before = wrapped_of(x, 11, &flen);
 
 	assert_int_equal(rotate(x, &x->admin, "PMK", 1, "GP0;"), KH_OK);
@@ -203,8 +185,8 @@ static void test_rotate_pmk_components(void **state)
 	assert_int_equal(KH_CALL(x, &p, "[AOGPGC;SL11;]"), KH_OK);
 	/* the rows are under the new key only */
 	assert_int_equal(opens_under(x, 10, newkey), KH_OK);
-	assert_int_equal(opens_under(x, 10, pmk), KH_ERR_CRYPTO);
-	assert_int_equal(opens_under(x, 12, pmk), KH_ERR_CRYPTO);
+	assert_int_equal(opens_under(x, 10, kh_test_pmk), KH_ERR_CRYPTO);
+	assert_int_equal(opens_under(x, 12, kh_test_pmk), KH_ERR_CRYPTO);
 	/* the FTK's rows are untouched */
 	ftk_after = wrapped_of(x, 11, &flen2);
 	assert_int_equal(flen, flen2);
@@ -326,7 +308,7 @@ static void test_bad_row_blocks_rotation(void **state)
 	w20b = wrapped_of(x, 20, &l20b);
 	assert_int_equal(l20, l20b);
 	assert_memory_equal(w20, w20b, l20);
-	assert_int_equal(opens_under(x, 10, pmk), KH_OK);
+	assert_int_equal(opens_under(x, 10, kh_test_pmk), KH_OK);
 	kh_keycache_clear(&x->hsm);
 	assert_int_equal(KH_CALL(x, &p, "[AOGPGC;SL20;]"), KH_OK);
 	assert_int_equal(query_int(x, "SELECT count(*) FROM audit WHERE event='majorkey.rotate'"),
@@ -390,7 +372,7 @@ static void test_refusals_and_fragments(void **state)
 	char *f1 = strdup(kh_test_field(x->out, "F1")), *f2 = strdup(kh_test_field(x->out, "F2"));
 	kh_mk_info(&x->hsm, KH_MK_PMK, &info);
 	assert_string_equal(info.kcv, kv);
-	assert_int_equal(opens_under(x, 10, pmk), KH_ERR_CRYPTO);
+	assert_int_equal(opens_under(x, 10, kh_test_pmk), KH_ERR_CRYPTO);
 	kh_keycache_clear(&x->hsm);
 	assert_int_equal(KH_CALL(x, &p, "[AOGPGC;SL10;]"), KH_OK);
 	/* rotating to the key that is current is refused (fragments path) */
@@ -420,8 +402,8 @@ static void test_erase_takes_prev(void **state)
 	assert_string_equal(info.prev_kcv, "");
 	assert_int_equal(query_int(x, "SELECT count(*) FROM major_keys WHERE name LIKE 'FTK%'"), 0);
 	/* and a new load starts clean */
-	assert_int_equal(kh_mk_load(&x->hsm, KH_MK_FTK, ftk, 32, "unit", "mk.load", "t", NULL),
-	                 KH_OK);
+	assert_int_equal(
+	    kh_mk_load(&x->hsm, KH_MK_FTK, kh_test_ftk, 32, "unit", "mk.load", "t", NULL), KH_OK);
 	kh_mk_info(&x->hsm, KH_MK_FTK, &info);
 	assert_string_equal(info.prev_kcv, "");
 }
@@ -549,17 +531,14 @@ static void test_concurrent_use(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_rotate_pmk_components, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_grace_period_and_restart, setup,
-	                                    kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_prev_row_bound, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_bad_row_blocks_rotation, setup,
-	                                    kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_refusals_and_fragments, setup,
-	                                    kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_erase_takes_prev, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_stale_row_retried, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_concurrent_use, setup, kh_test_fx_teardown),
+	    KH_FX_TEST(test_rotate_pmk_components, kh_test_fx_setup_keys),
+	    KH_FX_TEST(test_grace_period_and_restart, kh_test_fx_setup_keys),
+	    KH_FX_TEST(test_prev_row_bound, kh_test_fx_setup_keys),
+	    KH_FX_TEST(test_bad_row_blocks_rotation, kh_test_fx_setup_keys),
+	    KH_FX_TEST(test_refusals_and_fragments, kh_test_fx_setup_keys),
+	    KH_FX_TEST(test_erase_takes_prev, kh_test_fx_setup_keys),
+	    KH_FX_TEST(test_stale_row_retried, kh_test_fx_setup_keys),
+	    KH_FX_TEST(test_concurrent_use, kh_test_fx_setup_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

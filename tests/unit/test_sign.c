@@ -14,9 +14,6 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
-static const uint8_t pmk[32] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16,
-                                17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
-
 /* made once: RSA key generation is slow under ASan */
 static EVP_PKEY *rsa2048, *rsa1024;
 
@@ -39,60 +36,12 @@ static int group_teardown(void **state)
 /* A device with a PMK whose TP role may import public keys. */
 static int setup(void **state)
 {
-	int r = kh_test_fx_setup_admin(state);
+	int r = kh_test_fx_setup_pmk(state);
 	struct kh_test_fx *x = *state;
-	if (r == 0)
-		r = kh_mk_load(&x->hsm, KH_MK_PMK, pmk, sizeof(pmk), "unit", "mk.load", "test",
-		               NULL);
 	if (r == 0 &&
 	    KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;PMkeys,keys.import_pki;]") != KH_OK)
 		r = -1;
 	return r;
-}
-
-static char *hex(const uint8_t *d, size_t n)
-{
-	char *s = malloc(2 * n + 1);
-	assert_non_null(s);
-	for (size_t i = 0; i < n; i++)
-		snprintf(s + 2 * i, 3, "%02X", d[i]);
-	s[2 * n] = '\0';
-	return s;
-}
-
-static size_t unhex(const char *s, uint8_t *out, size_t max)
-{
-	size_t n = strlen(s) / 2;
-	assert_true(n <= max);
-	for (size_t i = 0; i < n; i++) {
-		unsigned v;
-		assert_int_equal(sscanf(s + 2 * i, "%2x", &v), 1);
-		out[i] = (uint8_t)v;
-	}
-	return n;
-}
-
-static char *priv_hex(EVP_PKEY *pk)
-{
-	PKCS8_PRIV_KEY_INFO *p8 = EVP_PKEY2PKCS8(pk);
-	uint8_t *der = NULL;
-	assert_non_null(p8);
-	int n = i2d_PKCS8_PRIV_KEY_INFO(p8, &der);
-	assert_true(n > 0);
-	char *s = hex(der, (size_t)n);
-	OPENSSL_free(der);
-	PKCS8_PRIV_KEY_INFO_free(p8);
-	return s;
-}
-
-static char *pub_hex(EVP_PKEY *pk)
-{
-	uint8_t *der = NULL;
-	int n = i2d_PUBKEY(pk, &der);
-	assert_true(n > 0);
-	char *s = hex(der, (size_t)n);
-	OPENSSL_free(der);
-	return s;
 }
 
 static const char *type_of(EVP_PKEY *pk)
@@ -111,37 +60,23 @@ static const char *type_of(EVP_PKEY *pk)
 static void import_pair(struct kh_test_fx *x, struct kh_session *p, EVP_PKEY *pk, unsigned slot,
                         const char *usage)
 {
-	char *v = priv_hex(pk), *req = malloc(strlen(v) + 256);
+	char *v = kh_test_pkcs8_hex(pk), *req = malloc(strlen(v) + 256);
 	assert_non_null(req);
 	sprintf(req, "[AOGPKA;CLprivate;KT%s;KV%s;CZ%s;SL%u;]", type_of(pk), v, usage, slot);
 	assert_int_equal(KH_CALL(x, p, req), KH_OK);
 	free(v);
-	v = pub_hex(pk);
+	v = kh_test_spki_hex(pk);
 	sprintf(req, "[AOGPKA;CLpublic;KT%s;KV%s;CZV;SL%u;]", type_of(pk), v, slot + 1);
 	assert_int_equal(KH_CALL(x, p, req), KH_OK);
 	free(v);
 	free(req);
 }
 
-/* A request built from a format; large enough for any key in hex. */
-static int call(struct kh_test_fx *x, struct kh_session *p, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int call(struct kh_test_fx *x, struct kh_session *p, const char *fmt, ...)
-{
-	static char req[32768];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(req, sizeof(req), fmt, ap);
-	va_end(ap);
-	assert_true(n > 0 && (size_t)n < sizeof(req));
-	return KH_CALL(x, p, req);
-}
-
 /* The SG of the last response, decoded. */
 static size_t sg(struct kh_test_fx *x, uint8_t *out, size_t max)
 {
 	assert_non_null(strstr(x->out, "BBY;"));
-	return unhex(kh_test_field(x->out, "SG"), out, max);
+	return kh_test_unhex(kh_test_field(x->out, "SG"), out, max);
 }
 
 /* OpenSSL's own verification of an RSA or ECDSA signature over msg
@@ -189,32 +124,32 @@ static void test_rsa(void **state)
 	uint8_t sig[512], sig2[512], dg[64];
 	size_t n, n2;
 	unsigned dl;
-	char *s, *pu = pub_hex(rsa2048);
+	char *s, *pu = kh_test_spki_hex(rsa2048);
 	kh_test_session(&p, KH_PORT_PROD);
 	import_pair(x, &p, rsa2048, 100, "GV");
 
 	/* PKCS#1 v1.5 is deterministic: DT, HS (the digest made here) and
 	 * RSAS give the same signature, which OpenSSL verifies */
-	assert_int_equal(call(x, &p, "[AOASYS;SL100;DT%s;]", MSG_HEX), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL100;DT%s;]", MSG_HEX), KH_OK);
 	n = sg(x, sig, sizeof(sig));
 	assert_int_equal(n, 256);
 	assert_int_equal(
 	    ossl_verify(rsa2048, EVP_sha256(), RSA_PKCS1_PADDING, 0, sig, n, msg, sizeof(msg) - 1),
 	    1);
 	assert_int_equal(EVP_Digest(msg, sizeof(msg) - 1, dg, &dl, EVP_sha256(), NULL), 1);
-	s = hex(dg, dl);
-	assert_int_equal(call(x, &p, "[AOASYS;SL100;HAZZ;HS%s;]", s), KH_ERR_BAD_FIELD);
-	assert_int_equal(call(x, &p, "[AOASYS;SL100;HASHA-256;PDPKCS1;HS%s;]", s), KH_OK);
+	s = kh_test_hex(dg, dl);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL100;HAZZ;HS%s;]", s), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL100;HASHA-256;PDPKCS1;HS%s;]", s), KH_OK);
 	assert_int_equal(sg(x, sig2, sizeof(sig2)), n);
 	assert_memory_equal(sig, sig2, n);
-	assert_int_equal(call(x, &p, "[AORSAS;SL100;DT%s;]", MSG_HEX), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AORSAS;SL100;DT%s;]", MSG_HEX), KH_OK);
 	assert_int_equal(sg(x, sig2, sizeof(sig2)), n);
 	assert_memory_equal(sig, sig2, n);
 	/* an HS that is not the hash's length, HS with DT, neither */
-	assert_int_equal(call(x, &p, "[AOASYS;SL100;HASHA-384;HS%s;]", s), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL100;HASHA-384;HS%s;]", s), KH_ERR_BAD_FIELD);
 	assert_non_null(strstr(x->out, "HS (48 bytes"));
-	assert_int_equal(call(x, &p, "[AOASYS;SL100;HS%s;DT00;]", s), KH_ERR_BAD_FIELD);
-	assert_int_equal(call(x, &p, "[AOASYS;SL100;]"), KH_ERR_MISSING_FIELD);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL100;HS%s;DT00;]", s), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL100;]"), KH_ERR_MISSING_FIELD);
 	free(s);
 
 	/* other hashes, PKCS#1 v1.5 */
@@ -226,7 +161,7 @@ static void test_rsa(void **state)
 	           {"SHA-512", EVP_sha512},
 	           {"SHA3-256", EVP_sha3_256}};
 	for (size_t i = 0; i < sizeof(mds) / sizeof(mds[0]); i++) {
-		assert_int_equal(call(x, &p, "[AOASYS;SL100;HA%s;DT%s;]", mds[i].name, MSG_HEX),
+		assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL100;HA%s;DT%s;]", mds[i].name, MSG_HEX),
 		                 KH_OK);
 		n = sg(x, sig, sizeof(sig));
 		assert_int_equal(ossl_verify(rsa2048, mds[i].md(), RSA_PKCS1_PADDING, 0, sig, n,
@@ -245,79 +180,82 @@ static void test_rsa(void **state)
 	           {"HASHA-384;", EVP_sha384, 48}, {"SA222;", EVP_sha256, 222}};
 	for (size_t i = 0; i < sizeof(pss) / sizeof(pss[0]); i++) {
 		assert_int_equal(
-		    call(x, &p, "[AOASYS;SL100;PDPSS;%sDT%s;]", pss[i].fields, MSG_HEX), KH_OK);
+		    KH_CALLF(x, &p, "[AOASYS;SL100;PDPSS;%sDT%s;]", pss[i].fields, MSG_HEX), KH_OK);
 		n = sg(x, sig, sizeof(sig));
 		assert_int_equal(ossl_verify(rsa2048, pss[i].md(), RSA_PKCS1_PSS_PADDING,
 		                             pss[i].salt, sig, n, msg, sizeof(msg) - 1),
 		                 1);
-		s = hex(sig, n);
+		s = kh_test_hex(sig, n);
 		assert_int_equal(
-		    call(x, &p, "[AOASYV;SL101;PDPSS;%sDT%s;SG%s;]", pss[i].fields, MSG_HEX, s),
+		    KH_CALLF(x, &p, "[AOASYV;SL101;PDPSS;%sDT%s;SG%s;]", pss[i].fields, MSG_HEX, s),
 		    KH_OK);
 		assert_non_null(strstr(x->out, "BBY;"));
 		/* another salt length than the signer's does not verify */
 		if (pss[i].md() == EVP_sha256())
-			assert_int_equal(call(x, &p, "[AOASYV;SL101;PDPSS;SA%d;DT%s;SG%s;]",
-			                      pss[i].salt == 0 ? 1 : 0, MSG_HEX, s),
+			assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL101;PDPSS;SA%d;DT%s;SG%s;]",
+			                          pss[i].salt == 0 ? 1 : 0, MSG_HEX, s),
 			                 KH_ERR_VERIFY_FAILED);
 		free(s);
 	}
 	/* the longest salt is emLen - hLen - 2 */
-	assert_int_equal(call(x, &p, "[AOASYS;SL100;PDPSS;SA223;DT%s;]", MSG_HEX),
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL100;PDPSS;SA223;DT%s;]", MSG_HEX),
 	                 KH_ERR_BAD_FIELD);
-	assert_int_equal(call(x, &p, "[AOASYS;SL100;SA20;DT%s;]", MSG_HEX), KH_ERR_BAD_FIELD);
-	assert_int_equal(call(x, &p, "[AOASYS;SL100;PDOAEP;DT%s;]", MSG_HEX), KH_ERR_BAD_FIELD);
-	assert_int_equal(call(x, &p, "[AOASYS;SL100;SFDER;DT%s;]", MSG_HEX), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL100;SA20;DT%s;]", MSG_HEX), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL100;PDOAEP;DT%s;]", MSG_HEX), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL100;SFDER;DT%s;]", MSG_HEX), KH_ERR_BAD_FIELD);
 	/* MGF1 with another hash than the message's */
-	assert_int_equal(call(x, &p, "[AOASYS;SL100;PDPSS;MGSHA-1;DT%s;]", MSG_HEX), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL100;PDPSS;MGSHA-1;DT%s;]", MSG_HEX), KH_OK);
 	n = sg(x, sig, sizeof(sig));
-	s = hex(sig, n);
-	assert_int_equal(call(x, &p, "[AOASYV;SL101;PDPSS;MGSHA-1;DT%s;SG%s;]", MSG_HEX, s), KH_OK);
-	assert_int_equal(call(x, &p, "[AOASYV;SL101;PDPSS;DT%s;SG%s;]", MSG_HEX, s),
+	s = kh_test_hex(sig, n);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL101;PDPSS;MGSHA-1;DT%s;SG%s;]", MSG_HEX, s),
+	                 KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL101;PDPSS;DT%s;SG%s;]", MSG_HEX, s),
 	                 KH_ERR_VERIFY_FAILED);
 	free(s);
 
 	/* OpenSSL's signatures verify through every way of naming the key:
 	 * public and private slot, cryptogram, clear public key */
-	assert_int_equal(call(x, &p, "[AOGPGC;SL101;]"), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPGC;SL101;]"), KH_OK);
 	char *cg = strdup(kh_test_field(x->out, "SD"));
-	assert_int_equal(call(x, &p, "[AOGPGC;SL100;]"), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPGC;SL100;]"), KH_OK);
 	char *rc = strdup(kh_test_field(x->out, "RC"));
 	n = ossl_sign(rsa2048, EVP_sha256(), RSA_PKCS1_PADDING, 0, msg, sizeof(msg) - 1, sig,
 	              sizeof(sig));
 	n2 = ossl_sign(rsa2048, EVP_sha384(), RSA_PKCS1_PSS_PADDING, 17, msg, sizeof(msg) - 1, sig2,
 	               sizeof(sig2));
-	s = hex(sig, n);
-	char *s2 = hex(sig2, n2);
+	s = kh_test_hex(sig, n);
+	char *s2 = kh_test_hex(sig2, n2);
 	const char *names[] = {"SL101", "SL100", "CG", "CG", "PU"};
 	const char *vals[] = {"", "", cg, rc, pu};
 	for (size_t i = 0; i < 5; i++) {
 		assert_int_equal(
-		    call(x, &p, "[AOASYV;%s%s;DT%s;SG%s;]", names[i], vals[i], MSG_HEX, s), KH_OK);
-		assert_int_equal(call(x, &p, "[AOASYV;%s%s;HASHA-384;PDPSS;SA17;DT%s;SG%s;]",
-		                      names[i], vals[i], MSG_HEX, s2),
+		    KH_CALLF(x, &p, "[AOASYV;%s%s;DT%s;SG%s;]", names[i], vals[i], MSG_HEX, s),
+		    KH_OK);
+		assert_int_equal(KH_CALLF(x, &p, "[AOASYV;%s%s;HASHA-384;PDPSS;SA17;DT%s;SG%s;]",
+		                          names[i], vals[i], MSG_HEX, s2),
 		                 KH_OK);
 	}
 	/* a flipped bit anywhere, a byte short or long, another message */
 	for (size_t i = 0; i < n; i += 37) {
 		sig[i] ^= 0x10;
-		char *t = hex(sig, n);
-		assert_int_equal(call(x, &p, "[AOASYV;SL101;DT%s;SG%s;]", MSG_HEX, t),
+		char *t = kh_test_hex(sig, n);
+		assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL101;DT%s;SG%s;]", MSG_HEX, t),
 		                 KH_ERR_VERIFY_FAILED);
 		free(t);
 		sig[i] ^= 0x10;
 	}
-	assert_int_equal(call(x, &p, "[AOASYV;SL101;DT%s;SG%.510s;]", MSG_HEX, s),
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL101;DT%s;SG%.510s;]", MSG_HEX, s),
 	                 KH_ERR_VERIFY_FAILED);
 	assert_null(strstr(x->out, ": ")); /* nothing said about why */
-	assert_int_equal(call(x, &p, "[AOASYV;SL101;DT%s;SG%s00;]", MSG_HEX, s),
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL101;DT%s;SG%s00;]", MSG_HEX, s),
 	                 KH_ERR_VERIFY_FAILED);
-	assert_int_equal(call(x, &p, "[AOASYV;SL101;DT%s00;SG%s;]", MSG_HEX, s),
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL101;DT%s00;SG%s;]", MSG_HEX, s),
 	                 KH_ERR_VERIFY_FAILED);
-	assert_int_equal(call(x, &p, "[AOASYV;SL101;DT%s;SG;]", MSG_HEX), KH_ERR_VERIFY_FAILED);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL101;DT%s;SG;]", MSG_HEX), KH_ERR_VERIFY_FAILED);
 	/* not hex at all is a bad field, not a signature */
-	assert_int_equal(call(x, &p, "[AOASYV;SL101;DT%s;SGXY%s;]", MSG_HEX, s), KH_ERR_BAD_FIELD);
-	assert_int_equal(call(x, &p, "[AOASYV;SL101;DT%s;]", MSG_HEX), KH_ERR_MISSING_FIELD);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL101;DT%s;SGXY%s;]", MSG_HEX, s),
+	                 KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL101;DT%s;]", MSG_HEX), KH_ERR_MISSING_FIELD);
 	free(s);
 	free(s2);
 	free(cg);
@@ -369,27 +307,28 @@ static void test_ecdsa(void **state)
 		uint8_t sig[256], fx[256], der[256], dg[64];
 		unsigned dl;
 		size_t n, w = curves[c].w;
-		char *s, *pu = pub_hex(pk);
+		char *s, *pu = kh_test_spki_hex(pk);
 		unsigned slot = 110 + 2 * (unsigned)c;
 		assert_non_null(pk);
 		import_pair(x, &p, pk, slot, "GV");
 
 		/* DER (default), verified by OpenSSL */
 		assert_int_equal(
-		    call(x, &p, "[AOASYS;SL%u;HA%s;DT%s;]", slot, curves[c].ha, MSG_HEX), KH_OK);
+		    KH_CALLF(x, &p, "[AOASYS;SL%u;HA%s;DT%s;]", slot, curves[c].ha, MSG_HEX),
+		    KH_OK);
 		n = sg(x, sig, sizeof(sig));
 		assert_int_equal(ossl_verify(pk, md, 0, 0, sig, n, msg, sizeof(msg) - 1), 1);
 		/* P1363 is exactly twice the field size, 66 bytes each for P-521 */
-		assert_int_equal(
-		    call(x, &p, "[AOASYS;SL%u;HA%s;SFP1363;DT%s;]", slot, curves[c].ha, MSG_HEX),
-		    KH_OK);
+		assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL%u;HA%s;SFP1363;DT%s;]", slot,
+		                          curves[c].ha, MSG_HEX),
+		                 KH_OK);
 		assert_int_equal(sg(x, fx, sizeof(fx)), 2 * w);
 		n = from_p1363(fx, w, der);
 		assert_int_equal(ossl_verify(pk, md, 0, 0, der, n, msg, sizeof(msg) - 1), 1);
 		/* a digest made here signs like the data */
 		assert_int_equal(EVP_Digest(msg, sizeof(msg) - 1, dg, &dl, md, NULL), 1);
-		s = hex(dg, dl);
-		assert_int_equal(call(x, &p, "[AOASYS;SL%u;HA%s;HS%s;]", slot, curves[c].ha, s),
+		s = kh_test_hex(dg, dl);
+		assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL%u;HA%s;HS%s;]", slot, curves[c].ha, s),
 		                 KH_OK);
 		free(s);
 		n = sg(x, sig, sizeof(sig));
@@ -397,49 +336,51 @@ static void test_ecdsa(void **state)
 
 		/* OpenSSL's signature through ASYV, DER and P1363, slot and PU */
 		n = ossl_sign(pk, EVP_sha256(), 0, 0, msg, sizeof(msg) - 1, sig, sizeof(sig));
-		s = hex(sig, n);
-		assert_int_equal(call(x, &p, "[AOASYV;SL%u;DT%s;SG%s;]", slot + 1, MSG_HEX, s),
+		s = kh_test_hex(sig, n);
+		assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL%u;DT%s;SG%s;]", slot + 1, MSG_HEX, s),
 		                 KH_OK);
-		assert_int_equal(call(x, &p, "[AOASYV;PU%s;SFDER;DT%s;SG%s;]", pu, MSG_HEX, s),
+		assert_int_equal(KH_CALLF(x, &p, "[AOASYV;PU%s;SFDER;DT%s;SG%s;]", pu, MSG_HEX, s),
 		                 KH_OK);
 		assert_int_equal(
-		    call(x, &p, "[AOASYV;SL%u;HASHA-384;DT%s;SG%s;]", slot + 1, MSG_HEX, s),
+		    KH_CALLF(x, &p, "[AOASYV;SL%u;HASHA-384;DT%s;SG%s;]", slot + 1, MSG_HEX, s),
 		    KH_ERR_VERIFY_FAILED);
 		free(s);
 		to_p1363(sig, n, w, fx);
-		s = hex(fx, 2 * w);
-		assert_int_equal(call(x, &p, "[AOASYV;SL%u;SFP1363;DT%s;SG%s;]", slot, MSG_HEX, s),
-		                 KH_OK);
+		s = kh_test_hex(fx, 2 * w);
+		assert_int_equal(
+		    KH_CALLF(x, &p, "[AOASYV;SL%u;SFP1363;DT%s;SG%s;]", slot, MSG_HEX, s), KH_OK);
 		/* P1363 of another length, or given as DER: malformed */
 		assert_int_equal(
-		    call(x, &p, "[AOASYV;SL%u;SFP1363;DT%s;SG00%s;]", slot, MSG_HEX, s),
+		    KH_CALLF(x, &p, "[AOASYV;SL%u;SFP1363;DT%s;SG00%s;]", slot, MSG_HEX, s),
 		    KH_ERR_VERIFY_FAILED);
-		assert_int_equal(call(x, &p, "[AOASYV;SL%u;DT%s;SG%s;]", slot, MSG_HEX, s),
+		assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL%u;DT%s;SG%s;]", slot, MSG_HEX, s),
 		                 KH_ERR_VERIFY_FAILED);
 		fx[w - 1] ^= 1;
 		free(s);
-		s = hex(fx, 2 * w);
-		assert_int_equal(call(x, &p, "[AOASYV;SL%u;SFP1363;DT%s;SG%s;]", slot, MSG_HEX, s),
-		                 KH_ERR_VERIFY_FAILED);
+		s = kh_test_hex(fx, 2 * w);
+		assert_int_equal(
+		    KH_CALLF(x, &p, "[AOASYV;SL%u;SFP1363;DT%s;SG%s;]", slot, MSG_HEX, s),
+		    KH_ERR_VERIFY_FAILED);
 		free(s);
 		/* BER that is not DER: trailing byte, long-form length */
 		sig[n] = 0;
-		s = hex(sig, n + 1);
-		assert_int_equal(call(x, &p, "[AOASYV;SL%u;DT%s;SG%s;]", slot, MSG_HEX, s),
+		s = kh_test_hex(sig, n + 1);
+		assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL%u;DT%s;SG%s;]", slot, MSG_HEX, s),
 		                 KH_ERR_VERIFY_FAILED);
 		free(s);
 		if (sig[1] < 0x80) {
 			uint8_t ber[256] = {0x30, 0x81};
 			memcpy(ber + 2, sig + 1, n - 1);
-			s = hex(ber, n + 1);
-			assert_int_equal(call(x, &p, "[AOASYV;SL%u;DT%s;SG%s;]", slot, MSG_HEX, s),
-			                 KH_ERR_VERIFY_FAILED);
+			s = kh_test_hex(ber, n + 1);
+			assert_int_equal(
+			    KH_CALLF(x, &p, "[AOASYV;SL%u;DT%s;SG%s;]", slot, MSG_HEX, s),
+			    KH_ERR_VERIFY_FAILED);
 			free(s);
 		}
 		/* RSA parameters mean nothing here */
-		assert_int_equal(call(x, &p, "[AOASYS;SL%u;PDPSS;DT%s;]", slot, MSG_HEX),
+		assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL%u;PDPSS;DT%s;]", slot, MSG_HEX),
 		                 KH_ERR_BAD_FIELD);
-		assert_int_equal(call(x, &p, "[AOASYS;SL%u;SFRAW;DT%s;]", slot, MSG_HEX),
+		assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL%u;SFRAW;DT%s;]", slot, MSG_HEX),
 		                 KH_ERR_BAD_FIELD);
 		free(pu);
 		EVP_PKEY_free(pk);
@@ -463,35 +404,37 @@ static void test_ed25519(void **state)
 	kh_test_session(&p, KH_PORT_PROD);
 	assert_non_null(pk);
 	import_pair(x, &p, pk, 120, "GV");
-	char *pu = pub_hex(pk);
+	char *pu = kh_test_spki_hex(pk);
 
-	assert_int_equal(call(x, &p, "[AOASYS;SL120;DT;]"), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL120;DT;]"), KH_OK);
 	assert_string_equal(kh_test_field(x->out, "SG"), ED_SIG);
-	assert_int_equal(call(x, &p, "[AOASYV;SL121;DT;SG%s;]", ED_SIG), KH_OK);
-	assert_int_equal(call(x, &p, "[AOASYV;PU%s;DT;SG%s;]", pu, ED_SIG), KH_OK);
-	assert_int_equal(call(x, &p, "[AOASYV;PU%s;DT00;SG%s;]", pu, ED_SIG), KH_ERR_VERIFY_FAILED);
-	assert_int_equal(call(x, &p, "[AOASYV;PU%s;DT;SG%.126s;]", pu, ED_SIG),
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL121;DT;SG%s;]", ED_SIG), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;PU%s;DT;SG%s;]", pu, ED_SIG), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;PU%s;DT00;SG%s;]", pu, ED_SIG),
 	                 KH_ERR_VERIFY_FAILED);
-	assert_int_equal(call(x, &p, "[AOASYV;PU%s;DT;SG%s00;]", pu, ED_SIG), KH_ERR_VERIFY_FAILED);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;PU%s;DT;SG%.126s;]", pu, ED_SIG),
+	                 KH_ERR_VERIFY_FAILED);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;PU%s;DT;SG%s00;]", pu, ED_SIG),
+	                 KH_ERR_VERIFY_FAILED);
 	/* a longer message, verified by OpenSSL */
-	assert_int_equal(call(x, &p, "[AOASYS;SL120;DT%s;]", MSG_HEX), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL120;DT%s;]", MSG_HEX), KH_OK);
 	assert_int_equal(sg(x, sig, sizeof(sig)), 64);
 	EVP_MD_CTX *m = EVP_MD_CTX_new();
 	assert_int_equal(EVP_DigestVerifyInit(m, NULL, NULL, NULL, pk), 1);
 	assert_int_equal(EVP_DigestVerify(m, sig, 64, msg, sizeof(msg) - 1), 1);
 	EVP_MD_CTX_free(m);
 	sig[63] ^= 0x80;
-	char *s = hex(sig, 64);
-	assert_int_equal(call(x, &p, "[AOASYV;SL121;DT%s;SG%s;]", MSG_HEX, s),
+	char *s = kh_test_hex(sig, 64);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL121;DT%s;SG%s;]", MSG_HEX, s),
 	                 KH_ERR_VERIFY_FAILED);
 	free(s);
 	/* pure EdDSA: no hash to choose, no digest to sign */
-	assert_int_equal(call(x, &p, "[AOASYS;SL120;HASHA-512;DT;]"), KH_ERR_BAD_FIELD);
-	assert_int_equal(call(x, &p, "[AOASYS;SL120;HS%064d;]", 0), KH_ERR_BAD_FIELD);
-	assert_int_equal(call(x, &p, "[AOASYV;SL121;HASHA-256;DT;SG%s;]", ED_SIG),
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL120;HASHA-512;DT;]"), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL120;HS%064d;]", 0), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL121;HASHA-256;DT;SG%s;]", ED_SIG),
 	                 KH_ERR_BAD_FIELD);
 	/* RSAS is for RSA keys */
-	assert_int_equal(call(x, &p, "[AORSAS;SL120;DT;]"), KH_ERR_KEY_USAGE);
+	assert_int_equal(KH_CALLF(x, &p, "[AORSAS;SL120;DT;]"), KH_ERR_KEY_USAGE);
 	free(pu);
 	EVP_PKEY_free(pk);
 }
@@ -508,35 +451,38 @@ static void test_usage(void **state)
 	import_pair(x, &p, ec, 132, "G");
 
 	/* a V-only private key verifies but does not sign */
-	assert_int_equal(call(x, &p, "[AOASYS;SL130;DT%s;]", MSG_HEX), KH_ERR_KEY_USAGE);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL130;DT%s;]", MSG_HEX), KH_ERR_KEY_USAGE);
 	size_t n = ossl_sign(rsa2048, EVP_sha256(), RSA_PKCS1_PADDING, 0, msg, sizeof(msg) - 1, sig,
 	                     sizeof(sig));
 	assert_int_equal(n, 256);
-	char *s = hex(sig, n);
-	assert_int_equal(call(x, &p, "[AOASYV;SL130;DT%s;SG%s;]", MSG_HEX, s), KH_OK);
+	char *s = kh_test_hex(sig, n);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL130;DT%s;SG%s;]", MSG_HEX, s), KH_OK);
 	free(s);
 	/* a G-only private key signs but does not verify */
-	assert_int_equal(call(x, &p, "[AOASYS;SL132;DT%s;]", MSG_HEX), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL132;DT%s;]", MSG_HEX), KH_OK);
 	s = strdup(kh_test_field(x->out, "SG"));
-	assert_int_equal(call(x, &p, "[AOASYV;SL132;DT%s;SG%s;]", MSG_HEX, s), KH_ERR_KEY_USAGE);
-	assert_int_equal(call(x, &p, "[AOASYV;SL133;DT%s;SG%s;]", MSG_HEX, s), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL132;DT%s;SG%s;]", MSG_HEX, s),
+	                 KH_ERR_KEY_USAGE);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL133;DT%s;SG%s;]", MSG_HEX, s), KH_OK);
 	/* RSAS takes RSA keys only; public keys do not sign */
-	assert_int_equal(call(x, &p, "[AORSAS;SL132;DT%s;]", MSG_HEX), KH_ERR_KEY_USAGE);
-	assert_int_equal(call(x, &p, "[AOASYS;SL133;DT%s;]", MSG_HEX), KH_ERR_KEY_USAGE);
+	assert_int_equal(KH_CALLF(x, &p, "[AORSAS;SL132;DT%s;]", MSG_HEX), KH_ERR_KEY_USAGE);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL133;DT%s;]", MSG_HEX), KH_ERR_KEY_USAGE);
 	/* a secret key is not a signature key here */
-	assert_int_equal(call(x, &p, "[AOGPGS;CT6;CZGV;SL134;]"), KH_OK);
-	assert_int_equal(call(x, &p, "[AOASYV;SL134;DT%s;SG%s;]", MSG_HEX, s), KH_ERR_KEY_USAGE);
-	assert_int_equal(call(x, &p, "[AOASYS;SL134;DT%s;]", MSG_HEX), KH_ERR_KEY_USAGE);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPGS;CT6;CZGV;SL134;]"), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL134;DT%s;SG%s;]", MSG_HEX, s),
+	                 KH_ERR_KEY_USAGE);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL134;DT%s;]", MSG_HEX), KH_ERR_KEY_USAGE);
 	/* a clear public key verifies without keys.import_pki */
 	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;PMkeys;]"), KH_OK);
-	char *pu = pub_hex(ec);
-	assert_int_equal(call(x, &p, "[AOASYV;PU%s;DT%s;SG%s;]", pu, MSG_HEX, s), KH_OK);
+	char *pu = kh_test_spki_hex(ec);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;PU%s;DT%s;SG%s;]", pu, MSG_HEX, s), KH_OK);
 	/* ...but not a private key in its place, nor a key named twice */
-	char *pv = priv_hex(ec);
-	assert_int_equal(call(x, &p, "[AOASYV;PU%s;DT%s;SG%s;]", pv, MSG_HEX, s), KH_ERR_BAD_FIELD);
-	assert_int_equal(call(x, &p, "[AOASYV;SL133;PU%s;DT%s;SG%s;]", pu, MSG_HEX, s),
+	char *pv = kh_test_pkcs8_hex(ec);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;PU%s;DT%s;SG%s;]", pv, MSG_HEX, s),
 	                 KH_ERR_BAD_FIELD);
-	assert_int_equal(call(x, &p, "[AOASYV;DT%s;SG%s;]", MSG_HEX, s), KH_ERR_MISSING_FIELD);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL133;PU%s;DT%s;SG%s;]", pu, MSG_HEX, s),
+	                 KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;DT%s;SG%s;]", MSG_HEX, s), KH_ERR_MISSING_FIELD);
 	free(pv);
 	free(pu);
 	free(s);
@@ -555,17 +501,18 @@ static void test_fips(void **state)
 	import_pair(x, &p, rsa1024, 142, "GV");
 	assert_int_equal(KH_CALL(x, &x->admin, "[AOSETS;FIY;]"), KH_OK);
 
-	assert_int_equal(call(x, &p, "[AOASYS;SL140;HASHA-1;DT%s;]", MSG_HEX), KH_ERR_FIPS);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL140;HASHA-1;DT%s;]", MSG_HEX), KH_ERR_FIPS);
 	assert_non_null(strstr(x->out, "SHA-1"));
-	assert_int_equal(call(x, &p, "[AORSAS;SL140;HASHA-1;DT%s;]", MSG_HEX), KH_ERR_FIPS);
-	assert_int_equal(call(x, &p, "[AOASYS;SL140;PDPSS;MGSHA-1;DT%s;]", MSG_HEX), KH_ERR_FIPS);
-	assert_int_equal(call(x, &p, "[AOASYS;SL140;DT%s;]", MSG_HEX), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AORSAS;SL140;HASHA-1;DT%s;]", MSG_HEX), KH_ERR_FIPS);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL140;PDPSS;MGSHA-1;DT%s;]", MSG_HEX),
+	                 KH_ERR_FIPS);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL140;DT%s;]", MSG_HEX), KH_OK);
 	size_t n = ossl_sign(rsa2048, EVP_sha1(), RSA_PKCS1_PADDING, 0, msg, sizeof(msg) - 1, sig,
 	                     sizeof(sig));
-	char *s = hex(sig, n);
-	assert_int_equal(call(x, &p, "[AOASYV;SL141;HASHA-1;DT%s;SG%s;]", MSG_HEX, s), KH_OK);
+	char *s = kh_test_hex(sig, n);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL141;HASHA-1;DT%s;SG%s;]", MSG_HEX, s), KH_OK);
 	free(s);
-	assert_int_equal(call(x, &p, "[AOASYS;SL142;DT%s;]", MSG_HEX), KH_ERR_FIPS);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL142;DT%s;]", MSG_HEX), KH_ERR_FIPS);
 	assert_non_null(strstr(x->out, "2048"));
 }
 
@@ -575,56 +522,57 @@ static void test_gpsv(void **state)
 	struct kh_test_fx *x = *state;
 	struct kh_session p;
 	uint8_t sig[512];
-	char *sghex, *m = hex(msg, sizeof(msg));
+	char *sghex, *m = kh_test_hex(msg, sizeof(msg));
 	kh_test_session(&p, KH_PORT_PROD);
 
 	/* EC: sign with GPSV, verify with GPSV and with OpenSSL */
 	EVP_PKEY *ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
 	assert_non_null(ec);
 	import_pair(x, &p, ec, 300, "GV");
-	assert_int_equal(call(x, &p, "[AOGPSV;OPS;SL300;HASHA-256;DT%s;]", m),
-	                 KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPSV;OPS;SL300;HASHA-256;DT%s;]", m), KH_OK);
 	size_t n = sg(x, sig, sizeof(sig));
 	assert_int_equal(ossl_verify(ec, EVP_sha256(), 0, 0, sig, n, msg, sizeof(msg)), 1);
 	sghex = strdup(kh_test_field(x->out, "SG"));
-	assert_int_equal(call(x, &p, "[AOGPSV;OPV;SL301;HASHA-256;DT%s;SG%s;]",
-	                      m, sghex),
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPSV;OPV;SL301;HASHA-256;DT%s;SG%s;]", m, sghex),
 	                 KH_OK);
 	sghex[4] = sghex[4] == '0' ? '1' : '0';
-	assert_int_equal(call(x, &p, "[AOGPSV;OPV;SL301;HASHA-256;DT%s;SG%s;]",
-	                      m, sghex),
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPSV;OPV;SL301;HASHA-256;DT%s;SG%s;]", m, sghex),
 	                 KH_ERR_VERIFY_FAILED);
 	free(sghex);
 	/* HMAC-SHA256 (RFC 4231 test case 2: key "Jefe") through GPSV */
 	assert_int_equal(KH_CALL(x, &p, "[AOGPKA;CLsecret;KTGENERIC;KV4A656665;SL310;]"), KH_OK);
-	assert_int_equal(KH_CALL(x, &p, "[AOGPSV;OPS;SL310;HASHA-256;"
-	                                "DT7768617420646F2079612077616E7420666F72206E6F7468696E673F;]"),
+	assert_int_equal(KH_CALL(x, &p,
+	                         "[AOGPSV;OPS;SL310;HASHA-256;"
+	                         "DT7768617420646F2079612077616E7420666F72206E6F7468696E673F;]"),
 	                 KH_OK);
 	assert_string_equal(kh_test_field(x->out, "SG"),
 	                    "5BDCC146BF60754E6A042426089575C75A003F089D2739839DEC58B964EC3843");
 	assert_int_equal(
-	    KH_CALL(x, &p, "[AOGPSV;OPV;SL310;HASHA-256;"
-	                   "DT7768617420646F2079612077616E7420666F72206E6F7468696E673F;"
-	                   "MC5BDCC146BF60754E6A042426089575C75A003F089D2739839DEC58B964EC3843;]"),
+	    KH_CALL(x, &p,
+	            "[AOGPSV;OPV;SL310;HASHA-256;"
+	            "DT7768617420646F2079612077616E7420666F72206E6F7468696E673F;"
+	            "MC5BDCC146BF60754E6A042426089575C75A003F089D2739839DEC58B964EC3843;]"),
 	    KH_OK);
 	assert_int_equal(
-	    KH_CALL(x, &p, "[AOGPSV;OPV;SL310;HASHA-256;"
-	                   "DT7768617420646F2079612077616E7420666F72206E6F7468696E673F;"
-	                   "MC5BDCC146BF60754E6A042426089575C75A003F089D2739839DEC58B964EC3844;]"),
+	    KH_CALL(x, &p,
+	            "[AOGPSV;OPV;SL310;HASHA-256;"
+	            "DT7768617420646F2079612077616E7420666F72206E6F7468696E673F;"
+	            "MC5BDCC146BF60754E6A042426089575C75A003F089D2739839DEC58B964EC3844;]"),
 	    KH_ERR_VERIFY_FAILED);
 	/* AES-CMAC (RFC 4493 example 2) */
 	assert_int_equal(
-	    KH_CALL(x, &p, "[AOGPKA;CLsecret;KTAES;KV2B7E151628AED2A6ABF7158809CF4F3C;CZGV;SL311;]"),
+	    KH_CALL(x, &p,
+	            "[AOGPKA;CLsecret;KTAES;KV2B7E151628AED2A6ABF7158809CF4F3C;CZGV;SL311;]"),
 	    KH_OK);
 	assert_int_equal(KH_CALL(x, &p, "[AOGPSV;OPS;SL311;DT6BC1BEE22E409F96E93D7E117393172A;]"),
 	                 KH_OK);
 	assert_string_equal(kh_test_field(x->out, "SG"), "070A16B46B4D4144F79BDD9DD04A287C");
 	/* usage, direction and key kind */
-	assert_int_equal(call(x, &p, "[AOGPSV;OPS;SL301;HASHA-256;DT00;]"), KH_ERR_KEY_USAGE);
-	assert_int_equal(call(x, &p, "[AOGPSV;OPX;SL300;DT00;]"), KH_ERR_BAD_FIELD);
-	assert_int_equal(call(x, &p, "[AOGPSV;SL300;DT00;]"), KH_ERR_MISSING_FIELD);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPSV;OPS;SL301;HASHA-256;DT00;]"), KH_ERR_KEY_USAGE);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPSV;OPX;SL300;DT00;]"), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPSV;SL300;DT00;]"), KH_ERR_MISSING_FIELD);
 	assert_int_equal(KH_CALL(x, &p, "[AOGPGS;CT6;SL312;]"), KH_OK); /* E D only */
-	assert_int_equal(call(x, &p, "[AOGPSV;OPS;SL312;DT00;]"), KH_ERR_KEY_USAGE);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPSV;OPS;SL312;DT00;]"), KH_ERR_KEY_USAGE);
 	EVP_PKEY_free(ec);
 	free(m);
 }
@@ -632,12 +580,9 @@ static void test_gpsv(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_rsa, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_ecdsa, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_ed25519, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_usage, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_fips, setup, kh_test_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_gpsv, setup, kh_test_fx_teardown),
+	    KH_FX_TEST(test_rsa, setup),     KH_FX_TEST(test_ecdsa, setup),
+	    KH_FX_TEST(test_ed25519, setup), KH_FX_TEST(test_usage, setup),
+	    KH_FX_TEST(test_fips, setup),    KH_FX_TEST(test_gpsv, setup),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
