@@ -60,7 +60,7 @@ EOF
 
 note "a long pipelined burst of identical frames, larger than the pre-login buffer"
 /usr/bin/python3 - "$P_PROD" "$W" <<'EOF' || fail "pipelined burst"
-import socket, ssl, sys, threading
+import select, socket, ssl, sys, time
 port, w = int(sys.argv[1]), sys.argv[2]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.load_verify_locations(f"{w}/ca.pem")
@@ -69,16 +69,25 @@ ctx.check_hostname = False
 s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30))
 N = 3000  # identical 20-byte frames: 60 KB, several times the 16 KiB pre-login buffer
 frame = b"[AOECHO;AGabcdefgh;]"
-sender = threading.Thread(target=lambda: s.sendall(frame * N))
-sender.start()
-got, data = 0, b""
-while got < N:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    data += chunk
-    got = data.count(b"]")
-sender.join()
+# one thread drives both directions (an SSL object must not be used by two
+# threads at once): write while the server lets us, read what it answers
+out, got, deadline = memoryview(frame * N), 0, time.monotonic() + 60
+s.setblocking(False)
+while got < N and time.monotonic() < deadline:
+    r, w, _ = select.select([s], [s] if out else [], [], 1)
+    if w:
+        try:
+            out = out[s.send(out[:16384]):]
+        except ssl.SSLWantWriteError:
+            pass
+    if r or s.pending():
+        try:
+            chunk = s.recv(65536)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            continue
+        if not chunk:
+            break
+        got += chunk.count(b"]")
 assert got == N, f"only {got} of {N} answered"
 print(f"{N} pipelined frames answered")
 EOF
