@@ -187,6 +187,37 @@ fail:
 	return NULL;
 }
 
+/* A signing context: a copy of the key's template when it was made for
+ * the same digest and padding (PSS salt lengths vary, so PSS is set up
+ * fresh), else a new one that becomes the template. */
+static EVP_PKEY_CTX *sign_ctx(const struct kh_key *k, const struct sig_req *p)
+{
+	struct kh_sigcache *sc = k->sig;
+	EVP_PKEY_CTX *ctx = NULL;
+	bool cacheable = p->pad != RSA_PKCS1_PSS_PADDING;
+
+	if (cacheable) {
+		pthread_mutex_lock(&sc->mu);
+		if (sc->ctx != NULL && sc->md == p->md && sc->pad == p->pad)
+			ctx = EVP_PKEY_CTX_dup(sc->ctx);
+		pthread_mutex_unlock(&sc->mu);
+		if (ctx != NULL)
+			return ctx;
+	}
+	if ((ctx = pkey_ctx(k, p, false)) == NULL || !cacheable)
+		return ctx;
+	EVP_PKEY_CTX *tmpl = EVP_PKEY_CTX_dup(ctx);
+	if (tmpl != NULL) {
+		pthread_mutex_lock(&sc->mu);
+		EVP_PKEY_CTX_free(sc->ctx);
+		sc->ctx = tmpl;
+		sc->md = p->md;
+		sc->pad = p->pad;
+		pthread_mutex_unlock(&sc->mu);
+	}
+	return ctx;
+}
+
 /* Field size in bytes of the key's curve: P1363 fixes r and s to it. */
 static size_t ec_width(const struct kh_key *k)
 {
@@ -297,7 +328,7 @@ static int digest_run(const struct kh_key *k, const struct sig_req *p, bool veri
 		tbs = dg;
 		tbs_len = dlen;
 	}
-	if ((ctx = pkey_ctx(k, p, verify)) == NULL)
+	if ((ctx = verify ? pkey_ctx(k, p, true) : sign_ctx(k, p)) == NULL)
 		goto out;
 	if (verify)
 		r = EVP_PKEY_verify(ctx, sig, sig_len, tbs, tbs_len) == 1 ? KH_OK

@@ -131,6 +131,11 @@ void kh_key_unref(struct kh_key *k)
 	kh_secure_free(k->secret, k->secret_len);
 	EVP_PKEY_free(k->pkey);
 	free(k->der);
+	if (k->sig != NULL) {
+		pthread_mutex_destroy(&k->sig->mu);
+		EVP_PKEY_CTX_free(k->sig->ctx);
+		free(k->sig);
+	}
 	kh_wipe(k, sizeof(*k));
 	free(k);
 }
@@ -142,6 +147,11 @@ static struct kh_key *key_alloc(const struct kh_keyattr *a)
 	struct kh_key *k = calloc(1, sizeof(*k));
 	if (k == NULL)
 		return NULL;
+	if ((k->sig = calloc(1, sizeof(*k->sig))) == NULL) {
+		free(k);
+		return NULL;
+	}
+	pthread_mutex_init(&k->sig->mu, NULL);
 	atomic_init(&k->refs, 1);
 	k->a = *a;
 	return k;
@@ -1144,14 +1154,20 @@ int kh_oaep_setup(EVP_PKEY_CTX *px, const struct kh_oaep *o)
 	return KH_OK;
 }
 
-static const struct {
-	const char *name;
-	const EVP_MD *(*md)(void);
-} md_table[] = {
-	{"SHA-1", EVP_sha1},       {"SHA-224", EVP_sha224},   {"SHA-256", EVP_sha256},
-	{"SHA-384", EVP_sha384},   {"SHA-512", EVP_sha512},   {"SHA3-224", EVP_sha3_224},
-	{"SHA3-256", EVP_sha3_256}, {"SHA3-384", EVP_sha3_384}, {"SHA3-512", EVP_sha3_512},
-};
+/* Digests by their wire names. They are fetched once: in OpenSSL 3 the
+ * EVP_sha256()-style getters make every use look the algorithm up again,
+ * under a lock shared by all threads. */
+static const char *const md_names[] = {"SHA-1",    "SHA-224",  "SHA-256",  "SHA-384", "SHA-512",
+                                       "SHA3-224", "SHA3-256", "SHA3-384", "SHA3-512"};
+#define NMD (sizeof(md_names) / sizeof(md_names[0]))
+static EVP_MD *md_fetched[NMD]; /* for the life of the process */
+static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+
+static void md_fetch(void)
+{
+	for (size_t i = 0; i < NMD; i++)
+		md_fetched[i] = EVP_MD_fetch(NULL, md_names[i], NULL);
+}
 
 int kh_req_md(struct kh_ctx *c, const struct kh_frame *req, const char *tag, const char *dflt,
               const EVP_MD **out)
@@ -1167,9 +1183,12 @@ int kh_req_md(struct kh_ctx *c, const struct kh_frame *req, const char *tag, con
 		kh_ctx_detail(c, "%s", tag);
 		return KH_ERR_MISSING_FIELD;
 	}
-	for (size_t i = 0; i < sizeof(md_table) / sizeof(md_table[0]); i++)
-		if (strcmp(name, md_table[i].name) == 0) {
-			*out = md_table[i].md();
+	pthread_once(&md_once, md_fetch);
+	for (size_t i = 0; i < NMD; i++)
+		if (strcmp(name, md_names[i]) == 0) {
+			if (md_fetched[i] == NULL)
+				return KH_ERR_CRYPTO;
+			*out = md_fetched[i];
 			return KH_OK;
 		}
 bad:

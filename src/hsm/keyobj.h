@@ -73,6 +73,17 @@ struct kh_keyattr {
 	enum kh_mk_id major;
 };
 
+/* Per-key scratch of the signing code (cmd_sign.c): a context set up once
+ * for one digest and padding, copied for each signature, which spares
+ * OpenSSL's algorithm lookups on every call. It caches; it never changes
+ * what the key is, so it may change behind a const key. */
+struct kh_sigcache {
+	pthread_mutex_t mu;
+	EVP_PKEY_CTX *ctx; /* NULL until the first signature */
+	const EVP_MD *md;
+	int pad;
+};
+
 /* A ready-to-use key. Immutable once made; shared by reference (the cache
  * holds one). Secret bytes live on the secure heap. */
 struct kh_key {
@@ -87,6 +98,7 @@ struct kh_key {
 	EVP_PKEY *pkey;  /* private and public keys; certificates: their public key */
 	uint8_t *der;    /* KH_KC_CERT: the certificate; KH_KC_PUBLIC: SPKI (plain heap) */
 	size_t der_len;
+	struct kh_sigcache *sig;
 };
 
 struct kh_key *kh_key_ref(struct kh_key *k);
