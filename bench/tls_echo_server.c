@@ -1,7 +1,8 @@
 /*
  * The bound for bench/: the least work a mutual-TLS server can do per ECHO.
  * OpenSSL 3, TLS 1.3 only, one blocking thread per connection, no state: each
- * frame gets an ECHO-shaped answer. A yardstick for keyhold-hsm, never a server.
+ * frame (4096 bytes, or --max-frame) gets an ECHO-shaped answer. A yardstick
+ * for keyhold-hsm, never a server.
  */
 #include "common/kh_buf.h"
 #include "common/kh_err.h"
@@ -30,14 +31,16 @@ struct opts {
 	const char *cert;
 	const char *key;
 	const char *ca;
+	size_t max_frame;
 };
 
 static SSL_CTX *g_ctx;
+static size_t g_max_frame = KH_FRAME_MAX_PRELOGIN;
 
 static _Noreturn void usage(void)
 {
 	fprintf(stderr, "usage: tls_echo_server --port N --cert FILE --key FILE --ca FILE "
-			"[--host 127.0.0.1]\n");
+			"[--host 127.0.0.1] [--max-frame BYTES]\n");
 	exit(2);
 }
 
@@ -71,7 +74,15 @@ static void parse_args(int argc, char **argv, struct opts *o)
 			o->key = v;
 		else if (strcmp(a, "--ca") == 0)
 			o->ca = v;
-		else
+		else if (strcmp(a, "--max-frame") == 0) {
+			/* within keyhold's own ceilings: 4096 before login, 8 MiB after */
+			char *end;
+			unsigned long long m = strtoull(v, &end, 10);
+			if (*v == '\0' || *end != '\0' || m < KH_FRAME_MAX_PRELOGIN ||
+			    m > KH_FRAME_MAX)
+				usage();
+			o->max_frame = (size_t)m;
+		} else
 			usage();
 	}
 	if (o->port < 0 || !o->cert || !o->key || !o->ca)
@@ -128,20 +139,21 @@ static int answer(struct kh_buf *out, const uint8_t *p, size_t n)
  * EOF, error, or a frame that cannot be delimited. */
 static void serve(SSL *ssl)
 {
-	uint8_t in[KH_FRAME_MAX_PRELOGIN];
-	size_t have = 0;
-	struct kh_buf *out = kh_buf_new(OUT_MAX);
+	size_t have = 0, max = g_max_frame;
+	uint8_t *in = malloc(max);
+	/* an answer is its request's AG plus a few bytes */
+	struct kh_buf *out = kh_buf_new(max + OUT_MAX);
 
-	if (out == NULL)
-		return;
+	if (out == NULL || in == NULL)
+		goto done;
 	for (;;) {
 		size_t got = 0, off = 0, fl;
 		int r;
 
-		if (SSL_read_ex(ssl, in + have, sizeof(in) - have, &got) != 1)
+		if (SSL_read_ex(ssl, in + have, max - have, &got) != 1)
 			break;
 		have += got;
-		while ((r = kh_frame_find(in + off, have - off, sizeof(in), &fl)) == 1) {
+		while ((r = kh_frame_find(in + off, have - off, max, &fl)) == 1) {
 			if (answer(out, in + off, fl) != KH_OK)
 				goto done;
 			off += fl;
@@ -159,6 +171,7 @@ static void serve(SSL *ssl)
 	}
 done:
 	kh_buf_free(out);
+	free(in);
 }
 
 static void *conn_main(void *arg)
@@ -221,6 +234,8 @@ int main(int argc, char **argv)
 
 	memset(&o, 0, sizeof(o));
 	parse_args(argc, argv, &o);
+	if (o.max_frame)
+		g_max_frame = o.max_frame;
 	signal(SIGPIPE, SIG_IGN);
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
