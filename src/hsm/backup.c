@@ -296,7 +296,8 @@ static int decode_keys(struct kh_rd *r, const struct kh_backup_visitor *v, void 
 		k.ckaid = get_lp(r, 32, KH_KS_DESC_MAX, &k.ckaid_len);
 		k.extra = get_lp(r, 32, KH_KS_DESC_MAX, &k.extra_len);
 		k.created = get_i64(r);
-		if (r->bad || k.slot > KH_SLOT_MAX || (int64_t)k.slot <= last || k.bits > 65536 ||
+		if (r->bad || k.slot > KH_SLOT_MAX || (int64_t)k.slot <= last ||
+		    k.bits > KH_KS_BITS_MAX ||
 		    k.material_len == 0 || kh_mk_id_parse(major, &k.major) != KH_OK ||
 		    (k.major != KH_MK_FTK && k.major != KH_MK_PMK))
 			return KH_ERR_BACKUP_INVALID;

@@ -29,26 +29,6 @@
 
 /* ---- usage ------------------------------------------------------------------- */
 
-/* The usage letters a key of this class and type can carry: what the
- * algorithm can do with that half of the pair. */
-static uint16_t usage_allowed(enum kh_kclass cls, enum kh_ktype type)
-{
-	bool priv = cls == KH_KC_PRIVATE;
-	switch (type) {
-	case KH_KT_RSA:
-		return priv ? KH_U_SIGN | KH_U_DECRYPT | KH_U_UNWRAP
-		            : KH_U_VERIFY | KH_U_ENCRYPT | KH_U_WRAP;
-	case KH_KT_EC:
-		return (priv ? KH_U_SIGN : KH_U_VERIFY) | KH_U_DERIVE;
-	case KH_KT_ED25519:
-		return priv ? KH_U_SIGN : KH_U_VERIFY;
-	case KH_KT_X25519:
-		return KH_U_DERIVE;
-	default:
-		return 0;
-	}
-}
-
 static uint16_t usage_default(enum kh_kclass cls, enum kh_ktype type)
 {
 	if (type == KH_KT_X25519)
@@ -60,7 +40,7 @@ static uint16_t usage_default(enum kh_kclass cls, enum kh_ktype type)
 static int read_usage(struct kh_ctx *c, const struct kh_frame *req, const char *tag,
                       enum kh_kclass cls, enum kh_ktype type, uint16_t dflt, uint16_t *out)
 {
-	uint16_t allowed = usage_allowed(cls, type);
+	uint16_t allowed = kh_usage_allowed(cls, type);
 	char letters[8];
 	int r;
 
@@ -242,8 +222,8 @@ static int plan_pair(struct kh_ctx *c, const struct kh_frame *req, struct kh_op 
 		kh_ctx_detail(c, "PS (a slot other than SL)");
 		return KH_ERR_BAD_FIELD;
 	}
-	op->dest[op->ndest++] = (struct kh_dest){"SL", false};
-	op->dest[op->ndest++] = (struct kh_dest){"PS", false};
+	op->dest[op->ndest++] = (struct kh_dest){"SL", KH_SK_ASYMMETRIC};
+	op->dest[op->ndest++] = (struct kh_dest){"PS", KH_SK_ASYMMETRIC};
 	return kh_req_flags(c, req, &op->new_flags);
 }
 
@@ -492,7 +472,7 @@ static int plan_load(struct kh_ctx *c, const struct kh_frame *req, struct kh_op 
 		op->perms |= KH_PERM(KH_P_KEYS_IMPORT_PKI);
 	else
 		op->fips_refusal = "clear import of private keys (unwrap them with GPKU/GPUK)";
-	op->dest[op->ndest++] = (struct kh_dest){"SL", false};
+	op->dest[op->ndest++] = (struct kh_dest){"SL", KH_SK_ASYMMETRIC};
 	return kh_req_flags(c, req, &op->new_flags);
 }
 
@@ -566,7 +546,7 @@ KH_PLAN(kh_plan_apfp)
 	                                         .cg_tag = "CG",
 	                                         .flags = KH_KR_REQUIRED,
 	                                         .classes = 1u << KH_KC_PRIVATE};
-	op->dest[op->ndest++] = (struct kh_dest){"PS", false};
+	op->dest[op->ndest++] = (struct kh_dest){"PS", KH_SK_ASYMMETRIC};
 	return KH_OK;
 }
 
@@ -582,7 +562,7 @@ KH_ACT(kh_cmd_apfp)
 	/* (a private key added by GPKA may carry letters its public key cannot) */
 	if ((r = read_usage(c, req, "PZ", KH_KC_PUBLIC, priv->a.type,
 	                    kh_usage_public_of(priv->a.usage) &
-	                        usage_allowed(KH_KC_PUBLIC, priv->a.type),
+	                        kh_usage_allowed(KH_KC_PUBLIC, priv->a.type),
 	                    &usage)) != KH_OK ||
 	    (r = public_of(c, priv, usage,
 	                   kh_key_new_flags(flags, (priv->a.flags & KH_KF_LOCAL) != 0), &pub)) !=
@@ -693,7 +673,7 @@ KH_PLAN(kh_plan_gpca)
 		kh_ctx_detail(c, "SL (certificates are stored, they have no cryptogram)");
 		return KH_ERR_MISSING_FIELD;
 	}
-	op->dest[op->ndest++] = (struct kh_dest){"SL", false};
+	op->dest[op->ndest++] = (struct kh_dest){"SL", KH_SK_ASYMMETRIC};
 	return kh_req_flags(c, req, &op->new_flags);
 }
 
@@ -780,7 +760,7 @@ KH_ACT(kh_cmd_gpca)
 		return r;
 	/* a certificate does what its public key can do */
 	if ((r = cert_key_type(c, k->pkey, &type)) != KH_OK ||
-	    (r = read_usage(c, req, "CZ", KH_KC_PUBLIC, type, usage_allowed(KH_KC_PUBLIC, type),
+	    (r = read_usage(c, req, "CZ", KH_KC_PUBLIC, type, kh_usage_allowed(KH_KC_PUBLIC, type),
 	                    &k->a.usage)) != KH_OK)
 		goto out;
 	if ((r = kh_msg_put(resp, "BB", "Y")) == KH_OK &&

@@ -2,7 +2,8 @@
  * The PKCS#11 communication commands (ECHO PRMD RAND HASH STAT TIME GPKM
  * GPKS GPKR) and device settings. These report what the HSM is (model,
  * version, serial, feature set) so that clients and the guardian can tell
- * devices apart; they never reveal key material.
+ * devices apart, and what a key-table object is (its attributes, public
+ * parts, check value); they never reveal secret key material.
  */
 #include "hsm/cmds.h"
 #include "hsm/selftest.h"
@@ -12,6 +13,7 @@
 #include "hsm/hsm_core.h"
 #include "hsm/majorkey.h"
 #include "hsm/keystore.h"
+#include "hsm/keyobj.h"
 #include "common/kh_buf.h"
 #include "common/kh_mem.h"
 
@@ -393,8 +395,11 @@ static int put_blob_col(struct kh_buf *resp, const char *tag, sqlite3_stmt *st, 
 			      (size_t)sqlite3_column_bytes(st, col));
 }
 
-static int key_settings_out(struct kh_hsm *hsm, uint32_t slot, struct kh_buf *resp)
+/* The key-table columns of k's slot: SL, KD, LB, KI, EX, CL, TY, BT. The
+ * row must still hold k (another key put there meanwhile: BUSY). */
+static int key_settings_out(struct kh_ctx *c, const struct kh_key *k, struct kh_buf *resp)
 {
+	struct kh_hsm *hsm = c->hsm;
 	sqlite3_stmt *st = NULL;
 	int r;
 	kh_db_lock(hsm->db);
@@ -406,14 +411,21 @@ static int key_settings_out(struct kh_hsm *hsm, uint32_t slot, struct kh_buf *re
 		r = KH_ERR_STORAGE;
 		goto out;
 	}
-	sqlite3_bind_int64(st, 1, slot);
+	sqlite3_bind_int64(st, 1, k->slot);
 	r = sqlite3_step(st);
 	if (r == SQLITE_DONE) {
+		kh_ctx_detail(c, "slot %u is empty", k->slot);
 		r = KH_ERR_NOT_FOUND;
 		goto out;
 	}
 	if (r != SQLITE_ROW) {
 		r = KH_ERR_STORAGE;
+		goto out;
+	}
+	if (sqlite3_column_bytes(st, 0) != KH_KEY_ID_LEN ||
+	    memcmp(sqlite3_column_blob(st, 0), k->key_id, KH_KEY_ID_LEN) != 0) {
+		kh_ctx_detail(c, "slot %u changed meanwhile: try again", k->slot);
+		r = KH_ERR_BUSY;
 		goto out;
 	}
 	const char *cl = (const char *)sqlite3_column_text(st, 4);
@@ -422,27 +434,72 @@ static int key_settings_out(struct kh_hsm *hsm, uint32_t slot, struct kh_buf *re
 		r = KH_ERR_STORAGE;
 		goto out;
 	}
-	r = kh_msg_put_u64(resp, "SL", slot);
+	r = kh_msg_put_u64(resp, "SL", k->slot);
 	if (r == KH_OK) r = put_blob_col(resp, "KD", st, 0);
 	if (r == KH_OK) r = put_blob_col(resp, "LB", st, 1);
 	if (r == KH_OK) r = put_blob_col(resp, "KI", st, 2);
 	if (r == KH_OK) r = put_blob_col(resp, "EX", st, 3);
 	if (r == KH_OK) r = kh_msg_put(resp, "CL", cl);
 	if (r == KH_OK) r = kh_msg_put(resp, "TY", ty);
-	if (r == KH_OK) r = kh_msg_put_u64(resp, "BT", (uint64_t)sqlite3_column_int(st, 6));
+	if (r == KH_OK) r = kh_msg_put_u64(resp, "BT", (uint64_t)sqlite3_column_int64(st, 6));
 out:
 	sqlite3_finalize(st);
 	kh_db_unlock(hsm->db);
 	return r;
 }
 
+/* What GPKR and GPKS answer: for a slot its columns, for a cryptogram its
+ * identifier, class, type and size; then the bound attributes and, by
+ * class, the public parts, check value or value (kh_key_put_attrs). */
+static int object_out(struct kh_ctx *c, const struct kh_key *k, struct kh_buf *resp)
+{
+	int r;
+	if (k->in_table)
+		r = key_settings_out(c, k, resp);
+	else if ((r = kh_msg_put_hex(resp, "KD", k->key_id, KH_KEY_ID_LEN)) == KH_OK &&
+		 (r = kh_msg_put(resp, "CL", kh_kclass_name(k->a.cls))) == KH_OK &&
+		 (r = kh_msg_put(resp, "TY", kh_ktype_name(k->a.type))) == KH_OK)
+		r = kh_msg_put_u64(resp, "BT", k->a.bits);
+	return r == KH_OK ? kh_key_put_attrs(resp, k) : r;
+}
+
+/* GPKR and GPKS name one object: a slot (SL, KD optional) or a cryptogram
+ * (CG). It is opened like any key a command uses (range, kind, identifier,
+ * Authorized, an altered row is CRYPTO), data objects included. */
+static void plan_object(struct kh_op *op)
+{
+	op->ref[op->nref++] = (struct kh_keyref){.slot_tag = "SL",
+						 .id_tag = "KD",
+						 .cg_tag = "CG",
+						 .flags = KH_KR_REQUIRED | KH_KR_OBJECT};
+}
+
+KH_PLAN(kh_plan_gpkr)
+{
+	(void)c;
+	(void)req;
+	plan_object(op);
+	return KH_OK;
+}
+
 KH_ACT(kh_cmd_gpkr)
 {
-	uint64_t slot;
-	int r = kh_frame_u64(req, "SL", 0, KH_SLOT_MAX, &slot);
-	if (r != KH_OK)
-		return r;
-	return key_settings_out(c->hsm, (uint32_t)slot, resp);
+	(void)req;
+	return object_out(c, c->op->key[0], resp);
+}
+
+KH_PLAN(kh_plan_gpks)
+{
+	static const char *const slot_only[] = {"LB", "KI", "EX", "DV"};
+	if (kh_frame_has(req, "CG"))
+		for (size_t i = 0; i < sizeof(slot_only) / sizeof(slot_only[0]); i++)
+			if (kh_frame_has(req, slot_only[i])) {
+				kh_ctx_detail(c, "%s (a key-table object's, not a cryptogram's)",
+					      slot_only[i]);
+				return KH_ERR_BAD_FIELD;
+			}
+	plan_object(op);
+	return KH_OK;
 }
 
 /* Replace one descriptive column if its tag is present. The column name is
@@ -475,32 +532,125 @@ static int update_setting(struct kh_ctx *c, const struct kh_frame *req, const ch
 	return r;
 }
 
+/* The key after GPKS's changes to its bound attributes (CZ, KF) and, for a
+ * data object, its value (DV, which needs M as usage does): *out is NULL
+ * when nothing bound changes. */
+static int gpks_changed_key(struct kh_ctx *c, const struct kh_frame *req, const struct kh_key *k,
+			    struct kh_key **out, bool *new_value)
+{
+	const struct kh_field *dv = kh_frame_get(req, "DV");
+	struct kh_keyattr a;
+	uint8_t *v = NULL;
+	size_t n = 0;
+	bool changed = false;
+	int r;
+
+	*out = NULL;
+	*new_value = false;
+	if ((r = kh_key_attrs_change(c, req, k, &a, &changed)) != KH_OK)
+		return r;
+	if (dv != NULL) {
+		if (k->a.cls != KH_KC_DATA) {
+			kh_ctx_detail(c, "DV (a data object's value)");
+			return KH_ERR_BAD_FIELD;
+		}
+		if (dv->len % 2 || dv->len / 2 > KH_DATA_MAX_LEN ||
+		    (v = malloc(dv->len / 2 + 1)) == NULL ||
+		    kh_frame_hex(req, "DV", v, dv->len / 2 + 1, &n) != KH_OK) {
+			free(v);
+			kh_ctx_detail(c, "DV (hex, at most %d bytes)", KH_DATA_MAX_LEN);
+			return KH_ERR_BAD_FIELD;
+		}
+		*new_value = n != k->der_len || (n && memcmp(v, k->der, n) != 0);
+		if (*new_value && !(k->a.flags & KH_KF_MODIFIABLE)) {
+			free(v);
+			kh_ctx_detail(c, "DV: the data object is not modifiable (no M)");
+			return KH_ERR_KEY_USAGE;
+		}
+	}
+	if (*new_value && (r = kh_key_from_data(c, &a, v, n, out)) == KH_OK) {
+		/* the same object, with another value */
+		memcpy((*out)->key_id, k->key_id, KH_KEY_ID_LEN);
+		(*out)->has_id = k->has_id;
+		(*out)->in_table = k->in_table;
+		(*out)->slot = k->slot;
+	} else if (!*new_value && changed) {
+		r = kh_key_with_attrs(k, &a, out);
+	}
+	free(v);
+	return r;
+}
+
+/* A cryptogram with the changed attributes and the same identifier;
+ * nothing is stored. */
+static int gpks_cryptogram(struct kh_ctx *c, const struct kh_key *k, struct kh_key *nk,
+			   struct kh_buf *resp)
+{
+	struct kh_key *use = nk;
+	uint8_t *cg = NULL;
+	size_t n = 0;
+	int r;
+
+	if (use == NULL && (r = kh_key_with_attrs(k, &k->a, &use)) != KH_OK)
+		return r;
+	r = kh_key_cryptogram(c->hsm, use, &cg, &n);
+	if (r == KH_ERR_MAJOR_KEY_NOT_LOADED)
+		kh_ctx_detail(c, "%s", kh_mk_name(use->a.major));
+	if (r == KH_OK)
+		r = object_out(c, use, resp);
+	if (r == KH_OK)
+		r = kh_msg_put_hex(resp,
+				   use->a.cls == KH_KC_SECRET    ? "BG"
+				   : use->a.cls == KH_KC_PRIVATE ? "RC"
+								 : "SD",
+				   cg, n);
+	free(cg);
+	if (use != nk)
+		kh_key_unref(use);
+	return r;
+}
+
 KH_ACT(kh_cmd_gpks)
 {
 	struct kh_hsm *hsm = c->hsm;
-	uint64_t slot;
+	const struct kh_key *k = c->op->key[0];
+	struct kh_key *nk = NULL;
+	bool new_value = false;
 	int changed = 0, r;
 	char actor[300], detail[64];
 
-	if ((r = kh_frame_u64(req, "SL", 0, KH_SLOT_MAX, &slot)) != KH_OK)
+	if ((r = gpks_changed_key(c, req, k, &nk, &new_value)) != KH_OK)
 		return r;
+	if (!k->in_table) {
+		r = gpks_cryptogram(c, k, nk, resp);
+		kh_key_unref(nk);
+		return r;
+	}
+	/* the descriptive columns and the re-wrapped key: one transaction */
 	if ((r = kh_db_begin(hsm->db)) != KH_OK)
-		return r;
-	if ((r = update_setting(c, req, "LB", "label", (uint32_t)slot, &changed)) != KH_OK ||
-	    (r = update_setting(c, req, "KI", "ckaid", (uint32_t)slot, &changed)) != KH_OK ||
-	    (r = update_setting(c, req, "EX", "extra", (uint32_t)slot, &changed)) != KH_OK)
+		goto out;
+	if ((r = update_setting(c, req, "LB", "label", k->slot, &changed)) != KH_OK ||
+	    (r = update_setting(c, req, "KI", "ckaid", k->slot, &changed)) != KH_OK ||
+	    (r = update_setting(c, req, "EX", "extra", k->slot, &changed)) != KH_OK)
+		goto fail;
+	if (nk != NULL && (r = kh_key_update(c, k, nk, new_value)) != KH_OK)
 		goto fail;
 	if (changed) {
 		kh_session_actor(c->s, actor, sizeof(actor));
-		snprintf(detail, sizeof(detail), "slot %llu", (unsigned long long)slot);
+		snprintf(detail, sizeof(detail), "slot %u", k->slot);
 		if ((r = kh_audit_append(hsm, actor, "key.settings", detail)) != KH_OK)
 			goto fail;
 	}
 	if ((r = kh_db_commit(hsm->db)) != KH_OK)
-		return r;
-	return key_settings_out(hsm, (uint32_t)slot, resp);
+		goto out;
+	if (nk != NULL)
+		kh_keycache_forget(hsm, k->slot);
+	r = object_out(c, nk != NULL ? nk : k, resp);
+	goto out;
 fail:
 	kh_db_rollback(hsm->db);
+out:
+	kh_key_unref(nk);
 	return r;
 }
 

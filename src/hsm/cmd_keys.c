@@ -1,8 +1,8 @@
 /*
  * Key-table commands for symmetric keys and any key's slot: GPGS (generate),
- * GPKA (add from clear material or a cryptogram), GPKD (delete), GPGC (a
- * slot's key as a cryptogram). The dispatcher has resolved and checked the
- * keys and destination slots the plans name.
+ * GPKA (add from clear material or a cryptogram, or a data object), GPKD
+ * (delete), GPGC (a slot's key as a cryptogram). The dispatcher has
+ * resolved and checked the keys and destination slots the plans name.
  */
 #include "hsm/cmds.h"
 #include "hsm/db.h"
@@ -19,7 +19,7 @@
 
 KH_PLAN(kh_plan_gpgs)
 {
-	op->dest[op->ndest++] = (struct kh_dest){"SL", true};
+	op->dest[op->ndest++] = (struct kh_dest){"SL", KH_SK_SYMMETRIC};
 	return kh_req_flags(c, req, &op->new_flags);
 }
 
@@ -77,7 +77,8 @@ KH_PLAN(kh_plan_gpka)
 		op->ref[op->nref++] = (struct kh_keyref){
 			.cg_tag = "CG", .flags = KH_KR_REQUIRED,
 			.classes = 1u << KH_KC_SECRET | 1u << KH_KC_PRIVATE | 1u << KH_KC_PUBLIC};
-		op->dest[op->ndest++] = (struct kh_dest){"SL", kh_ktype_symmetric(type)};
+		op->dest[op->ndest++] =
+		    (struct kh_dest){"SL", kh_slot_kind_of(kh_ktype_symmetric(type))};
 		return KH_OK;
 	}
 	if (!kh_frame_has(req, "KV")) {
@@ -86,8 +87,22 @@ KH_PLAN(kh_plan_gpka)
 	}
 	if (kh_frame_str(req, "CL", v, sizeof(v)) != KH_OK || kh_kclass_parse(v, &cls) != KH_OK ||
 	    cls == KH_KC_CERT) {
-		kh_ctx_detail(c, "CL (secret, private or public)");
+		kh_ctx_detail(c, "CL (secret, private, public or data)");
 		return kh_frame_has(req, "CL") ? KH_ERR_BAD_FIELD : KH_ERR_MISSING_FIELD;
+	}
+	if (cls == KH_KC_DATA) {
+		/* a data object: not secret, stored in a slot of any range kind */
+		if (kh_frame_has(req, "KT") &&
+		    (kh_frame_str(req, "KT", v, sizeof(v)) != KH_OK || strcmp(v, "GENERIC") != 0)) {
+			kh_ctx_detail(c, "KT (GENERIC for a data object)");
+			return KH_ERR_BAD_FIELD;
+		}
+		if (!kh_frame_has(req, "SL")) {
+			kh_ctx_detail(c, "SL (data objects are stored, they have no cryptogram)");
+			return KH_ERR_MISSING_FIELD;
+		}
+		op->dest[op->ndest++] = (struct kh_dest){"SL", KH_SK_ANY};
+		return KH_OK;
 	}
 	if (kh_frame_str(req, "KT", v, sizeof(v)) != KH_OK || kh_ktype_parse(v, &type) != KH_OK ||
 	    type == KH_KT_X509 || kh_ktype_symmetric(type) != (cls == KH_KC_SECRET)) {
@@ -98,8 +113,40 @@ KH_PLAN(kh_plan_gpka)
 		op->perms |= KH_PERM(KH_P_KEYS_IMPORT_PKI);
 	else
 		op->fips_refusal = "clear import of secret or private keys (unwrap them with GPKU/GPUK)";
-	op->dest[op->ndest++] = (struct kh_dest){"SL", cls == KH_KC_SECRET};
+	op->dest[op->ndest++] = (struct kh_dest){"SL", kh_slot_kind_of(cls == KH_KC_SECRET)};
 	return KH_OK;
+}
+
+/* A data object from KV (0-16320 bytes, may be empty): no usage, flags A
+ * and M only, not made on the HSM. */
+static int gpka_data(struct kh_ctx *c, const struct kh_frame *req, struct kh_key **out)
+{
+	struct kh_keyattr a = {.cls = KH_KC_DATA, .type = KH_KT_GENERIC};
+	const struct kh_field *cz = kh_frame_get(req, "CZ");
+	uint16_t flags;
+	uint8_t *v = NULL;
+	size_t n = 0;
+	int r;
+
+	if (cz != NULL && cz->len != 0) {
+		kh_ctx_detail(c, "CZ (a data object has no usage)");
+		return KH_ERR_BAD_FIELD;
+	}
+	if ((r = kh_req_flags(c, req, &flags)) != KH_OK ||
+	    (r = kh_req_major(c, req, &a.major)) != KH_OK)
+		return r;
+	if (flags & ~KH_KF_DATA) {
+		kh_ctx_detail(c, "KF (letters of AM for a data object)");
+		return KH_ERR_BAD_FIELD;
+	}
+	a.flags = kh_key_new_flags(flags, false);
+	if ((r = kh_frame_hex_secure(req, "KV", KH_DATA_MAX_LEN, &v, &n)) != KH_OK) {
+		kh_ctx_detail(c, "KV (hex, at most %d bytes)", KH_DATA_MAX_LEN);
+		return r;
+	}
+	r = kh_key_from_data(c, &a, v, n, out);
+	kh_secure_free(v, n);
+	return r;
 }
 
 static int gpka_clear(struct kh_ctx *c, const struct kh_frame *req, struct kh_key **out)
@@ -112,8 +159,11 @@ static int gpka_clear(struct kh_ctx *c, const struct kh_frame *req, struct kh_ke
 	int r;
 
 	/* the plan has validated CL and KT */
-	if (kh_frame_str(req, "CL", v, sizeof(v)) != KH_OK || kh_kclass_parse(v, &a.cls) != KH_OK ||
-	    kh_frame_str(req, "KT", v, sizeof(v)) != KH_OK || kh_ktype_parse(v, &a.type) != KH_OK)
+	if (kh_frame_str(req, "CL", v, sizeof(v)) != KH_OK || kh_kclass_parse(v, &a.cls) != KH_OK)
+		return KH_ERR_INTERNAL;
+	if (a.cls == KH_KC_DATA)
+		return gpka_data(c, req, out);
+	if (kh_frame_str(req, "KT", v, sizeof(v)) != KH_OK || kh_ktype_parse(v, &a.type) != KH_OK)
 		return KH_ERR_INTERNAL;
 	if ((r = kh_req_usage(c, req, "CZ", kh_key_default_usage(a.cls, a.type), &a.usage)) != KH_OK ||
 	    (r = kh_req_flags(c, req, &flags)) != KH_OK || (r = kh_req_major(c, req, &a.major)) != KH_OK)

@@ -370,7 +370,7 @@ KH_PLAN(kh_plan_gpku)
 	    (r = kh_req_flags(c, req, &op->new_flags)) != KH_OK)
 		return r;
 	op->ref[op->nref++] = kek_ref(al, false);
-	op->dest[op->ndest++] = (struct kh_dest){"DS", cls == KH_KC_SECRET};
+	op->dest[op->ndest++] = (struct kh_dest){"DS", kh_slot_kind_of(cls == KH_KC_SECRET)};
 	return KH_OK;
 }
 
@@ -468,7 +468,7 @@ static int blob_attrs(struct kh_ctx *c, const uint8_t *h, struct kh_keyattr *a)
  * made here once the blob says what the key is (see kh_plan_gpuk). */
 static int gpuk_allowed(struct kh_ctx *c, const struct kh_frame *req, const struct kh_key *k)
 {
-	uint64_t slot;
+	uint32_t slot;
 
 	if ((k->a.flags & KH_KF_AUTHORIZED) && !(c->role->perms & KH_PERM(KH_P_KEYS_AUTHORIZED))) {
 		kh_ctx_detail(c, "needs keys.authorized (Authorized key)");
@@ -478,13 +478,9 @@ static int gpuk_allowed(struct kh_ctx *c, const struct kh_frame *req, const stru
 		kh_ctx_detail(c, "an Authorized key needs a logged-in identity");
 		return KH_ERR_NOT_LOGGED_IN;
 	}
-	if (kh_frame_has(req, "DS") &&
-	    (kh_frame_u64(req, "DS", 0, KH_SLOT_MAX, &slot) != KH_OK ||
-	     !kh_role_slot_kind_ok(c->role, (uint32_t)slot, kh_ktype_symmetric(k->a.type)))) {
-		kh_ctx_detail(c, "DS: range kind does not allow a%s key",
-		              kh_ktype_symmetric(k->a.type) ? " symmetric" : "n asymmetric");
-		return KH_ERR_SLOT_OUT_OF_RANGE;
-	}
+	/* a number: its range kind; `*`: a range of the kind to pick from */
+	if (kh_frame_has(req, "DS"))
+		return kh_dest_check(c, req, "DS", kh_key_slot_kind(&k->a), &slot);
 	return KH_OK;
 }
 
@@ -498,7 +494,7 @@ KH_ACT(kh_cmd_gpuk)
 	enum kh_mk_id major;
 	uint8_t *w = NULL, *m = NULL;
 	size_t wl = 0, n = 0, mcap = 0;
-	uint64_t slot;
+	uint32_t slot;
 	int r;
 
 	if ((r = read_al(c, req, WA_BIT(WA_KWP) | WA_BIT(WA_OAEP), &al)) != KH_OK ||
@@ -506,19 +502,11 @@ KH_ACT(kh_cmd_gpuk)
 	    (al == WA_OAEP && (r = kh_req_oaep(c, req, &o)) != KH_OK) ||
 	    (r = read_wk(c, req, &w, &wl)) != KH_OK)
 		goto out;
-	/* the slot range is known before the blob is opened; its kind after */
-	if (kh_frame_has(req, "DS")) {
-		if (kh_frame_u64(req, "DS", 0, KH_SLOT_MAX, &slot) != KH_OK) {
-			kh_ctx_detail(c, "DS (slot 0-%u)", KH_SLOT_MAX);
-			r = KH_ERR_BAD_FIELD;
-			goto out;
-		}
-		if (!kh_role_has_slot(c->role, (uint32_t)slot)) {
-			kh_ctx_detail(c, "DS %u", (unsigned)slot);
-			r = KH_ERR_SLOT_OUT_OF_RANGE;
-			goto out;
-		}
-	}
+	/* the slot range is known before the blob is opened (for `*`: that
+	 * the role has a range at all); its kind after */
+	if (kh_frame_has(req, "DS") &&
+	    (r = kh_dest_check(c, req, "DS", KH_SK_ANY, &slot)) != KH_OK)
+		goto out;
 	if ((r = unwrap(al, kek, &o, w, wl, &m, &n, &mcap)) != KH_OK)
 		goto out;
 	/* a blob GPWK did not make is an unwrap failure like any other */
@@ -619,7 +607,7 @@ KH_PLAN(kh_plan_gpdk)
 	    .classes = 1u << KH_KC_PRIVATE | (kdf->kind == KDF_HKDF ? 1u << KH_KC_SECRET : 0u),
 	    .types = KH_KT_BIT(KH_KT_EC) | KH_KT_BIT(KH_KT_X25519) |
 	             (kdf->kind == KDF_HKDF ? KH_KT_BIT(KH_KT_GENERIC) : 0u)};
-	op->dest[op->ndest++] = (struct kh_dest){"DS", true};
+	op->dest[op->ndest++] = (struct kh_dest){"DS", KH_SK_SYMMETRIC};
 	return KH_OK;
 }
 

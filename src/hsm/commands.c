@@ -24,8 +24,9 @@ const struct kh_cmd kh_cmd_table[] = {
 	{"STAT", kh_cmd_stat, PA | EX, 0, "HSM statistics", NULL},
 	{"TIME", kh_cmd_time, PA | EX, 0, "Read or set the clock", NULL},
 	{"GPKM", kh_cmd_gpkm, PA | EX, P(KEYS), "Retrieve key table information", NULL},
-	{"GPKS", kh_cmd_gpks, PA | EX | KH_CF_SLOT, P(KEYS), "General-purpose key settings get/change", NULL},
-	{"GPKR", kh_cmd_gpkr, PA | EX | KH_CF_SLOT, P(KEYS), "General-purpose key settings get (read-only)", NULL},
+	/* GPKS and GPKR name a slot or a cryptogram: their plans check it */
+	{"GPKS", kh_cmd_gpks, PA | EX, P(KEYS), "General-purpose key settings get/change", kh_plan_gpks},
+	{"GPKR", kh_cmd_gpkr, PA | EX, P(KEYS), "General-purpose key settings get (read-only)", kh_plan_gpkr},
 	/* The crypto service (keyobj.h). A plan names the keys a request uses;
 	 * the dispatcher resolves and checks them before the handler runs. */
 	{"GPGS", kh_cmd_gpgs, XP, P(KEYS), "General-purpose generate symmetric key", kh_plan_gpgs},

@@ -24,7 +24,7 @@
 
 /* ---- names and letters ---------------------------------------------------- */
 
-static const char *const class_names[] = {NULL, "secret", "private", "public", "cert"};
+static const char *const class_names[] = {NULL, "secret", "private", "public", "cert", "data"};
 static const char *const type_names[] = {NULL,      "AES",     "GENERIC", "RSA",
                                          "EC",      "ED25519", "X25519",  "X509"};
 static const char usage_letters[] = "EDGVWUX";
@@ -32,7 +32,7 @@ static const char flag_letters[] = "XSAMLNY";
 
 const char *kh_kclass_name(enum kh_kclass c)
 {
-	return (c >= KH_KC_SECRET && c <= KH_KC_CERT) ? class_names[c] : "?";
+	return (c >= KH_KC_SECRET && c <= KH_KC_DATA) ? class_names[c] : "?";
 }
 
 const char *kh_ktype_name(enum kh_ktype t)
@@ -42,7 +42,7 @@ const char *kh_ktype_name(enum kh_ktype t)
 
 int kh_kclass_parse(const char *s, enum kh_kclass *out)
 {
-	for (int i = KH_KC_SECRET; i <= KH_KC_CERT; i++)
+	for (int i = KH_KC_SECRET; i <= KH_KC_DATA; i++)
 		if (strcmp(s, class_names[i]) == 0) {
 			*out = (enum kh_kclass)i;
 			return KH_OK;
@@ -111,6 +111,9 @@ void kh_flags_str(uint16_t flags, char out[static 8])
 }
 
 /* ---- key objects -------------------------------------------------------------- */
+
+/* The first byte of a data object's clear encoding (keyobj.h). */
+#define DATA_TAG 0x44
 
 static void detail(struct kh_ctx *c, const char *text)
 {
@@ -211,6 +214,35 @@ int kh_key_from_secret(struct kh_ctx *c, const struct kh_keyattr *a, const uint8
 	}
 	memcpy(k->secret, bytes, len);
 	k->secret_len = len;
+	*out = k;
+	return KH_OK;
+}
+
+int kh_key_from_data(struct kh_ctx *c, const struct kh_keyattr *a, const uint8_t *value,
+                     size_t len, struct kh_key **out)
+{
+	struct kh_keyattr at = *a;
+	struct kh_key *k;
+
+	if (at.cls != KH_KC_DATA || at.type != KH_KT_GENERIC) {
+		detail(c, "CL");
+		return KH_ERR_BAD_FIELD;
+	}
+	if (len > KH_DATA_MAX_LEN) {
+		detail(c, "data objects hold 0-16320 bytes");
+		return KH_ERR_BAD_FIELD;
+	}
+	at.bits = (uint32_t)len * 8;
+	at.usage = 0;
+	/* the value is not secret in PKCS#11 terms: the plain heap will do;
+	 * an empty value still gets a buffer, so der is never NULL */
+	if ((k = key_alloc(&at)) == NULL || (k->der = malloc(len ? len : 1)) == NULL) {
+		kh_key_unref(k);
+		return KH_ERR_NOMEM;
+	}
+	if (len)
+		memcpy(k->der, value, len);
+	k->der_len = len;
 	*out = k;
 	return KH_OK;
 }
@@ -441,6 +473,15 @@ int kh_key_material(const struct kh_key *k, uint8_t **out, size_t *len)
 		*out = p;
 		*len = k->der_len;
 		return KH_OK;
+	case KH_KC_DATA:
+		if ((p = kh_secure_alloc(1 + k->der_len)) == NULL)
+			return KH_ERR_NOMEM;
+		p[0] = DATA_TAG;
+		if (k->der_len)
+			memcpy(p + 1, k->der, k->der_len);
+		*out = p;
+		*len = 1 + k->der_len;
+		return KH_OK;
 	}
 	return KH_ERR_INTERNAL;
 }
@@ -490,6 +531,159 @@ uint16_t kh_usage_public_of(uint16_t u)
 	if (u & KH_U_DERIVE)
 		p |= KH_U_DERIVE;
 	return p;
+}
+
+uint16_t kh_usage_allowed(enum kh_kclass cls, enum kh_ktype type)
+{
+	bool priv = cls == KH_KC_PRIVATE;
+	if (cls == KH_KC_SECRET)
+		return KH_U_ALL;
+	if (cls != KH_KC_PRIVATE && cls != KH_KC_PUBLIC)
+		return 0;
+	switch (type) {
+	case KH_KT_RSA:
+		return priv ? KH_U_SIGN | KH_U_DECRYPT | KH_U_UNWRAP
+		            : KH_U_VERIFY | KH_U_ENCRYPT | KH_U_WRAP;
+	case KH_KT_EC:
+		return (priv ? KH_U_SIGN : KH_U_VERIFY) | KH_U_DERIVE;
+	case KH_KT_ED25519:
+		return priv ? KH_U_SIGN : KH_U_VERIFY;
+	case KH_KT_X25519:
+		return KH_U_DERIVE;
+	default:
+		return 0;
+	}
+}
+
+uint16_t kh_key_usage_allowed(const struct kh_key *k)
+{
+	enum kh_ktype type;
+	uint32_t bits;
+	if (k->a.cls != KH_KC_CERT)
+		return kh_usage_allowed(k->a.cls, k->a.type);
+	/* a certificate does what its public key can do */
+	if (k->pkey == NULL || kh_pkey_kind(k->pkey, &type, &bits) != KH_OK)
+		return 0;
+	return kh_usage_allowed(KH_KC_PUBLIC, type);
+}
+
+uint16_t kh_flags_allowed(enum kh_kclass cls)
+{
+	switch (cls) {
+	case KH_KC_SECRET:
+	case KH_KC_PRIVATE:
+		return KH_KF_REQUESTABLE;
+	case KH_KC_PUBLIC:
+	case KH_KC_CERT:
+		return KH_KF_REQUESTABLE & ~KH_KF_SENSITIVE; /* never sensitive */
+	case KH_KC_DATA:
+		return KH_KF_DATA;
+	}
+	return 0;
+}
+
+/* The flags a client may change only make a key safer, as PKCS#11 has it
+ * for C_SetAttributeValue: sensitive may only be set, extractable (and
+ * here modifiable) only cleared; Authorized decides who may use the key
+ * and does not change. */
+static int flags_change(struct kh_ctx *c, uint16_t cur, uint16_t want)
+{
+	uint16_t added = want & ~cur, removed = cur & ~want;
+	if (removed & KH_KF_SENSITIVE) {
+		kh_ctx_detail(c, "KF: S (sensitive) cannot be removed");
+		return KH_ERR_KEY_USAGE;
+	}
+	if (added & KH_KF_EXPORTABLE) {
+		kh_ctx_detail(c, "KF: X (exportable) cannot be added");
+		return KH_ERR_KEY_USAGE;
+	}
+	if (added & KH_KF_MODIFIABLE) {
+		kh_ctx_detail(c, "KF: M (modifiable) cannot be added");
+		return KH_ERR_KEY_USAGE;
+	}
+	if ((added | removed) & KH_KF_AUTHORIZED) {
+		kh_ctx_detail(c, "KF: A (Authorized) cannot change");
+		return KH_ERR_KEY_USAGE;
+	}
+	return KH_OK;
+}
+
+int kh_key_attrs_change(struct kh_ctx *c, const struct kh_frame *req, const struct kh_key *k,
+                        struct kh_keyattr *out, bool *changed)
+{
+	const struct kh_field *f;
+	char letters[8];
+	int r;
+
+	*out = k->a;
+	if ((f = kh_frame_get(req, "CZ")) != NULL) {
+		uint16_t usage, allowed = kh_key_usage_allowed(k);
+		if (kh_usage_parse(f->val, f->len, &usage) != KH_OK) {
+			kh_ctx_detail(c, "CZ (letters of EDGVWUX, once each)");
+			return KH_ERR_BAD_FIELD;
+		}
+		/* the usage a key has stays acceptable (GPKA may have given a
+		 * private key letters its type cannot use); a new one must fit */
+		if (usage != k->a.usage && (usage & ~allowed)) {
+			kh_usage_str(allowed, letters);
+			kh_ctx_detail(c, "CZ (letters of %s for a %s %s)", letters,
+			              kh_kclass_name(k->a.cls), kh_ktype_name(k->a.type));
+			return KH_ERR_BAD_FIELD;
+		}
+		if (usage != k->a.usage && !(k->a.flags & KH_KF_MODIFIABLE)) {
+			kh_ctx_detail(c, "CZ: the key is not modifiable (no M): usage fixed");
+			return KH_ERR_KEY_USAGE;
+		}
+		out->usage = usage;
+	}
+	if ((f = kh_frame_get(req, "KF")) != NULL) {
+		uint16_t flags, allowed = kh_flags_allowed(k->a.cls);
+		if (kh_flags_parse(f->val, f->len, &flags) != KH_OK) {
+			kh_ctx_detail(c, "KF (letters of XSAMLNY, once each)");
+			return KH_ERR_BAD_FIELD;
+		}
+		/* L, N, Y tell the key's history: given back as GPKR shows them
+		 * or left out, they are the HSM's and stay as they are */
+		flags &= KH_KF_REQUESTABLE;
+		if (flags & ~allowed) {
+			kh_flags_str(allowed, letters);
+			kh_ctx_detail(c, "KF (letters of %s for a %s)", letters,
+			              kh_kclass_name(k->a.cls));
+			return KH_ERR_BAD_FIELD;
+		}
+		if ((r = flags_change(c, k->a.flags & KH_KF_REQUESTABLE, flags)) != KH_OK)
+			return r;
+		out->flags = (uint16_t)((k->a.flags & ~KH_KF_REQUESTABLE) | flags);
+	}
+	*changed = out->usage != k->a.usage || out->flags != k->a.flags;
+	return KH_OK;
+}
+
+int kh_key_put_attrs(struct kh_buf *resp, const struct kh_key *k)
+{
+	uint8_t *der = NULL;
+	size_t n = 0;
+	char usage[8], flags[8];
+	int r;
+
+	kh_usage_str(k->a.usage, usage);
+	kh_flags_str(k->a.flags, flags);
+	if ((r = kh_msg_put(resp, "CZ", usage)) != KH_OK ||
+	    (r = kh_msg_put(resp, "KF", flags)) != KH_OK ||
+	    (r = kh_msg_put(resp, "FS", kh_mk_name(k->a.major))) != KH_OK)
+		return r;
+	if (k->a.cls == KH_KC_SECRET)
+		return kh_msg_put_kcv(resp, k);
+	if (k->a.cls == KH_KC_DATA)
+		return kh_msg_put_hex(resp, "DV", k->der, k->der_len);
+	/* a certificate, then its public key (if OpenSSL could read it) */
+	if (k->a.cls == KH_KC_CERT &&
+	    ((r = kh_msg_put_hex(resp, "CE", k->der, k->der_len)) != KH_OK || k->pkey == NULL))
+		return r;
+	if ((r = kh_key_spki(k, &der, &n)) == KH_OK)
+		r = kh_msg_put_hex(resp, "RD", der, n);
+	free(der);
+	return r;
 }
 
 uint16_t kh_key_default_usage(enum kh_kclass cls, enum kh_ktype type)
@@ -554,6 +748,10 @@ static int key_from_material(const struct kh_keyattr *a, const uint8_t *m, size_
 
 	if (a->cls == KH_KC_SECRET)
 		r = kh_key_from_secret(NULL, &at, m, n, &k);
+	else if (a->cls == KH_KC_DATA)
+		r = n >= 1 && m[0] == DATA_TAG && a->type == KH_KT_GENERIC
+		        ? kh_key_from_data(NULL, &at, m + 1, n - 1, &k)
+		        : KH_ERR_CRYPTO;
 	else
 		r = kh_key_from_der(NULL, &at, m, n, &k);
 	if (r != KH_OK)
@@ -568,25 +766,59 @@ static int key_from_material(const struct kh_keyattr *a, const uint8_t *m, size_
 	return KH_OK;
 }
 
-int kh_key_store(struct kh_ctx *c, struct kh_key *k, uint32_t slot, bool replace,
-                 const struct kh_key_desc *desc)
+int kh_key_with_attrs(const struct kh_key *k, const struct kh_keyattr *a, struct kh_key **out)
 {
-	struct kh_key_row row = {0};
+	uint8_t *m = NULL;
+	size_t n = 0;
+	int r;
+
+	if (a->cls != k->a.cls || a->type != k->a.type || a->bits != k->a.bits ||
+	    a->major != k->a.major)
+		return KH_ERR_INTERNAL;
+	if ((r = kh_key_material(k, &m, &n)) != KH_OK)
+		return r;
+	r = key_from_material(a, m, n, out);
+	kh_secure_free(m, n);
+	if (r != KH_OK)
+		return r;
+	memcpy((*out)->key_id, k->key_id, KH_KEY_ID_LEN);
+	(*out)->has_id = k->has_id;
+	(*out)->in_table = k->in_table;
+	(*out)->slot = k->slot;
+	return KH_OK;
+}
+
+/* A key's row as it is bound: slot, identifier, major key, class, type,
+ * bits and attributes (attrs is the caller's ATTR_LEN bytes). */
+static void bound_row(const struct kh_key *k, uint32_t slot, struct kh_key_row *row,
+                      uint8_t attrs[static ATTR_LEN])
+{
+	memset(row, 0, sizeof(*row));
+	row->slot = slot;
+	row->major = k->a.major;
+	snprintf(row->cls, sizeof(row->cls), "%s", kh_kclass_name(k->a.cls));
+	snprintf(row->ktype, sizeof(row->ktype), "%s", kh_ktype_name(k->a.type));
+	row->bits = k->a.bits;
+	attrs_encode(&k->a, attrs);
+	row->attrs = attrs;
+	row->attrs_len = ATTR_LEN;
+	if (k->has_id)
+		memcpy(row->key_id, k->key_id, KH_KEY_ID_LEN);
+}
+
+/* Store k in slot, or with KH_SLOT_AUTO in the lowest free slot of the
+ * role's ranges for its kind that is not one of avoid. */
+static int key_store(struct kh_ctx *c, struct kh_key *k, uint32_t slot, bool replace,
+                     const struct kh_key_desc *desc, const uint32_t *avoid, size_t navoid)
+{
+	struct kh_key_row row;
 	uint8_t attrs[ATTR_LEN], *m = NULL;
 	size_t mlen = 0;
+	unsigned flags = (replace ? KH_KS_REPLACE : 0u) | (k->has_id ? 0u : KH_KS_NEW_ID);
 	char actor[300];
 	int r;
 
-	row.slot = slot;
-	row.major = k->a.major;
-	snprintf(row.cls, sizeof(row.cls), "%s", kh_kclass_name(k->a.cls));
-	snprintf(row.ktype, sizeof(row.ktype), "%s", kh_ktype_name(k->a.type));
-	row.bits = k->a.bits;
-	attrs_encode(&k->a, attrs);
-	row.attrs = attrs;
-	row.attrs_len = sizeof(attrs);
-	if (k->has_id)
-		memcpy(row.key_id, k->key_id, KH_KEY_ID_LEN);
+	bound_row(k, slot, &row, attrs);
 	if (desc != NULL) {
 		row.label = (uint8_t *)(uintptr_t)desc->label;
 		row.label_len = desc->label_len;
@@ -598,11 +830,23 @@ int kh_key_store(struct kh_ctx *c, struct kh_key *k, uint32_t slot, bool replace
 	if ((r = kh_key_material(k, &m, &mlen)) != KH_OK)
 		return r;
 	kh_session_actor(c->s, actor, sizeof(actor));
-	r = kh_keystore_put(c->hsm, &row, m, mlen,
-	                    (replace ? KH_KS_REPLACE : 0u) | (k->has_id ? 0u : KH_KS_NEW_ID), actor);
+	if (slot == KH_SLOT_AUTO) {
+		struct kh_ks_span spans[KH_MAX_RANGES];
+		enum kh_slot_kind kind = kh_key_slot_kind(&k->a);
+		size_t n = c->role ? kh_role_auto_spans(c->role, kind, spans) : 0;
+		r = n == 0 ? KH_ERR_SLOT_OUT_OF_RANGE
+		           : kh_keystore_put_free(c->hsm, &row, spans, n, avoid, navoid, m, mlen,
+		                                  flags, actor);
+	} else {
+		r = kh_keystore_put(c->hsm, &row, m, mlen, flags, actor);
+	}
 	kh_secure_free(m, mlen);
 	if (r == KH_ERR_MAJOR_KEY_NOT_LOADED)
 		kh_ctx_detail(c, "%s", kh_mk_name(k->a.major));
+	else if (r == KH_ERR_SLOT_OUT_OF_RANGE)
+		kh_ctx_detail(c, "no free slot in the role's ranges");
+	else if (r == KH_ERR_EXISTS && slot == KH_SLOT_AUTO)
+		kh_ctx_detail(c, "the key identifier is in use in another slot");
 	else if (r == KH_ERR_EXISTS)
 		kh_ctx_detail(c, "slot %u is taken (RP=Y replaces) or the key identifier is in use",
 		              slot);
@@ -611,8 +855,49 @@ int kh_key_store(struct kh_ctx *c, struct kh_key *k, uint32_t slot, bool replace
 	memcpy(k->key_id, row.key_id, KH_KEY_ID_LEN);
 	k->has_id = true;
 	k->in_table = true;
-	k->slot = slot;
+	k->slot = row.slot;
 	return KH_OK;
+}
+
+int kh_key_store(struct kh_ctx *c, struct kh_key *k, uint32_t slot, bool replace,
+                 const struct kh_key_desc *desc)
+{
+	return key_store(c, k, slot, replace, desc, NULL, 0);
+}
+
+int kh_key_update(struct kh_ctx *c, const struct kh_key *old, const struct kh_key *nk,
+                  bool new_value)
+{
+	struct kh_key_row was, now;
+	uint8_t a1[ATTR_LEN], a2[ATTR_LEN], *m = NULL;
+	size_t mlen = 0;
+	char actor[300], text[96], u1[8], u2[8], f1[8], f2[8];
+	int r;
+
+	if (!old->in_table || !old->has_id)
+		return KH_ERR_INTERNAL;
+	bound_row(old, old->slot, &was, a1);
+	bound_row(nk, old->slot, &now, a2);
+	kh_usage_str(old->a.usage, u1);
+	kh_usage_str(nk->a.usage, u2);
+	kh_flags_str(old->a.flags, f1);
+	kh_flags_str(nk->a.flags, f2);
+	snprintf(text, sizeof(text), "usage %s->%s flags %s->%s%s", u1[0] ? u1 : "-",
+	         u2[0] ? u2 : "-", f1[0] ? f1 : "-", f2[0] ? f2 : "-", new_value ? " value" : "");
+	if (new_value && (r = kh_key_material(nk, &m, &mlen)) != KH_OK)
+		return r;
+	kh_session_actor(c->s, actor, sizeof(actor));
+	r = kh_keystore_rewrite(c->hsm, &was, &now, m, mlen, actor, text);
+	kh_secure_free(m, mlen);
+	if (r == KH_ERR_CRYPTO)
+		kh_ctx_detail(c, "the stored key in slot %u does not open (altered)", old->slot);
+	else if (r == KH_ERR_NOT_FOUND)
+		kh_ctx_detail(c, "slot %u no longer holds this key", old->slot);
+	else if (r == KH_ERR_BUSY)
+		kh_ctx_detail(c, "slot %u changed meanwhile: try again", old->slot);
+	else if (r == KH_ERR_MAJOR_KEY_NOT_LOADED)
+		kh_ctx_detail(c, "%s", kh_mk_name(old->a.major));
+	return r;
 }
 
 int kh_key_delete(struct kh_ctx *c, uint32_t slot)
@@ -668,7 +953,7 @@ int kh_key_cryptogram(struct kh_hsm *hsm, struct kh_key *k, uint8_t **out, size_
 	char hex[7];
 	int r;
 
-	if (k->a.cls == KH_KC_CERT)
+	if (k->a.cls == KH_KC_CERT || k->a.cls == KH_KC_DATA)
 		return KH_ERR_UNSUPPORTED;
 	if ((r = kcv_bytes(hsm, k->a.major, hex, kcv)) != KH_OK)
 		return r;
@@ -973,6 +1258,32 @@ bad:
 	return KH_ERR_BAD_FIELD;
 }
 
+/* Is the destination tag `*`, the HSM's choice of slot? */
+static bool dest_auto(const struct kh_frame *req, const char *tag)
+{
+	const struct kh_field *f = kh_frame_get(req, tag);
+	return f != NULL && f->len == 1 && f->val[0] == '*';
+}
+
+/* The slots the request names in its other destination tags: a slot the
+ * HSM picks must not be one of them (GRSA SL * with PS 7 must not put the
+ * private key in 7 before the public key goes there). */
+static size_t dest_avoid(struct kh_ctx *c, const struct kh_frame *req, const char *slot_tag,
+                         uint32_t avoid[static KH_OP_MAX_DEST])
+{
+	size_t n = 0;
+	uint64_t v;
+	if (c->op == NULL)
+		return 0;
+	for (size_t i = 0; i < c->op->ndest && n < KH_OP_MAX_DEST; i++) {
+		const char *t = c->op->dest[i].slot_tag;
+		if (strcmp(t, slot_tag) != 0 && kh_frame_has(req, t) &&
+		    kh_frame_u64(req, t, 0, KH_SLOT_MAX, &v) == KH_OK)
+			avoid[n++] = (uint32_t)v;
+	}
+	return n;
+}
+
 int kh_key_emit(struct kh_ctx *c, const struct kh_frame *req, struct kh_key *k,
                 const char *slot_tag, const char *id_tag, const char *cg_tag, struct kh_buf *resp)
 {
@@ -981,9 +1292,14 @@ int kh_key_emit(struct kh_ctx *c, const struct kh_frame *req, struct kh_key *k,
 	if (slot_tag != NULL && kh_frame_has(req, slot_tag)) {
 		struct kh_key_desc d = {0};
 		uint8_t *lb = NULL, *ki = NULL, *ex = NULL;
+		uint32_t avoid[KH_OP_MAX_DEST];
+		size_t navoid = 0;
 		uint64_t slot;
-		bool replace = false;
-		if ((r = kh_frame_u64(req, slot_tag, 0, KH_SLOT_MAX, &slot)) != KH_OK) {
+		bool replace = false, pick = dest_auto(req, slot_tag);
+		if (pick) {
+			slot = KH_SLOT_AUTO;
+			navoid = dest_avoid(c, req, slot_tag, avoid);
+		} else if ((r = kh_frame_u64(req, slot_tag, 0, KH_SLOT_MAX, &slot)) != KH_OK) {
 			kh_ctx_detail(c, "%s", slot_tag);
 			return r;
 		}
@@ -997,12 +1313,15 @@ int kh_key_emit(struct kh_ctx *c, const struct kh_frame *req, struct kh_key *k,
 			d.label = lb;
 			d.ckaid = ki;
 			d.extra = ex;
-			r = kh_key_store(c, k, (uint32_t)slot, replace, &d);
+			/* a slot the HSM picks is free: RP has nothing to replace */
+			r = key_store(c, k, (uint32_t)slot, replace && !pick, &d, avoid, navoid);
 		}
 		free(lb);
 		free(ki);
 		free(ex);
 		if (r != KH_OK)
+			return r;
+		if (pick && (r = kh_msg_put_u64(resp, slot_tag, k->slot)) != KH_OK)
 			return r;
 	} else {
 		uint8_t *cg = NULL;
@@ -1198,16 +1517,44 @@ bad:
 
 /* ---- resolving a request's keys ---------------------------------------------- */
 
-bool kh_role_slot_kind_ok(const struct kh_role *r, uint32_t slot, bool symmetric)
+enum kh_slot_kind kh_key_slot_kind(const struct kh_keyattr *a)
+{
+	if (a->cls == KH_KC_DATA)
+		return KH_SK_ANY;
+	return kh_ktype_symmetric(a->type) ? KH_SK_SYMMETRIC : KH_SK_ASYMMETRIC;
+}
+
+static bool range_fits(const struct kh_range *g, enum kh_slot_kind kind)
+{
+	return g->kind == 'M' || kind == KH_SK_ANY ||
+	       g->kind == (kind == KH_SK_SYMMETRIC ? 'S' : 'A');
+}
+
+bool kh_role_slot_fits(const struct kh_role *r, uint32_t slot, enum kh_slot_kind kind)
 {
 	for (size_t i = 0; i < r->nranges; i++) {
 		const struct kh_range *g = &r->ranges[i];
-		if (slot < g->lo || slot > g->hi)
-			continue;
-		if (g->kind == 'M' || g->kind == (symmetric ? 'S' : 'A'))
+		if (slot >= g->lo && slot <= g->hi && range_fits(g, kind))
 			return true;
 	}
 	return false;
+}
+
+size_t kh_role_auto_spans(const struct kh_role *r, enum kh_slot_kind kind,
+                          struct kh_ks_span out[static KH_MAX_RANGES])
+{
+	size_t n = 0;
+	for (size_t i = 0; i < r->nranges && i < KH_MAX_RANGES; i++)
+		if (range_fits(&r->ranges[i], kind))
+			out[n++] = (struct kh_ks_span){r->ranges[i].lo, r->ranges[i].hi};
+	return n;
+}
+
+static const char *kind_text(enum kh_slot_kind kind)
+{
+	return kind == KH_SK_SYMMETRIC    ? "a symmetric"
+	       : kind == KH_SK_ASYMMETRIC ? "an asymmetric"
+	                                  : "any";
 }
 
 static bool logged_in(const struct kh_ctx *c)
@@ -1240,6 +1587,35 @@ static int slot_of(struct kh_ctx *c, const struct kh_frame *req, const char *tag
 	*slot = (uint32_t)v;
 	if (!kh_role_has_slot(c->role, *slot)) {
 		kh_ctx_detail(c, "%s %u", tag, *slot);
+		return KH_ERR_SLOT_OUT_OF_RANGE;
+	}
+	return KH_OK;
+}
+
+int kh_dest_check(struct kh_ctx *c, const struct kh_frame *req, const char *tag,
+                  enum kh_slot_kind kind, uint32_t *slot)
+{
+	struct kh_ks_span spans[KH_MAX_RANGES];
+	int r;
+
+	if (dest_auto(req, tag)) {
+		/* the slot itself is chosen when the key is stored (kh_key_emit),
+		 * in the transaction that writes it */
+		if (kh_role_auto_spans(c->role, kind, spans) == 0) {
+			kh_ctx_detail(c,
+			              "%s *: no free slot in the role's ranges (it has no range "
+			              "for %s key)",
+			              tag, kind_text(kind));
+			return KH_ERR_SLOT_OUT_OF_RANGE;
+		}
+		*slot = KH_SLOT_AUTO;
+		return KH_OK;
+	}
+	if ((r = slot_of(c, req, tag, slot)) != KH_OK)
+		return r;
+	if (!kh_role_slot_fits(c->role, *slot, kind)) {
+		kh_ctx_detail(c, "%s %u: range kind does not allow %s key", tag, *slot,
+		              kind_text(kind));
 		return KH_ERR_SLOT_OUT_OF_RANGE;
 	}
 	return KH_OK;
@@ -1298,7 +1674,7 @@ static int resolve_one(struct kh_ctx *c, const struct kh_frame *req, const struc
 				kh_ctx_detail(c, "the stored key in slot %u does not open (altered)", slot);
 			return r;
 		}
-		if (!kh_role_slot_kind_ok(c->role, slot, kh_ktype_symmetric(k->a.type))) {
+		if (!kh_role_slot_fits(c->role, slot, kh_key_slot_kind(&k->a))) {
 			kh_ctx_detail(c, "slot %u: range kind does not allow this key", slot);
 			r = KH_ERR_SLOT_OUT_OF_RANGE;
 			goto fail;
@@ -1351,6 +1727,11 @@ static int resolve_one(struct kh_ctx *c, const struct kh_frame *req, const struc
 			kh_ctx_detail(c, "%s (a public key)", ref->pub_tag);
 			return KH_ERR_BAD_FIELD;
 		}
+	}
+	if (k->a.cls == KH_KC_DATA && !(ref->flags & KH_KR_OBJECT)) {
+		kh_ctx_detail(c, "a data object is not a key");
+		r = KH_ERR_KEY_USAGE;
+		goto fail;
 	}
 	if (ref->classes && !(ref->classes & (1u << k->a.cls))) {
 		kh_ctx_detail(c, "a %s key cannot do this", kh_kclass_name(k->a.cls));
@@ -1411,16 +1792,12 @@ int kh_op_resolve(struct kh_ctx *c, const struct kh_frame *req, struct kh_op *op
 	if ((op->new_flags & KH_KF_AUTHORIZED) && (r = authorized_ok(c)) != KH_OK)
 		return r;
 	for (size_t i = 0; i < op->ndest; i++) {
+		const struct kh_dest *d = &op->dest[i];
 		uint32_t slot;
-		if (!kh_frame_has(req, op->dest[i].slot_tag))
+		if (!kh_frame_has(req, d->slot_tag))
 			continue;
-		if ((r = slot_of(c, req, op->dest[i].slot_tag, &slot)) != KH_OK)
+		if ((r = kh_dest_check(c, req, d->slot_tag, d->kind, &slot)) != KH_OK)
 			return r;
-		if (!kh_role_slot_kind_ok(c->role, slot, op->dest[i].symmetric)) {
-			kh_ctx_detail(c, "%s %u: range kind does not allow a%s key", op->dest[i].slot_tag,
-			              slot, op->dest[i].symmetric ? " symmetric" : "n asymmetric");
-			return KH_ERR_SLOT_OUT_OF_RANGE;
-		}
 	}
 	for (size_t i = 0; i < op->nref; i++)
 		if ((r = resolve_one(c, req, &op->ref[i], &op->key[i])) != KH_OK)

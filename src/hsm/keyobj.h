@@ -11,6 +11,8 @@
  *   private keys  PKCS#8 PrivateKeyInfo DER
  *   public keys   SubjectPublicKeyInfo DER
  *   certificates  X.509 DER
+ *   data objects  the byte 'D' followed by the value (0-16320 bytes): the
+ *                 AEAD of a row and a backup never hold an empty plaintext
  */
 #ifndef KH_KEYOBJ_H
 #define KH_KEYOBJ_H
@@ -24,7 +26,10 @@
 struct kh_frame;
 struct kh_buf;
 
-enum kh_kclass { KH_KC_SECRET = 1, KH_KC_PRIVATE, KH_KC_PUBLIC, KH_KC_CERT };
+/* KH_KC_DATA: a PKCS#11 data object (CKO_DATA), type GENERIC, stored in a
+ * slot only; no usage, never a key for any command, no cryptogram. */
+enum kh_kclass { KH_KC_SECRET = 1, KH_KC_PRIVATE, KH_KC_PUBLIC, KH_KC_CERT, KH_KC_DATA };
+#define KH_DATA_MAX_LEN 16320 /* bytes of a data object's value */
 enum kh_ktype {
 	KH_KT_AES = 1,
 	KH_KT_GENERIC, /* generic secret: HMAC keys, derived secrets, unwrapped blobs */
@@ -59,7 +64,8 @@ enum {
 	KH_KF_NEVER_EXPORTABLE = 1 << 5, /* N */
 	KH_KF_ALWAYS_SENSITIVE = 1 << 6, /* Y */
 	KH_KF_REQUESTABLE = KH_KF_EXPORTABLE | KH_KF_SENSITIVE | KH_KF_AUTHORIZED | KH_KF_MODIFIABLE,
-	KH_KF_ALL = 0x7f
+	KH_KF_ALL = 0x7f,
+	KH_KF_DATA = KH_KF_AUTHORIZED | KH_KF_MODIFIABLE /* what a data object may carry */
 };
 
 /* What a key is. Everything here is bound into the AEAD of its stored form
@@ -96,7 +102,8 @@ struct kh_key {
 	uint8_t *secret; /* KH_KC_SECRET: raw bytes (secure heap) */
 	size_t secret_len;
 	EVP_PKEY *pkey;  /* private and public keys; certificates: their public key */
-	uint8_t *der;    /* KH_KC_CERT: the certificate; KH_KC_PUBLIC: SPKI (plain heap) */
+	uint8_t *der;    /* KH_KC_CERT: the certificate; KH_KC_PUBLIC: SPKI; KH_KC_DATA: the
+	                  * value, der_len bytes, possibly 0 (plain heap) */
 	size_t der_len;
 	struct kh_sigcache *sig;
 };
@@ -105,7 +112,7 @@ struct kh_key *kh_key_ref(struct kh_key *k);
 void kh_key_unref(struct kh_key *k); /* NULL ok */
 
 /* Names used in the key table's class/ktype columns and on the wire
- * ("secret", "private", "public", "cert"; "AES", "GENERIC", "RSA", "EC",
+ * ("secret", "private", "public", "cert", "data"; "AES", "GENERIC", "RSA", "EC",
  * "ED25519", "X25519", "X509"). */
 const char *kh_kclass_name(enum kh_kclass c);
 const char *kh_ktype_name(enum kh_ktype t);
@@ -127,6 +134,14 @@ KH_MUST_CHECK int kh_key_from_secret(struct kh_ctx *c, const struct kh_keyattr *
                                      const uint8_t *bytes, size_t len, struct kh_key **out);
 KH_MUST_CHECK int kh_key_from_pkey(struct kh_ctx *c, const struct kh_keyattr *a, EVP_PKEY *pk,
                                    struct kh_key **out);
+/* A data object (a->cls KH_KC_DATA, type GENERIC) holding the len bytes
+ * value (0 to KH_DATA_MAX_LEN); bits are 8 * len, usage none. */
+KH_MUST_CHECK int kh_key_from_data(struct kh_ctx *c, const struct kh_keyattr *a,
+                                   const uint8_t *value, size_t len, struct kh_key **out);
+/* The same key with other bound attributes a (class, type, bits and major
+ * key must be k's): usage and flags change, identifier kept. */
+KH_MUST_CHECK int kh_key_with_attrs(const struct kh_key *k, const struct kh_keyattr *a,
+                                    struct kh_key **out);
 /* Parse DER (PKCS#8 private, PKCS#1 RSAPrivateKey, SPKI public, X.509
  * certificate for KH_KC_CERT) into a key; a->type and a->bits are filled in
  * from the material when a->type is 0, otherwise must match it. */
@@ -152,6 +167,38 @@ uint16_t kh_usage_public_of(uint16_t private_usage);
  * when the cryptogram is opened). KH_ERR_BAD_FIELD if unreadable. */
 KH_MUST_CHECK int kh_req_cg_type(struct kh_ctx *c, const struct kh_frame *req, const char *tag,
                                  enum kh_ktype *out);
+
+/* The usage letters a key of this class and type may carry: what the
+ * algorithm can do with that half of a pair (RSA private G D U, public V E
+ * W; EC G or V, and X; Ed25519 G or V; X25519 X), any for secret keys,
+ * none for data objects. kh_key_usage_allowed also knows a certificate's
+ * (its public key's). The flags a key may carry (KF letters X S A M): no
+ * S for public keys and certificates, only A M for data objects. */
+uint16_t kh_usage_allowed(enum kh_kclass cls, enum kh_ktype type);
+uint16_t kh_key_usage_allowed(const struct kh_key *k);
+uint16_t kh_flags_allowed(enum kh_kclass cls);
+
+/* A change of a key's bound attributes (GPKS CZ, KF: PKCS#11
+ * C_SetAttributeValue), as k's attributes after it in *out: CZ the new
+ * usage (only when k has M; letters the type allows), KF the new flags, in
+ * the directions PKCS#11 allows (S may be added, X and M removed, A stays;
+ * L, N, Y may be given and are ignored: the HSM keeps its own). A forbidden
+ * change is KH_ERR_KEY_USAGE, letters the key cannot carry KH_ERR_BAD_FIELD
+ * (detail set). *changed tells whether anything differs. */
+KH_MUST_CHECK int kh_key_attrs_change(struct kh_ctx *c, const struct kh_frame *req,
+                                      const struct kh_key *k, struct kh_keyattr *out,
+                                      bool *changed);
+/* Re-wrap the key-table key old (loaded from its slot) as nk: nk's bound
+ * attributes, and for a data object with new_value its value, under the
+ * same slot and identifier, in one transaction; the row must still hold
+ * old and open (KH_ERR_CRYPTO otherwise). The cache forgets the slot. */
+KH_MUST_CHECK int kh_key_update(struct kh_ctx *c, const struct kh_key *old,
+                                const struct kh_key *nk, bool new_value);
+/* What GPKR and GPKS say of a key beyond the key table's columns: CZ, KF
+ * (letters, may be empty), FS (PMK or FTK), and by class RD (private and
+ * public keys: SPKI DER), CE and RD (certificates: the DER and its public
+ * key), AE (secret keys: the check value), DV (data objects: the value). */
+KH_MUST_CHECK int kh_key_put_attrs(struct kh_buf *resp, const struct kh_key *k);
 
 /* The usage a new key gets when the request does not say (CZ): AES
  * encrypt/decrypt, generic secrets sign/verify (MAC), X25519 derive, other
@@ -180,7 +227,11 @@ bool kh_hsm_fips(struct kh_hsm *hsm);
 
 /* Store a new key in a slot (fresh random key id, KH_ERR_EXISTS if the slot
  * is taken unless replace). Sets k->key_id, in_table and slot. desc may
- * carry label/CKA_ID/extra from the request (LB, KI, EX tags) or be NULL. */
+ * carry label/CKA_ID/extra from the request (LB, KI, EX tags) or be NULL.
+ * slot KH_SLOT_AUTO: the lowest free slot of the role's ranges that fit
+ * the key (kh_role_auto_spans), chosen and written in one transaction;
+ * SLOT_OUT_OF_RANGE when none is free. */
+#define KH_SLOT_AUTO UINT32_MAX
 struct kh_key_desc {
 	const uint8_t *label, *ckaid, *extra;
 	size_t label_len, ckaid_len, extra_len;
@@ -204,7 +255,10 @@ KH_MUST_CHECK int kh_key_load_slot(struct kh_hsm *hsm, uint32_t slot, struct kh_
 /* Emit a key a command made: stored in the slot named by slot_tag when the
  * request has that tag (with LB/KI/EX descriptive tags, RP=Y to replace),
  * else returned as a cryptogram under cg_tag. Always adds id_tag (the key
- * id, hex). The dispatcher has already checked the slot (kh_op.dest). */
+ * id, hex). The dispatcher has already checked the slot (kh_op.dest). A
+ * slot_tag of `*` stores the key in the lowest free slot of the role's
+ * ranges for its kind, never one the request names in another
+ * destination tag, and adds slot_tag with the slot chosen. */
 KH_MUST_CHECK int kh_key_emit(struct kh_ctx *c, const struct kh_frame *req, struct kh_key *k,
                               const char *slot_tag, const char *id_tag, const char *cg_tag,
                               struct kh_buf *resp);
@@ -219,11 +273,21 @@ void kh_keycache_clear(struct kh_hsm *hsm);
 
 /* ---- what a request does with keys: filled by a command's plan ---- */
 
+/* Range kinds: a symmetric key (AES, generic) sits in an S or M range, any
+ * other key in an A or M range, a data object in any. */
+enum kh_slot_kind { KH_SK_ASYMMETRIC, KH_SK_SYMMETRIC, KH_SK_ANY };
+static inline enum kh_slot_kind kh_slot_kind_of(bool symmetric)
+{
+	return symmetric ? KH_SK_SYMMETRIC : KH_SK_ASYMMETRIC;
+}
+
 /* Where a key may come from and what it must allow. */
 #define KH_KR_REQUIRED 0x01    /* missing key -> MISSING_FIELD */
 #define KH_KR_EXPORTABLE 0x02  /* must carry KH_KF_EXPORTABLE */
 #define KH_KR_CLEAR_PUB 0x04   /* may be a clear SPKI in pub_tag */
 #define KH_KR_CLEAR_PKI 0x08   /* ...and using it needs keys.import_pki */
+#define KH_KR_OBJECT 0x10      /* any object will do, data objects too (GPKR, GPKS):
+                                * without it a data object is KEY_USAGE */
 
 struct kh_keyref {
 	const char *slot_tag; /* e.g. "SL" */
@@ -236,10 +300,12 @@ struct kh_keyref {
 	uint32_t types;       /* KH_KT_BIT set; 0 = any */
 };
 
-/* A slot a command will write a new key into. */
+/* A slot a command will write a new key into: a number, or `*` for the
+ * lowest free slot of the role's ranges of the kind (chosen when the key
+ * is stored; kh_op_resolve only checks the role has such a range). */
 struct kh_dest {
-	const char *slot_tag; /* e.g. "SL", "PS", "DS" */
-	bool symmetric;       /* checked against the range kind (S, A, M) */
+	const char *slot_tag;   /* e.g. "SL", "PS", "DS" */
+	enum kh_slot_kind kind; /* checked against the range kind (S, A, M) */
 };
 
 #define KH_OP_MAX_KEYS 2
@@ -268,8 +334,20 @@ typedef int (*kh_plan_fn)(struct kh_ctx *c, const struct kh_frame *req, struct k
 KH_MUST_CHECK int kh_op_resolve(struct kh_ctx *c, const struct kh_frame *req, struct kh_op *op);
 void kh_op_release(struct kh_op *op);
 
+enum kh_slot_kind kh_key_slot_kind(const struct kh_keyattr *a);
 /* Range kind check: may a key of this kind sit in this slot for the role? */
-bool kh_role_slot_kind_ok(const struct kh_role *r, uint32_t slot, bool symmetric);
+bool kh_role_slot_fits(const struct kh_role *r, uint32_t slot, enum kh_slot_kind kind);
+/* The role's ranges a new key of this kind may go to (for `*`), at most
+ * KH_MAX_RANGES; keys.all_slots adds none (it widens listing, not where a
+ * key may be written). */
+size_t kh_role_auto_spans(const struct kh_role *r, enum kh_slot_kind kind,
+                          struct kh_ks_span out[static KH_MAX_RANGES]);
+/* A destination slot tag of the request (present): a number in the role's
+ * ranges and of the kind (SLOT_OUT_OF_RANGE otherwise), or `*` when the
+ * role has a range of the kind (SLOT_OUT_OF_RANGE, "no ... range"), then
+ * *slot is KH_SLOT_AUTO. */
+KH_MUST_CHECK int kh_dest_check(struct kh_ctx *c, const struct kh_frame *req, const char *tag,
+                                enum kh_slot_kind kind, uint32_t *slot);
 
 /* Request readers shared by the key commands. */
 /* FS: "PMK" / "6" -> PMK, "FTK" -> FTK; default PMK. */

@@ -47,7 +47,7 @@ static bool name_ok(const char *s)
 static int validate(const struct kh_key_row *row)
 {
 	if (row->slot > KH_SLOT_MAX || (row->major != KH_MK_FTK && row->major != KH_MK_PMK) ||
-	    !name_ok(row->cls) || !name_ok(row->ktype) || row->bits > 65536 ||
+	    !name_ok(row->cls) || !name_ok(row->ktype) || row->bits > KH_KS_BITS_MAX ||
 	    row->attrs_len > KH_KS_ATTRS_MAX || (row->attrs_len && row->attrs == NULL) ||
 	    row->label_len > KH_KS_DESC_MAX || (row->label_len && row->label == NULL) ||
 	    row->ckaid_len > KH_KS_DESC_MAX || (row->ckaid_len && row->ckaid == NULL) ||
@@ -183,8 +183,11 @@ out:
 	return r;
 }
 
-int kh_keystore_put(struct kh_hsm *hsm, struct kh_key_row *row, const uint8_t *material,
-                    size_t mlen, unsigned flags, const char *actor)
+/* Seal material under row's associated data and store it. The caller
+ * holds the database lock: a rotation cannot come between the seal and
+ * the write and leave a row under the key it replaced. */
+static int put_locked(struct kh_hsm *hsm, struct kh_key_row *row, const uint8_t *material,
+                      size_t mlen, unsigned flags, const char *actor)
 {
 	uint8_t *aad = NULL, *wrapped = NULL;
 	size_t aadlen = 0, wlen = 0;
@@ -202,17 +205,168 @@ int kh_keystore_put(struct kh_hsm *hsm, struct kh_key_row *row, const uint8_t *m
 		r = KH_ERR_NOMEM;
 		goto out;
 	}
-	/* sealed and stored under one hold of the database lock: a rotation
-	 * cannot come between and leave a row under the key it replaced */
-	kh_db_lock(hsm->db);
 	r = kh_mk_seal(hsm, row->major, aad, aadlen, material, mlen, wrapped, &wlen);
 	if (r == KH_OK)
 		r = store(hsm, row, wrapped, wlen, flags, actor, &row->created);
-	kh_db_unlock(hsm->db);
 out:
 	free(aad);
 	free(wrapped);
 	return r;
+}
+
+int kh_keystore_put(struct kh_hsm *hsm, struct kh_key_row *row, const uint8_t *material,
+                    size_t mlen, unsigned flags, const char *actor)
+{
+	int r;
+	kh_db_lock(hsm->db);
+	r = put_locked(hsm, row, material, mlen, flags, actor);
+	kh_db_unlock(hsm->db);
+	return r;
+}
+
+/* Is slot taken? Under the caller's transaction. */
+static int slot_taken(struct kh_hsm *hsm, uint32_t slot, bool *taken)
+{
+	sqlite3_stmt *q = NULL;
+	int r = kh_db_prepare(hsm->db, "SELECT 1 FROM keys WHERE slot=?", &q);
+	if (r != KH_OK)
+		return r;
+	sqlite3_bind_int64(q, 1, slot);
+	r = sqlite3_step(q);
+	*taken = r == SQLITE_ROW;
+	r = (r == SQLITE_ROW || r == SQLITE_DONE) ? KH_OK : kh_db_err(hsm->db, r);
+	sqlite3_finalize(q);
+	return r;
+}
+
+/* The lowest free slot in [from, hi] (*found false when none). A taken
+ * `from` sends the search to the first key, at or after it, whose next
+ * slot is free: one walk along the primary key that stops at the first
+ * gap. */
+static int lowest_free(struct kh_hsm *hsm, uint32_t from, uint32_t hi, bool *found,
+                       uint32_t *slot)
+{
+	sqlite3_stmt *q = NULL;
+	bool taken;
+	int r;
+
+	*found = false;
+	if (from > hi)
+		return KH_OK;
+	if ((r = slot_taken(hsm, from, &taken)) != KH_OK)
+		return r;
+	if (!taken) {
+		*found = true;
+		*slot = from;
+		return KH_OK;
+	}
+	/* taken slots packed from `from` on (as `*` leaves them): the slot
+	 * after the last, found by counting instead of probing every key */
+	if ((r = kh_db_prepare(hsm->db,
+	                       "SELECT count(*), max(slot) FROM keys WHERE slot BETWEEN ?1 AND ?2",
+	                       &q)) != KH_OK)
+		return r;
+	sqlite3_bind_int64(q, 1, from);
+	sqlite3_bind_int64(q, 2, hi);
+	if ((r = sqlite3_step(q)) != SQLITE_ROW) {
+		sqlite3_finalize(q);
+		return kh_db_err(hsm->db, r);
+	}
+	sqlite3_int64 count = sqlite3_column_int64(q, 0), last = sqlite3_column_int64(q, 1);
+	sqlite3_finalize(q);
+	q = NULL;
+	if (last - (sqlite3_int64)from + 1 == count) {
+		*found = last < (sqlite3_int64)hi;
+		*slot = (uint32_t)(last + 1);
+		return KH_OK;
+	}
+	if ((r = kh_db_prepare(hsm->db,
+	                       "SELECT k.slot + 1 FROM keys k WHERE k.slot >= ?1 AND k.slot < ?2 "
+	                       "AND NOT EXISTS (SELECT 1 FROM keys n WHERE n.slot = k.slot + 1) "
+	                       "ORDER BY k.slot LIMIT 1",
+	                       &q)) != KH_OK)
+		return r;
+	sqlite3_bind_int64(q, 1, from);
+	sqlite3_bind_int64(q, 2, hi);
+	r = sqlite3_step(q);
+	if (r == SQLITE_ROW) {
+		sqlite3_int64 v = sqlite3_column_int64(q, 0);
+		*found = v >= (sqlite3_int64)from && v <= (sqlite3_int64)hi;
+		*slot = (uint32_t)v;
+		r = KH_OK;
+	} else {
+		r = r == SQLITE_DONE ? KH_OK : kh_db_err(hsm->db, r);
+	}
+	sqlite3_finalize(q);
+	return r;
+}
+
+static bool avoided(uint32_t slot, const uint32_t *avoid, size_t navoid)
+{
+	for (size_t i = 0; i < navoid; i++)
+		if (avoid[i] == slot)
+			return true;
+	return false;
+}
+
+/* The lowest free slot of the spans that is not avoided. */
+static int pick_free(struct kh_hsm *hsm, const struct kh_ks_span *spans, size_t nspans,
+                     const uint32_t *avoid, size_t navoid, bool *found, uint32_t *slot)
+{
+	int r;
+
+	*found = false;
+	for (size_t i = 0; i < nspans; i++) {
+		uint32_t from = spans[i].lo, s = 0;
+		bool f = false;
+		if (spans[i].lo > spans[i].hi || spans[i].hi > KH_SLOT_MAX)
+			return KH_ERR_INTERNAL;
+		/* only a slot below the best so far is of interest */
+		if (*found && spans[i].lo >= *slot)
+			continue;
+		uint32_t hi = *found && *slot <= spans[i].hi ? *slot - 1 : spans[i].hi;
+		for (;;) {
+			if ((r = lowest_free(hsm, from, hi, &f, &s)) != KH_OK)
+				return r;
+			if (!f || !avoided(s, avoid, navoid))
+				break;
+			from = s + 1;
+		}
+		if (f && (!*found || s < *slot)) {
+			*found = true;
+			*slot = s;
+		}
+	}
+	return KH_OK;
+}
+
+int kh_keystore_put_free(struct kh_hsm *hsm, struct kh_key_row *row,
+                         const struct kh_ks_span *spans, size_t nspans, const uint32_t *avoid,
+                         size_t navoid, const uint8_t *material, size_t mlen, unsigned flags,
+                         const char *actor)
+{
+	bool found = false;
+	uint32_t slot = 0;
+	int r;
+
+	/* the choice and the write in one transaction under the database lock:
+	 * no other writer can take the slot in between (every write to the key
+	 * table goes through this lock), and a request that stores two keys
+	 * in its own transaction (GRSA) sees the first when picking the second */
+	if ((r = kh_db_begin(hsm->db)) != KH_OK)
+		return r;
+	r = pick_free(hsm, spans, nspans, avoid, navoid, &found, &slot);
+	if (r == KH_OK && !found)
+		r = KH_ERR_SLOT_OUT_OF_RANGE;
+	if (r == KH_OK) {
+		row->slot = slot;
+		r = put_locked(hsm, row, material, mlen, flags & ~(unsigned)KH_KS_REPLACE, actor);
+	}
+	if (r != KH_OK) {
+		kh_db_rollback(hsm->db);
+		return r;
+	}
+	return kh_db_commit(hsm->db);
 }
 
 /* A row read before a rotation of its major key did not open after it:
@@ -376,7 +530,7 @@ static int row_from(sqlite3_stmt *q, struct kh_key_row *row, bool summary_only)
 	int r;
 
 	memset(row, 0, sizeof(*row));
-	if (slot < 0 || slot > KH_SLOT_MAX || bits < 0 || bits > 65536 ||
+	if (slot < 0 || slot > KH_SLOT_MAX || bits < 0 || bits > KH_KS_BITS_MAX ||
 	    sqlite3_column_bytes(q, 1) != KH_KEY_ID_LEN || major == NULL ||
 	    kh_mk_id_parse(major, &row->major) != KH_OK)
 		return KH_ERR_STORAGE;
@@ -457,6 +611,101 @@ int kh_keystore_set_desc(struct kh_hsm *hsm, uint32_t slot, const uint8_t *label
 	sqlite3_bind_int(st, 6, extra != NULL);
 	sqlite3_bind_int64(st, 7, slot);
 	return slot_change_finish(hsm, st, slot, actor, "key.settings");
+}
+
+static bool same_key_columns(const struct kh_key_row *a, const struct kh_key_row *b)
+{
+	return memcmp(a->key_id, b->key_id, KH_KEY_ID_LEN) == 0 && a->major == b->major &&
+	       strcmp(a->cls, b->cls) == 0 && strcmp(a->ktype, b->ktype) == 0;
+}
+
+int kh_keystore_rewrite(struct kh_hsm *hsm, const struct kh_key_row *was,
+                        const struct kh_key_row *now, const uint8_t *material, size_t mlen,
+                        const char *actor, const char *detail)
+{
+	struct kh_key_row row = {0}, next;
+	uint8_t *m = NULL, *aad = NULL, *wrapped = NULL;
+	size_t n = 0, aadlen = 0, wlen = 0, slen;
+	const uint8_t *src;
+	sqlite3_stmt *st = NULL;
+	char text[192];
+	int r;
+
+	if (now->slot != was->slot || !same_key_columns(was, now))
+		return KH_ERR_INTERNAL;
+	if ((r = validate(now)) != KH_OK)
+		return r;
+	if (material != NULL && (mlen == 0 || mlen > KH_KS_MATERIAL_MAX))
+		return KH_ERR_BAD_FIELD;
+	/* read, opened, sealed again and written under one hold of the
+	 * database lock: neither a rotation nor another change comes between */
+	if ((r = kh_db_begin(hsm->db)) != KH_OK)
+		return r;
+	if ((r = kh_keystore_get(hsm, was->slot, &row)) != KH_OK)
+		goto fail;
+	if (memcmp(row.key_id, was->key_id, KH_KEY_ID_LEN) != 0) {
+		r = KH_ERR_NOT_FOUND;
+		goto fail;
+	}
+	/* an altered row is refused before anything else is said about it */
+	if ((r = kh_keystore_unwrap(hsm, &row, &m, &n)) != KH_OK)
+		goto fail;
+	if (!same_key_columns(&row, was) || row.bits != was->bits ||
+	    row.attrs_len != was->attrs_len ||
+	    (row.attrs_len && memcmp(row.attrs, was->attrs, row.attrs_len) != 0)) {
+		r = KH_ERR_BUSY;
+		goto fail;
+	}
+	next = row; /* borrows row's buffers: never freed on its own */
+	next.bits = now->bits;
+	next.attrs = now->attrs;
+	next.attrs_len = now->attrs_len;
+	src = material != NULL ? material : m;
+	slen = material != NULL ? mlen : n;
+	if ((r = make_aad(&next, &aad, &aadlen)) != KH_OK)
+		goto fail;
+	if ((wrapped = malloc(slen + KH_MK_SEAL_OVERHEAD)) == NULL) {
+		r = KH_ERR_NOMEM;
+		goto fail;
+	}
+	if ((r = kh_mk_seal(hsm, next.major, aad, aadlen, src, slen, wrapped, &wlen)) != KH_OK ||
+	    (r = kh_db_prepare(hsm->db,
+	                       "UPDATE keys SET bits=?, attrs=?, wrapped=? "
+	                       "WHERE slot=? AND key_id=?",
+	                       &st)) != KH_OK)
+		goto fail;
+	sqlite3_bind_int64(st, 1, next.bits);
+	sqlite3_bind_blob(st, 2, next.attrs_len ? (const void *)next.attrs : (const void *)"",
+	                  (int)next.attrs_len, SQLITE_STATIC);
+	sqlite3_bind_blob(st, 3, wrapped, (int)wlen, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, next.slot);
+	sqlite3_bind_blob(st, 5, next.key_id, KH_KEY_ID_LEN, SQLITE_STATIC);
+	if ((r = sqlite3_step(st)) != SQLITE_DONE) {
+		r = kh_db_err(hsm->db, r);
+		goto fail;
+	}
+	if (sqlite3_changes(kh_db_sqlite(hsm->db)) != 1) {
+		r = KH_ERR_NOT_FOUND;
+		goto fail;
+	}
+	snprintf(text, sizeof(text), "slot %u %s", next.slot, detail ? detail : "");
+	if ((r = kh_audit_append(hsm, actor, "key.attributes", text)) != KH_OK)
+		goto fail;
+	sqlite3_finalize(st);
+	st = NULL;
+	r = kh_db_commit(hsm->db);
+	/* after the commit, as in store() */
+	kh_keycache_forget(hsm, was->slot);
+	goto out;
+fail:
+	sqlite3_finalize(st);
+	kh_db_rollback(hsm->db);
+out:
+	kh_secure_free(m, n);
+	free(aad);
+	free(wrapped);
+	kh_keystore_row_free(&row);
+	return r;
 }
 
 int kh_keystore_count(struct kh_hsm *hsm, uint32_t lo, uint32_t hi, uint64_t *count)

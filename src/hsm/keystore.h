@@ -17,6 +17,9 @@
 #define KH_KS_ATTRS_MAX 4096
 #define KH_KS_MATERIAL_MAX 16384
 #define KH_KS_DESC_MAX 65536 /* label, ckaid, extra each */
+/* The longest key the table holds is a generic secret or data object of
+ * 16320 bytes: 130560 bits. */
+#define KH_KS_BITS_MAX (8u * KH_KS_MATERIAL_MAX)
 
 /* Flags for kh_keystore_put. */
 #define KH_KS_REPLACE 0x1 /* overwrite whatever is in the slot */
@@ -68,6 +71,31 @@ void kh_keystore_row_free(struct kh_key_row *row);
 KH_MUST_CHECK int kh_keystore_put(struct kh_hsm *hsm, struct kh_key_row *row,
                                   const uint8_t *material, size_t mlen, unsigned flags,
                                   const char *actor);
+/* A span of slots, both ends included. */
+struct kh_ks_span {
+	uint32_t lo, hi;
+};
+/* As kh_keystore_put, into the lowest free slot of the spans that is not
+ * one of the navoid slots in avoid (slots the same request names for
+ * another key), written to row->slot. The choice and the write are one
+ * transaction under the database lock, so concurrent callers never pick
+ * the same slot. KH_ERR_SLOT_OUT_OF_RANGE when no slot is free. */
+KH_MUST_CHECK int kh_keystore_put_free(struct kh_hsm *hsm, struct kh_key_row *row,
+                                       const struct kh_ks_span *spans, size_t nspans,
+                                       const uint32_t *avoid, size_t navoid,
+                                       const uint8_t *material, size_t mlen, unsigned flags,
+                                       const char *actor);
+/* Re-wrap the key in was->slot with the bound attributes and length of now
+ * (attrs, bits) in one transaction, keeping its slot, identifier, class,
+ * type and major key (which now must repeat). The row must still be the
+ * key the caller decided on (was: key_id, attrs, bits; KH_ERR_NOT_FOUND
+ * for another key or none, KH_ERR_BUSY when its attributes changed
+ * meanwhile) and must open (KH_ERR_CRYPTO): its own material is wrapped
+ * again, or material when not NULL (a data object's new value). Audited as
+ * key.attributes with detail; the cache forgets the slot. */
+KH_MUST_CHECK int kh_keystore_rewrite(struct kh_hsm *hsm, const struct kh_key_row *was,
+                                      const struct kh_key_row *now, const uint8_t *material,
+                                      size_t mlen, const char *actor, const char *detail);
 /* Store a row whose wrapped form was made elsewhere (a group member with
  * the same major key): it is verified to open here before it is stored. */
 KH_MUST_CHECK int kh_keystore_put_wrapped(struct kh_hsm *hsm, const struct kh_key_row *row,

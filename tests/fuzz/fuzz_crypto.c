@@ -9,6 +9,8 @@
  * Properties: one response frame per request, well formed, either the
  * command's own or ERRO; the parsers never accept what they cannot use.
  * Key generation (GRSA, GECC) is left out: it is slow and parses little.
+ * Requests with `*` for a slot store a key in the lowest free slot: the
+ * table grows while the fuzzer runs (as with any SL it makes up).
  */
 #include "hsm/dispatch.h"
 #include "hsm/hsm_core.h"
@@ -99,8 +101,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	sess.port = KH_PORT_PROD;
 	sess.source = KH_SRC_ETHERNET;
 	snprintf(sess.peer, sizeof(sess.peer), "fuzz");
-	/* one key of each kind, every usage, in slots 1..12 (Transaction
-	 * Processing out of the box reaches every slot) */
+	/* one key of each kind, every usage, in slots 1..11, a modifiable
+	 * key in 12 and a data object in 13 (for GPKS's changes); Transaction
+	 * Processing out of the box reaches every slot */
 	call("[AOGPGS;CT6;CZEDGVWUX;KFX;SL1;]");
 	call("[AOGPGS;CT7;LN32;CZGVX;KFX;SL2;]");
 	call("[AOGECC;RA2;CZGX;PZVX;SL3;PS4;]");
@@ -108,6 +111,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	call("[AOGECC;RA5;SL7;PS8;]");
 	call("[AOGECC;RA6;CZX;SL9;PS10;]");
 	call("[AOGPGS;CT4;CZEDGVWU;KFX;SL11;]");
+	call("[AOGPGS;CT6;CZED;KFXM;SL12;]");
+	call("[AOGPKA;CLdata;KV00;KFM;SL13;]");
 	return 0;
 }
 

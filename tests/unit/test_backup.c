@@ -1,7 +1,8 @@
 /* Unit tests for backups: a backup made on one device restores onto a
  * second device holding the same BEK and other PMK/FTK (keys re-wrapped
  * and usable); a wrong BEK, a truncated or garbled backup, or a missing
- * major key changes nothing; the decoders refuse every malformed input. */
+ * major key changes nothing; the decoders refuse every malformed input;
+ * data objects and the largest generic secrets travel too. */
 #include "kh_testutil.h"
 #include "hsm/audit.h"
 #include "hsm/backup.h"
@@ -511,6 +512,57 @@ static void test_decoders(void **state)
 	(void)state;
 }
 
+
+/* Objects made through the dispatcher, as large as they come: a data
+ * object of 16320 bytes, an empty one, a generic secret of 16320 bytes. */
+static void test_data_objects_travel(void **state)
+{
+	struct kh_hsm a, b;
+	struct kh_session sa, sb, pa, pb;
+	char da[256], db[256], *bd = NULL, value[2 * 16320 + 1], *dv = NULL, *ae = NULL;
+
+	(void)state;
+	kh_test_hsm_open(&a, da);
+	kh_test_hsm_open(&b, db);
+	kh_test_admin_session(&a, &sa);
+	kh_test_admin_session(&b, &sb);
+	kh_test_session(&pa, KH_PORT_PROD);
+	kh_test_session(&pb, KH_PORT_PROD);
+	load(&a, KH_MK_BEK, kb);
+	load(&a, KH_MK_PMK, kp1);
+	load(&b, KH_MK_BEK, kb);
+	load(&b, KH_MK_PMK, kp2);
+	memset(value, '5', sizeof(value) - 1);
+	value[sizeof(value) - 1] = '\0';
+	snprintf(req, sizeof(req), "[AOGPKA;CLdata;KV%s;KFM;SL7;]", value);
+	assert_int_equal(call(&a, &pa), KH_OK);
+	snprintf(req, sizeof(req), "[AOGPKA;CLdata;KV;SL8;]");
+	assert_int_equal(call(&a, &pa), KH_OK);
+	snprintf(req, sizeof(req), "[AOGPGS;CT7;LN16320;SL9;]");
+	assert_int_equal(call(&a, &pa), KH_OK);
+	ae = strdup(kh_test_field(resp, "AE"));
+	backup(&a, &sa, "keys", &bd);
+	assert_int_equal(restore(&b, &sb, bd), KH_OK);
+	assert_string_equal(kh_test_field(resp, "KC"), "3");
+	snprintf(req, sizeof(req), "[AOGPKR;SL7;]");
+	assert_int_equal(call(&b, &pb), KH_OK);
+	assert_non_null(strstr(resp, ";CLdata;TYGENERIC;BT130560;CZ;KFM;FSPMK;DV"));
+	dv = strdup(kh_test_field(resp, "DV"));
+	assert_string_equal(dv, value);
+	snprintf(req, sizeof(req), "[AOGPKR;SL8;]");
+	assert_int_equal(call(&b, &pb), KH_OK);
+	assert_non_null(strstr(resp, ";CLdata;TYGENERIC;BT0;CZ;KF;FSPMK;DV;]"));
+	snprintf(req, sizeof(req), "[AOGPKR;SL9;]");
+	assert_int_equal(call(&b, &pb), KH_OK);
+	assert_non_null(strstr(resp, ";CLsecret;TYGENERIC;BT130560;"));
+	assert_string_equal(kh_test_field(resp, "AE"), ae);
+	free(bd);
+	free(dv);
+	free(ae);
+	kh_test_hsm_close(&a, da);
+	kh_test_hsm_close(&b, db);
+}
+
 int main(void)
 {
 	for (int i = 0; i < 32; i++) {
@@ -529,6 +581,7 @@ int main(void)
 	    cmocka_unit_test(test_backup_restore_other_device),
 	    cmocka_unit_test(test_refusals_change_nothing),
 	    cmocka_unit_test(test_decoders),
+	    cmocka_unit_test(test_data_objects_travel),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,8 @@
 /* GPKM over a large key table: filters by class, type, label, CKA_ID and key
  * identifier, paging to the end, the role's ranges; and the queries behind
  * the filters use indexes (no full scan), which is what keeps them fast
- * with 100,000 keys (timings belong to bench/, not to a test). */
+ * with 100,000 keys (timings belong to bench/, not to a test). A slot the
+ * HSM picks (`*`) after 100,000 keys in a row, and the query it uses. */
 #include "kh_testutil.h"
 #include "hsm/db.h"
 #include "hsm/keystore.h"
@@ -142,6 +143,10 @@ static void test_query_plans(void **state)
 	    "ORDER BY slot LIMIT 10",
 	    "EXPLAIN QUERY PLAN SELECT slot FROM keys WHERE (slot BETWEEN 5 AND 9) AND slot >= ? "
 	    "ORDER BY slot LIMIT 10",
+	    /* keystore.c lowest_free: the first gap after a taken slot */
+	    "EXPLAIN QUERY PLAN SELECT k.slot + 1 FROM keys k WHERE k.slot >= ?1 AND k.slot < ?2 "
+	    "AND NOT EXISTS (SELECT 1 FROM keys n WHERE n.slot = k.slot + 1) "
+	    "ORDER BY k.slot LIMIT 1",
 	};
 	for (size_t i = 0; i < sizeof(q) / sizeof(q[0]); i++) {
 		sqlite3_stmt *st = NULL;
@@ -160,11 +165,33 @@ static void test_query_plans(void **state)
 	}
 }
 
+/* `*` after 100,000 keys in slots 0-99999: the first gap is past them all. */
+static void test_auto_slot(void **state)
+{
+	struct kh_test_fx *x = *state;
+	struct kh_session p;
+	kh_test_session(&p, KH_PORT_PROD);
+	double t0 = now_s();
+	assert_int_equal(KH_CALL(x, &p, "[AOGPGS;CT6;SL*;]"), KH_OK);
+	print_message("slot picked after %d keys in %.1f ms\n", NKEYS, (now_s() - t0) * 1e3);
+	assert_string_equal(kh_test_field(x->out, "SL"), "100000");
+	t0 = now_s();
+	assert_int_equal(KH_CALL(x, &p, "[AOGPGS;CT6;SL200000;]"), KH_OK);
+	print_message("a named slot for comparison: %.1f ms\n", (now_s() - t0) * 1e3);
+	assert_int_equal(KH_CALL(x, &p, "[AOGPKD;SL200000;]"), KH_OK);
+	/* a gap is found first */
+	assert_int_equal(KH_CALL(x, &p, "[AOGPKD;SL77777;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &p, "[AOGPGS;CT6;SL*;]"), KH_OK);
+	assert_string_equal(kh_test_field(x->out, "SL"), "77777");
+	assert_int_equal(KH_CALL(x, &p, "[AOGPKD;SL100000;]"), KH_OK);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_filters),
 	    cmocka_unit_test(test_query_plans),
+	    cmocka_unit_test(test_auto_slot),
 	    cmocka_unit_test(test_role_ranges),
 	};
 	return cmocka_run_group_tests(tests, setup, kh_test_fx_teardown);

@@ -1,6 +1,7 @@
 /* Unit tests for the key table's stored form: wrapping, retrieval,
  * replacement, tamper detection on every bound column, replication of the
- * wrapped form, listing and counting. */
+ * wrapped form, listing and counting, storing into the lowest free slot
+ * of a set of spans, and re-wrapping a row with new bound attributes. */
 #include "kh_testutil.h"
 #include "hsm/db.h"
 #include "hsm/keystore.h"
@@ -314,6 +315,144 @@ static void test_count_list(void **state)
 	(void)state;
 }
 
+
+static uint32_t put_free(struct kh_hsm *hsm, const struct kh_ks_span *spans, size_t n,
+                         const uint32_t *avoid, size_t navoid, int expect)
+{
+	struct kh_key_row t;
+	uint8_t m[32];
+	material(m, 3);
+	template(&t, KH_SLOT_MAX + 1, KH_MK_PMK); /* the slot is chosen */
+	assert_int_equal(kh_keystore_put_free(hsm, &t, spans, n, avoid, navoid, m, 32,
+	                                      KH_KS_NEW_ID, "unit"),
+	                 expect);
+	return t.slot;
+}
+
+/* The lowest free slot of the spans, gaps first, avoided slots skipped;
+ * several picks in one transaction see each other. */
+static void test_put_free(void **state)
+{
+	struct kh_hsm hsm;
+	struct kh_key_row t, row;
+	uint8_t m[32];
+	char dir[256];
+	static const struct kh_ks_span s10_20[] = {{10, 20}}, two[] = {{30, 31}, {5, 6}},
+	                               taken[] = {{11, 11}}, bad[] = {{5, 4}},
+	                               top[] = {{KH_SLOT_MAX - 1, KH_SLOT_MAX}};
+	static const uint32_t avoid[] = {15, 16};
+
+	kh_test_hsm_open(&hsm, dir);
+	load_majors(&hsm, pmk, ftk);
+	material(m, 1);
+	for (uint32_t s = 10; s <= 14; s++) {
+		if (s == 12)
+			continue;
+		template(&t, s, KH_MK_PMK);
+		assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID, "unit"), KH_OK);
+	}
+	assert_int_equal(put_free(&hsm, s10_20, 1, NULL, 0, KH_OK), 12);
+	assert_int_equal(put_free(&hsm, s10_20, 1, avoid, 2, KH_OK), 17);
+	assert_int_equal(put_free(&hsm, s10_20, 1, NULL, 0, KH_OK), 15);
+	/* spans in any order: the lowest of all */
+	assert_int_equal(put_free(&hsm, two, 2, NULL, 0, KH_OK), 5);
+	assert_int_equal(put_free(&hsm, two, 2, NULL, 0, KH_OK), 6);
+	assert_int_equal(put_free(&hsm, two, 2, NULL, 0, KH_OK), 30);
+	assert_int_equal(put_free(&hsm, two, 2, NULL, 0, KH_OK), 31);
+	put_free(&hsm, two, 2, NULL, 0, KH_ERR_SLOT_OUT_OF_RANGE);
+	put_free(&hsm, taken, 1, NULL, 0, KH_ERR_SLOT_OUT_OF_RANGE);
+	put_free(&hsm, s10_20, 0, NULL, 0, KH_ERR_SLOT_OUT_OF_RANGE);
+	put_free(&hsm, bad, 1, NULL, 0, KH_ERR_INTERNAL);
+	assert_int_equal(put_free(&hsm, top, 1, NULL, 0, KH_OK), KH_SLOT_MAX - 1);
+	assert_int_equal(put_free(&hsm, top, 1, NULL, 0, KH_OK), KH_SLOT_MAX);
+	put_free(&hsm, top, 1, NULL, 0, KH_ERR_SLOT_OUT_OF_RANGE);
+	/* two picks in one transaction: distinct; rolled back, both gone */
+	assert_int_equal(kh_db_begin(hsm.db), KH_OK);
+	assert_int_equal(put_free(&hsm, s10_20, 1, NULL, 0, KH_OK), 16);
+	assert_int_equal(put_free(&hsm, s10_20, 1, NULL, 0, KH_OK), 18);
+	kh_db_rollback(hsm.db);
+	assert_int_equal(kh_keystore_get(&hsm, 16, &row), KH_ERR_NOT_FOUND);
+	assert_int_equal(kh_keystore_get(&hsm, 18, &row), KH_ERR_NOT_FOUND);
+	/* the picked row is a row like any other */
+	assert_int_equal(put_free(&hsm, s10_20, 1, NULL, 0, KH_OK), 16);
+	material(m, 3);
+	kh_test_assert_key(&hsm, 16, m, 32);
+	uint64_t n = 0;
+	assert_int_equal(kh_keystore_count(&hsm, 0, KH_SLOT_MAX, &n), KH_OK);
+	assert_int_equal(n, 4 + 3 + 4 + 2 + 1);
+	kh_test_hsm_close(&hsm, dir);
+	(void)state;
+}
+
+/* New bound attributes for a row: same slot, identifier and material; the
+ * row must still be the one the caller read, and must open. */
+static void test_rewrite(void **state)
+{
+	static uint8_t attrs2[] = {0x01, 0x00, 0x01, 0x00, 0x02};
+	struct kh_hsm hsm;
+	struct kh_key_row t, was, now, row;
+	uint8_t m[32], m2[40], *out = NULL;
+	size_t olen = 0;
+	char dir[256];
+
+	kh_test_hsm_open(&hsm, dir);
+	load_majors(&hsm, pmk, ftk);
+	material(m, 5);
+	template(&t, 100, KH_MK_PMK);
+	assert_int_equal(kh_keystore_put(&hsm, &t, m, 32, KH_KS_NEW_ID, "unit"), KH_OK);
+	assert_int_equal(kh_keystore_get(&hsm, 100, &was), KH_OK);
+	now = was;
+	now.attrs = attrs2;
+	now.attrs_len = sizeof(attrs2);
+	assert_int_equal(kh_keystore_rewrite(&hsm, &was, &now, NULL, 0, "unit", "usage"), KH_OK);
+	assert_int_equal(kh_keystore_get(&hsm, 100, &row), KH_OK);
+	assert_memory_equal(row.key_id, was.key_id, KH_KEY_ID_LEN);
+	assert_int_equal(row.attrs_len, sizeof(attrs2));
+	assert_memory_equal(row.attrs, attrs2, sizeof(attrs2));
+	assert_int_equal(row.label_len, 8); /* descriptive columns stay */
+	kh_keystore_row_free(&row);
+	kh_test_assert_key(&hsm, 100, m, 32);
+	/* the caller's view is stale now */
+	assert_int_equal(kh_keystore_rewrite(&hsm, &was, &now, NULL, 0, "unit", "x"), KH_ERR_BUSY);
+	/* a new value, and with it a new length */
+	memset(m2, 0x77, sizeof(m2));
+	struct kh_key_row was2 = now, now2 = now;
+	now2.bits = 320;
+	assert_int_equal(kh_keystore_rewrite(&hsm, &was2, &now2, m2, sizeof(m2), "unit", "value"),
+	                 KH_OK);
+	kh_test_assert_key(&hsm, 100, m2, sizeof(m2));
+	/* what a rewrite may not change, and another key */
+	struct kh_key_row other = now2;
+	snprintf(other.cls, sizeof(other.cls), "private");
+	assert_int_equal(kh_keystore_rewrite(&hsm, &now2, &other, NULL, 0, "unit", ""),
+	                 KH_ERR_INTERNAL);
+	other = now2;
+	other.key_id[0] ^= 1;
+	assert_int_equal(kh_keystore_rewrite(&hsm, &other, &other, NULL, 0, "unit", ""),
+	                 KH_ERR_NOT_FOUND);
+	other = now2;
+	other.slot = 101;
+	assert_int_equal(kh_keystore_rewrite(&hsm, &other, &other, NULL, 0, "unit", ""),
+	                 KH_ERR_NOT_FOUND);
+	/* an altered row is refused and left as it is */
+	assert_int_equal(
+	    kh_test_db_exec(&hsm, "UPDATE keys SET wrapped = substr(wrapped, 1, 20) || "
+	                          "x'FF' || substr(wrapped, 22) WHERE slot = 100"),
+	    SQLITE_OK);
+	struct kh_key_row back = now2;
+	back.attrs = was.attrs;
+	back.attrs_len = was.attrs_len;
+	assert_int_equal(kh_keystore_rewrite(&hsm, &now2, &back, NULL, 0, "unit", ""),
+	                 KH_ERR_CRYPTO);
+	assert_int_equal(kh_keystore_get(&hsm, 100, &row), KH_OK);
+	assert_memory_equal(row.attrs, attrs2, sizeof(attrs2));
+	assert_int_equal(kh_keystore_unwrap(&hsm, &row, &out, &olen), KH_ERR_CRYPTO);
+	kh_keystore_row_free(&row);
+	kh_keystore_row_free(&was);
+	kh_test_hsm_close(&hsm, dir);
+	(void)state;
+}
+
 int main(void)
 {
 	memset(pmk, 0x5C, sizeof(pmk));
@@ -323,6 +462,8 @@ int main(void)
 	    cmocka_unit_test(test_tamper),
 	    cmocka_unit_test(test_replicate_wrapped),
 	    cmocka_unit_test(test_count_list),
+	    cmocka_unit_test(test_put_free),
+	    cmocka_unit_test(test_rewrite),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
