@@ -6,6 +6,7 @@
 #include "common/kh_client.h"
 #include "common/kh_buf.h"
 #include "common/kh_frame.h"
+#include "common/kh_mem.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -15,15 +16,20 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <openssl/bio.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/pkcs12.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -33,7 +39,8 @@ struct kh_client {
 	struct kh_client_opts o;  /* strings below are owned copies */
 	char *unix_path, *host, *ca_file, *cert_file, *key_file, *port_name;
 	int fd;
-	SSL_CTX *ctx;
+	SSL_CTX *ctx;             /* built from the files for this connection */
+	SSL_CTX *shared_ctx;      /* o.tls_ctx, referenced for the client's life */
 	SSL *ssl;
 	struct kh_buf *rbuf;      /* bytes received, not yet returned */
 	char peer[320];
@@ -95,6 +102,14 @@ struct kh_client *kh_client_new(const struct kh_client_opts *o)
 	c->o.cert_file = c->cert_file;
 	c->o.key_file = c->key_file;
 	c->o.port_name = c->port_name;
+	if (o->tls_ctx) {
+		if (SSL_CTX_up_ref(o->tls_ctx) != 1) {
+			kh_client_free(c);
+			return NULL;
+		}
+		c->shared_ctx = o->tls_ctx;
+	}
+	c->o.tls_ctx = NULL; /* only shared_ctx, which this client holds a reference to */
 	if (c->unix_path)
 		snprintf(c->peer, sizeof(c->peer), "%s (%.256s)", c->port_name ? c->port_name : "console",
 			 c->unix_path);
@@ -129,6 +144,7 @@ void kh_client_free(struct kh_client *c)
 	if (c == NULL)
 		return;
 	kh_client_disconnect(c);
+	SSL_CTX_free(c->shared_ctx);
 	kh_buf_free(c->rbuf);
 	free(c->unix_path);
 	free(c->host);
@@ -142,6 +158,11 @@ void kh_client_free(struct kh_client *c)
 bool kh_client_connected(const struct kh_client *c)
 {
 	return c->fd >= 0;
+}
+
+int kh_client_fd(const struct kh_client *c)
+{
+	return c->fd;
 }
 
 const char *kh_client_peer(const struct kh_client *c)
@@ -170,11 +191,12 @@ static int fail(struct kh_client *c, int err, const char *step, const char *fmt,
 	return err;
 }
 
+/* ms <= 0: no timeout (a fresh socket has none either) */
 static void set_io_timeout(int fd, int ms)
 {
-	struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
-	if (ms <= 0)
-		return;
+	struct timeval tv = {0, 0};
+	if (ms > 0)
+		tv = (struct timeval){.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
 	(void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
@@ -375,7 +397,377 @@ out:
 	return r;
 }
 
-static int tls_setup(struct kh_client *c)
+/* ---- a socket BIO whose writes never raise SIGPIPE ----
+ * OpenSSL's own socket BIO writes with write(2): a peer that closed would
+ * kill a process that did not ignore SIGPIPE, and a library (the PKCS#11
+ * module) may not change the application's signal handlers. It also hands
+ * EINTR back as "retry", which on a blocking socket reads as a timeout
+ * whenever the application receives a signal. This one sends with
+ * MSG_NOSIGNAL, restarts after EINTR and, for kh_client_stale, can read
+ * without waiting. */
+struct nsbio {
+	int fd;
+	bool eof;
+	bool dontwait;
+};
+
+static int nsbio_write(BIO *b, const char *in, int inl)
+{
+	struct nsbio *d = BIO_get_data(b);
+	ssize_t n;
+
+	BIO_clear_retry_flags(b);
+	if (d == NULL || in == NULL || inl <= 0)
+		return 0;
+	/* a signal is no reason to give up (OpenSSL's BIO reports EINTR as
+	 * "retry", which a blocking caller can only take for a timeout) */
+	do
+		n = send(d->fd, in, (size_t)inl, MSG_NOSIGNAL | (d->dontwait ? MSG_DONTWAIT : 0));
+	while (n < 0 && errno == EINTR);
+	if (n < 0 && BIO_sock_non_fatal_error(errno))
+		BIO_set_retry_write(b);
+	return (int)n;
+}
+
+static int nsbio_read(BIO *b, char *out, int outl)
+{
+	struct nsbio *d = BIO_get_data(b);
+	ssize_t n;
+
+	BIO_clear_retry_flags(b);
+	if (d == NULL || out == NULL || outl <= 0)
+		return 0;
+	do
+		n = recv(d->fd, out, (size_t)outl, d->dontwait ? MSG_DONTWAIT : 0);
+	while (n < 0 && errno == EINTR);
+	if (n == 0)
+		d->eof = true; /* lets OpenSSL tell an unexpected EOF from an error */
+	else if (n < 0 && BIO_sock_non_fatal_error(errno))
+		BIO_set_retry_read(b);
+	return (int)n;
+}
+
+static long nsbio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	struct nsbio *d = BIO_get_data(b);
+
+	if (d == NULL)
+		return 0;
+	switch (cmd) {
+	case BIO_C_SET_FD:
+		d->fd = *(const int *)ptr;
+		d->eof = false;
+		BIO_set_shutdown(b, (int)num);
+		BIO_set_init(b, 1);
+		return 1;
+	case BIO_C_GET_FD:
+		if (ptr)
+			*(int *)ptr = d->fd;
+		return d->fd;
+	case BIO_CTRL_GET_CLOSE:
+		return BIO_get_shutdown(b);
+	case BIO_CTRL_SET_CLOSE:
+		BIO_set_shutdown(b, (int)num);
+		return 1;
+	case BIO_CTRL_EOF:
+		return d->eof;
+	case BIO_CTRL_FLUSH:
+	case BIO_CTRL_DUP:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+static int nsbio_create(BIO *b)
+{
+	struct nsbio *d = calloc(1, sizeof(*d));
+	if (d == NULL)
+		return 0;
+	d->fd = -1;
+	BIO_set_data(b, d);
+	BIO_set_init(b, 0);
+	return 1;
+}
+
+static int nsbio_destroy(BIO *b)
+{
+	struct nsbio *d = BIO_get_data(b);
+	if (d == NULL)
+		return 1;
+	if (BIO_get_shutdown(b) && d->fd >= 0)
+		close(d->fd);
+	free(d);
+	BIO_set_data(b, NULL);
+	return 1;
+}
+
+static BIO_METHOD *nsbio_method;
+static int nsbio_type;
+static pthread_once_t nsbio_once = PTHREAD_ONCE_INIT;
+
+static void nsbio_init(void)
+{
+	int type = BIO_get_new_index();
+	BIO_METHOD *m;
+
+	if (type == -1)
+		return;
+	type |= BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR;
+	m = BIO_meth_new(type, "keyhold socket");
+	if (m == NULL)
+		return;
+	if (BIO_meth_set_write(m, nsbio_write) != 1 || BIO_meth_set_read(m, nsbio_read) != 1 ||
+	    BIO_meth_set_ctrl(m, nsbio_ctrl) != 1 || BIO_meth_set_create(m, nsbio_create) != 1 ||
+	    BIO_meth_set_destroy(m, nsbio_destroy) != 1) {
+		BIO_meth_free(m);
+		return;
+	}
+	nsbio_type = type;
+	nsbio_method = m;
+}
+
+/* The SSL reads and writes fd through an nsbio (the fd stays ours to close). */
+static int nsbio_attach(SSL *ssl, int fd)
+{
+	BIO *b;
+
+	if (pthread_once(&nsbio_once, nsbio_init) != 0 || nsbio_method == NULL)
+		return KH_ERR_NOMEM;
+	if ((b = BIO_new(nsbio_method)) == NULL)
+		return KH_ERR_NOMEM;
+	BIO_set_fd(b, fd, BIO_NOCLOSE);
+	SSL_set_bio(ssl, b, b); /* one reference, owned by the SSL from here */
+	return KH_OK;
+}
+
+static struct nsbio *nsbio_of(SSL *ssl)
+{
+	BIO *b = SSL_get_rbio(ssl);
+	if (b == NULL || nsbio_method == NULL || BIO_method_type(b) != nsbio_type)
+		return NULL;
+	return BIO_get_data(b);
+}
+
+/* ---- a TLS context shared by many clients ---- */
+
+static int ctx_fail(char *err, size_t errsz, int r, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static int ctx_fail(char *err, size_t errsz, int r, const char *fmt, ...)
+{
+	char detail[900];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(detail, sizeof(detail), fmt, ap);
+	va_end(ap);
+	if (err && errsz)
+		snprintf(err, errsz, "TLS setup: %s", detail);
+	return r;
+}
+
+/* PEM password callback: the configured password, or a refusal; never a
+ * prompt on the terminal (OpenSSL's default). */
+static int pem_pass_cb(char *buf, int size, int rwflag, void *u)
+{
+	const struct kh_client_tls *t = u;
+	(void)rwflag;
+	if (t == NULL || t->pass == NULL || size < 0 || t->passlen > (size_t)size)
+		return -1;
+	memcpy(buf, t->pass, t->passlen);
+	return (int)t->passlen;
+}
+
+static bool has_suffix(const char *s, const char *suf)
+{
+	size_t n = strlen(s), m = strlen(suf);
+	return n >= m && strcasecmp(s + n - m, suf) == 0;
+}
+
+/* PKCS#12 by name, or by content: DER starts with a SEQUENCE, PEM with text. */
+static bool is_pkcs12(const char *path)
+{
+	unsigned char b = 0;
+	FILE *fp;
+	bool der;
+
+	if (has_suffix(path, ".p12") || has_suffix(path, ".pfx"))
+		return true;
+	if ((fp = fopen(path, "rb")) == NULL)
+		return false; /* the PEM loader names the file and the reason */
+	der = fread(&b, 1, 1, fp) == 1 && b == 0x30;
+	fclose(fp);
+	return der;
+}
+
+static int load_pkcs12(const struct kh_client_tls *t, EVP_PKEY **key, X509 **cert,
+		       STACK_OF(X509) **ca, char *err, size_t errsz)
+{
+	PKCS12 *p12 = NULL;
+	char *pw = NULL;
+	BIO *b;
+	int r;
+
+	if ((b = BIO_new_file(t->cert_file, "rb")) == NULL) {
+		r = ctx_fail(err, errsz, KH_ERR_TLS, "cannot read PKCS#12 file %s: %s", t->cert_file,
+			     ssl_reason_text(ERR_peek_error()));
+		goto out;
+	}
+	if ((p12 = d2i_PKCS12_bio(b, NULL)) == NULL) {
+		r = ctx_fail(err, errsz, KH_ERR_TLS, "%s is not a PKCS#12 file", t->cert_file);
+		goto out;
+	}
+	/* the PKCS#12 calls take a C string */
+	if ((pw = kh_secure_alloc(t->passlen + 1)) == NULL) {
+		r = ctx_fail(err, errsz, KH_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if (t->pass)
+		memcpy(pw, t->pass, t->passlen);
+	if (PKCS12_mac_present(p12) && PKCS12_verify_mac(p12, pw, -1) != 1 &&
+	    !(t->passlen == 0 && PKCS12_verify_mac(p12, NULL, 0) == 1)) {
+		r = ctx_fail(err, errsz, KH_ERR_TLS, "PKCS#12 file %s: wrong password%s", t->cert_file,
+			     t->pass ? "" : " (none given)");
+		goto out;
+	}
+	if (PKCS12_parse(p12, pw, key, cert, ca) != 1) {
+		r = ctx_fail(err, errsz, KH_ERR_TLS,
+			     "cannot read PKCS#12 file %s: %s (legacy algorithms such as RC2 "
+			     "are not supported: export it again with AES)",
+			     t->cert_file, ssl_reason_text(ERR_peek_last_error()));
+		goto out;
+	}
+	if (*key == NULL || *cert == NULL) {
+		r = ctx_fail(err, errsz, KH_ERR_TLS, "PKCS#12 file %s holds no %s", t->cert_file,
+			     *key == NULL ? "private key" : "certificate");
+		goto out;
+	}
+	r = KH_OK;
+out:
+	kh_secure_free(pw, t->passlen + 1);
+	PKCS12_free(p12);
+	BIO_free(b);
+	return r;
+}
+
+static int load_pem_key(const struct kh_client_tls *t, const char *path, EVP_PKEY **key, char *err,
+			size_t errsz)
+{
+	struct kh_client_tls cb = *t; /* the callback's argument is not const */
+	BIO *b = BIO_new_file(path, "r");
+
+	if (b == NULL)
+		return ctx_fail(err, errsz, KH_ERR_TLS, "cannot load client key %s: %s", path,
+				ssl_reason_text(ERR_peek_error()));
+	*key = PEM_read_bio_PrivateKey(b, NULL, pem_pass_cb, &cb);
+	BIO_free(b);
+	if (*key == NULL) {
+		unsigned long e = ERR_peek_last_error();
+		if (t->pass == NULL && ERR_GET_REASON(e) == PEM_R_BAD_PASSWORD_READ)
+			return ctx_fail(err, errsz, KH_ERR_TLS,
+					"cannot load client key %s: it is encrypted and no password "
+					"was given", path);
+		return ctx_fail(err, errsz, KH_ERR_TLS, "cannot load client key %s: %s%s", path,
+				ssl_reason_text(e), t->pass ? " (wrong password?)" : "");
+	}
+	return KH_OK;
+}
+
+int kh_client_tls_ctx(const struct kh_client_tls *t, SSL_CTX **out, char *err, size_t errsz)
+{
+	STACK_OF(X509) *chain = NULL;
+	EVP_PKEY *key = NULL;
+	X509 *cert = NULL;
+	SSL_CTX *ctx;
+	int r;
+
+	*out = NULL;
+	if (err && errsz)
+		err[0] = '\0';
+	ERR_clear_error();
+	if ((ctx = SSL_CTX_new(TLS_client_method())) == NULL) {
+		r = ctx_fail(err, errsz, KH_ERR_NOMEM, "%s", ssl_reason_text(ERR_peek_error()));
+		goto out;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(ctx, SSL_OP_CLEANSE_PLAINTEXT | SSL_OP_NO_RENEGOTIATION |
+					 SSL_OP_NO_COMPRESSION);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	/* whatever reads a PEM file through the context must never prompt */
+	SSL_CTX_set_default_passwd_cb(ctx, pem_pass_cb);
+	SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
+	if (t->ca_file) {
+		if (SSL_CTX_load_verify_locations(ctx, t->ca_file, NULL) != 1) {
+			r = ctx_fail(err, errsz, KH_ERR_TLS, "cannot load CA file %s: %s", t->ca_file,
+				     ssl_reason_text(ERR_peek_last_error()));
+			goto out;
+		}
+	} else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+		r = ctx_fail(err, errsz, KH_ERR_TLS, "no CA file given and no system default");
+		goto out;
+	}
+	if (t->cert_file == NULL) {
+		if (t->key_file) {
+			r = ctx_fail(err, errsz, KH_ERR_TLS,
+				     "client key %s given without a client certificate", t->key_file);
+			goto out;
+		}
+		r = KH_OK;
+		goto done;
+	}
+	if (is_pkcs12(t->cert_file)) {
+		if (t->key_file) {
+			r = ctx_fail(err, errsz, KH_ERR_TLS,
+				     "%s is PKCS#12, which holds the key: no separate key file %s",
+				     t->cert_file, t->key_file);
+			goto out;
+		}
+		if ((r = load_pkcs12(t, &key, &cert, &chain, err, errsz)) != KH_OK)
+			goto out;
+		if (SSL_CTX_use_certificate(ctx, cert) != 1) {
+			r = ctx_fail(err, errsz, KH_ERR_TLS, "client certificate in %s: %s",
+				     t->cert_file, ssl_reason_text(ERR_peek_last_error()));
+			goto out;
+		}
+		for (int i = 0; chain && i < sk_X509_num(chain); i++) {
+			if (SSL_CTX_add1_chain_cert(ctx, sk_X509_value(chain, i)) != 1) {
+				r = ctx_fail(err, errsz, KH_ERR_NOMEM, "out of memory");
+				goto out;
+			}
+		}
+	} else {
+		if (SSL_CTX_use_certificate_chain_file(ctx, t->cert_file) != 1) {
+			r = ctx_fail(err, errsz, KH_ERR_TLS, "cannot load client certificate %s: %s",
+				     t->cert_file, ssl_reason_text(ERR_peek_last_error()));
+			goto out;
+		}
+		if ((r = load_pem_key(t, t->key_file ? t->key_file : t->cert_file, &key, err,
+				      errsz)) != KH_OK)
+			goto out;
+	}
+	if (SSL_CTX_use_PrivateKey(ctx, key) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+		r = ctx_fail(err, errsz, KH_ERR_TLS,
+			     "client key %s does not match the client certificate %s",
+			     t->key_file ? t->key_file : t->cert_file, t->cert_file);
+		goto out;
+	}
+	r = KH_OK;
+done:
+	*out = ctx;
+	ctx = NULL;
+out:
+	SSL_CTX_free(ctx);
+	EVP_PKEY_free(key);
+	X509_free(cert);
+	sk_X509_pop_free(chain, X509_free);
+	ERR_clear_error();
+	return r;
+}
+
+/* A context of this client's own, from the file names (the CLI's way). */
+static int tls_own_ctx(struct kh_client *c)
 {
 	c->ctx = SSL_CTX_new(TLS_client_method());
 	if (c->ctx == NULL)
@@ -404,8 +796,17 @@ static int tls_setup(struct kh_client *c)
 	} else if (c->key_file) {
 		return fail(c, KH_ERR_TLS, "TLS setup", "a client key needs a client certificate");
 	}
-	c->ssl = SSL_new(c->ctx);
-	if (c->ssl == NULL || SSL_set_fd(c->ssl, c->fd) != 1)
+	return KH_OK;
+}
+
+static int tls_setup(struct kh_client *c)
+{
+	int r;
+
+	if (c->shared_ctx == NULL && (r = tls_own_ctx(c)) != KH_OK)
+		return r;
+	c->ssl = SSL_new(c->shared_ctx ? c->shared_ctx : c->ctx);
+	if (c->ssl == NULL || nsbio_attach(c->ssl, c->fd) != KH_OK)
 		return fail(c, KH_ERR_NOMEM, "TLS setup", "%s", ssl_reason_text(ERR_get_error()));
 	if (!is_ip_literal(c->host)) {
 		/* SNI only makes sense for names */
@@ -630,20 +1031,23 @@ out:
 
 int kh_client_connect(struct kh_client *c)
 {
-	int r;
+	int r, hs;
 
 	kh_client_disconnect(c);
 	c->err[0] = '\0';
 	r = c->unix_path ? connect_unix(c) : connect_tcp(c);
 	if (r != KH_OK)
 		goto fail;
-	set_io_timeout(c->fd, c->o.io_timeout_ms);
+	hs = c->o.handshake_timeout_ms > 0 ? c->o.handshake_timeout_ms : c->o.io_timeout_ms;
+	set_io_timeout(c->fd, hs);
 	if (!c->unix_path && c->o.tls) {
 		if ((r = tls_setup(c)) != KH_OK || (r = tls_handshake(c)) != KH_OK)
 			goto fail;
 	}
 	if (c->o.probe && (r = probe(c)) != KH_OK)
 		goto fail;
+	if (hs != c->o.io_timeout_ms)
+		set_io_timeout(c->fd, c->o.io_timeout_ms);
 	return KH_OK;
 fail:
 	kh_client_disconnect(c);
@@ -659,4 +1063,65 @@ int kh_client_attach_fd(struct kh_client *c, int fd)
 	c->fd = fd;
 	set_io_timeout(fd, c->o.io_timeout_ms);
 	return KH_OK;
+}
+
+void kh_client_abandon(struct kh_client *c)
+{
+	if (c == NULL)
+		return;
+	if (c->ssl) {
+		struct nsbio *d = nsbio_of(c->ssl);
+		/* Nothing below writes, but make sure: the BIO loses the
+		 * descriptor, and the SSL believes the close is done. */
+		if (d)
+			d->fd = -1;
+		SSL_set_quiet_shutdown(c->ssl, 1);
+		SSL_set_shutdown(c->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+		SSL_free(c->ssl);
+		c->ssl = NULL;
+	}
+	if (c->fd >= 0) {
+		close(c->fd); /* never shutdown(2): that would end the parent's stream too */
+		c->fd = -1;
+	}
+	ERR_clear_error();
+	kh_client_free(c);
+}
+
+bool kh_client_stale(struct kh_client *c)
+{
+	struct pollfd p = {.fd = c->fd, .events = POLLIN};
+	struct nsbio *d;
+	uint8_t tmp[256];
+	size_t got = 0;
+	int n, sr;
+
+	if (c->fd < 0 || kh_buf_len(c->rbuf) > 0)
+		return true; /* closed, or bytes nobody asked for */
+	if (c->ssl && SSL_pending(c->ssl) > 0)
+		return true;
+	do
+		n = poll(&p, 1, 0);
+	while (n < 0 && errno == EINTR);
+	if (n == 0)
+		return false;
+	if (n < 0 || (p.revents & (POLLERR | POLLNVAL)))
+		return true;
+	if (c->ssl == NULL)
+		return true; /* clear TCP: an EOF, a reset, or bytes out of step */
+	/* TLS: a record may be a post-handshake message (a session ticket, a
+	 * key update), which is fine; application data, an alert or an EOF is
+	 * not. Read what is there without waiting for more. */
+	if ((d = nsbio_of(c->ssl)) == NULL)
+		return true;
+	d->dontwait = true;
+	ERR_clear_error();
+	sr = SSL_read_ex(c->ssl, tmp, sizeof(tmp), &got);
+	d->dontwait = false;
+	kh_wipe(tmp, sizeof(tmp));
+	if (sr == 1)
+		return true;
+	sr = SSL_get_error(c->ssl, sr);
+	ERR_clear_error();
+	return sr != SSL_ERROR_WANT_READ;
 }

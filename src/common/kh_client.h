@@ -4,9 +4,11 @@
  * the CLI, the tests and the benchmarks. It never logs or keeps a frame's
  * contents beyond the caller's wiped buffers: frames carry passwords and keys.
  *
- * Thread-compatible: one struct kh_client per thread, no shared state except
- * OpenSSL's own one-time initialisation. Callers should ignore SIGPIPE (a peer
- * that closes mid-write must give an error, not kill the process).
+ * Thread-compatible: one struct kh_client per thread; the only shared state
+ * is a TLS context (SSL_CTX) a caller may hand to many clients, which OpenSSL
+ * lets threads share. Writes never raise SIGPIPE (MSG_NOSIGNAL, also under
+ * TLS through our own socket BIO), so a library that embeds this client
+ * need not touch the application's signal handlers.
  */
 #ifndef KH_CLIENT_H
 #define KH_CLIENT_H
@@ -17,6 +19,7 @@
 
 struct kh_buf;
 struct kh_frame;
+struct ssl_ctx_st; /* SSL_CTX, without pulling OpenSSL's headers into every caller */
 
 struct kh_client_opts {
 	const char *unix_path;   /* console socket; when set, host/port/TLS are ignored */
@@ -33,6 +36,23 @@ struct kh_client_opts {
 	const char *port_name;   /* for messages; NULL: from the port (9100 "Excrypt",
 				  * 9009 "Admin", console "console") */
 	bool probe;              /* send [AOECHO;] after connecting (default true) */
+	/* A TLS context shared by many clients (kh_client_tls_ctx): kh_client_new
+	 * takes a reference (SSL_CTX_up_ref) and kh_client_free drops it; ca_file,
+	 * cert_file and key_file are then ignored. NULL (default): the client
+	 * loads them into a context of its own at every connect. */
+	struct ssl_ctx_st *tls_ctx;
+	int handshake_timeout_ms; /* TLS handshake and probe (default 0: io_timeout_ms) */
+};
+
+/* What kh_client_tls_ctx loads. Files are PEM, except that cert_file may be
+ * a PKCS#12 file (.p12 or .pfx, or any file that is not PEM) holding the
+ * client key, its certificate and chain. */
+struct kh_client_tls {
+	const char *ca_file;   /* PEM trust anchors for the server (NULL: system default) */
+	const char *cert_file; /* client certificate chain or PKCS#12; NULL: no client certificate */
+	const char *key_file;  /* PEM client key, NULL: in cert_file */
+	const char *pass;      /* for an encrypted PEM key or the PKCS#12 file; NULL: none */
+	size_t passlen;
 };
 
 struct kh_client;
@@ -40,11 +60,24 @@ struct kh_client;
 /* Defaults as documented above. */
 void kh_client_opts_init(struct kh_client_opts *o);
 
+/* One client TLS context (TLS 1.2+, server verified against the CA file,
+ * SSL_OP_CLEANSE_PLAINTEXT, no renegotiation) for kh_client_opts.tls_ctx.
+ * Never prompts for a password: an encrypted key without pass (or with a
+ * wrong one) is an error. On failure *out is NULL and err holds one line
+ * naming the file, e.g. "TLS setup: cannot load CA file /x/ca.pem: ...".
+ * Errors: KH_ERR_TLS, KH_ERR_NOMEM. Free with SSL_CTX_free. */
+KH_MUST_CHECK int kh_client_tls_ctx(const struct kh_client_tls *t, struct ssl_ctx_st **out,
+				    char *err, size_t errsz);
+
 /* A client with a private copy of the options (strings are copied); not yet
  * connected. NULL on allocation failure. */
 struct kh_client *kh_client_new(const struct kh_client_opts *o);
 /* Disconnects and frees; NULL ok. */
 void kh_client_free(struct kh_client *c);
+/* Frees without writing anything to the connection (no TLS close_notify):
+ * for a process that inherited the connection through fork() while its
+ * parent still uses it. The descriptor is closed. NULL ok. */
+void kh_client_abandon(struct kh_client *c);
 
 /* TCP or Unix connect, TLS handshake (TLS 1.2+, server verified against the
  * CA file), then the probe round trip: with TLS 1.3 a server's refusal of the
@@ -62,6 +95,14 @@ KH_MUST_CHECK int kh_client_connect(struct kh_client *c);
 KH_MUST_CHECK int kh_client_attach_fd(struct kh_client *c, int fd);
 void kh_client_disconnect(struct kh_client *c);
 bool kh_client_connected(const struct kh_client *c);
+/* The connection's descriptor (-1 when not connected), for bookkeeping only:
+ * never read or write it behind the client's back. */
+int kh_client_fd(const struct kh_client *c);
+/* For a connection that sat idle between requests: true when it can no
+ * longer carry one, because the peer closed or reset it or sent bytes that
+ * answer nothing (the stream is out of step). Never blocks; TLS records
+ * without application data (post-handshake messages) are consumed. */
+bool kh_client_stale(struct kh_client *c);
 /* "port 9009 (Admin)" or "console (/path/console.sock)". */
 const char *kh_client_peer(const struct kh_client *c);
 
