@@ -486,6 +486,11 @@ CK_RV p11_tmpl_parse(const CK_ATTRIBUTE *t, CK_ULONG n, enum p11_tmpl_use use, C
 			rv = CKR_ATTRIBUTE_VALUE_INVALID;
 			break;
 		}
+		for (CK_ULONG j = 0; j < i && rv == CKR_OK; j++)
+			if (t[j].type == a->type)
+				rv = CKR_TEMPLATE_INCONSISTENT; /* said twice */
+		if (rv != CKR_OK)
+			break;
 		switch (a->type) {
 		case CKA_CLASS:
 			if ((rv = attr_ulong(a, &ul)) == CKR_OK && cls != (CK_OBJECT_CLASS)-1 && ul != cls)
