@@ -71,28 +71,11 @@ EOF
 }
 
 # p11_write_cfg FILE PORT...: a configuration for slot 0 with an address
-# per port on 127.0.0.1.
+# per port on 127.0.0.1 (the set-up's certificates, the log in $T).
+source "$KH_SRC/scripts/lib/fxpkcs11-cfg.sh"
 p11_write_cfg() {
-  local f=$1 port; shift
-  {
-    echo "<FXPKCS11>"
-    echo "  <LOG-LEVEL> WARN </LOG-LEVEL>"
-    echo "  <LOG-FILE> $T/pkcs11.log </LOG-FILE>"
-    echo "  <HSM>"
-    echo "    <SLOT> 0 </SLOT>"
-    echo "    <LABEL> Keyhold Test </LABEL>"
-    echo "    <CRYPTO-OPR> pkcs11user </CRYPTO-OPR>"
-    for port in "$@"; do echo "    <ADDRESS> 127.0.0.1:$port </ADDRESS>"; done
-    echo "    <PROD-TLS-ENABLED> YES </PROD-TLS-ENABLED>"
-    echo "    <PROD-TLS-CA> $W/ca.pem </PROD-TLS-CA>"
-    echo "    <PROD-TLS-CERT> $W/client.pem </PROD-TLS-CERT>"
-    echo "    <PROD-TLS-KEY> $W/client.key </PROD-TLS-KEY>"
-    echo "    <FX-LOAD-BALANCE> YES </FX-LOAD-BALANCE>"
-    echo "    <CONNECT-TIMEOUT> 5 </CONNECT-TIMEOUT>"
-    echo "    <REQUEST-TIMEOUT> 60 </REQUEST-TIMEOUT>"
-    echo "  </HSM>"
-    echo "</FXPKCS11>"
-  } >"$f"
+  local f=$1; shift
+  KH_P11_LABEL="Keyhold Test" kh_write_fxpkcs11_cfg "$f" "$W" "$T/pkcs11.log" "$@"
 }
 
 p11_setup() {
