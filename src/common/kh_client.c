@@ -424,7 +424,8 @@ static int nsbio_write(BIO *b, const char *in, int inl)
 	do
 		n = send(d->fd, in, (size_t)inl, MSG_NOSIGNAL | (d->dontwait ? MSG_DONTWAIT : 0));
 	while (n < 0 && errno == EINTR);
-	if (n < 0 && BIO_sock_non_fatal_error(errno))
+	/* only a timeout (or MSG_DONTWAIT) is worth another try */
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 		BIO_set_retry_write(b);
 	return (int)n;
 }
@@ -442,7 +443,7 @@ static int nsbio_read(BIO *b, char *out, int outl)
 	while (n < 0 && errno == EINTR);
 	if (n == 0)
 		d->eof = true; /* lets OpenSSL tell an unexpected EOF from an error */
-	else if (n < 0 && BIO_sock_non_fatal_error(errno))
+	else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 		BIO_set_retry_read(b);
 	return (int)n;
 }

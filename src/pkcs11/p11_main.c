@@ -994,12 +994,9 @@ P11_EXPORT CK_RV C_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, C
 	}
 	int r = p11_call(s, P11_CALL_PRIMARY, req, resp, &f);
 	rv = p11_rv_from_kh(r);
-	if (rv == CKR_OK && (user || so)) {
-		/* new connections must log in with the new password */
-		struct p11_cred cr = {.user = who, .pw = (const char *)pNewPin, .pwlen = ulNewLen};
-		if (!sl->cfg->crypto_opr2[0] || so)
-			KH_IGNORE(p11_pool_login(sl->pool, &cr, 1));
-	}
+	if (rv == CKR_OK && (user || so))
+		/* connections opened from now on log in with the new password */
+		KH_IGNORE(p11_pool_set_password(sl->pool, who, (const char *)pNewPin, ulNewLen));
 out:
 	kh_buf_free(req);
 	kh_buf_free(resp);

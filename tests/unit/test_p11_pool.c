@@ -60,6 +60,7 @@ static struct {
 	char hsm_bin[PATH_MAX];
 	bool have_bin;
 	int ncopies;
+	pid_t live[32]; /* daemons running: stopped by the group teardown if a test failed */
 } G;
 
 static double now_s(void)
@@ -249,6 +250,13 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
 	char cmd[600];
+	for (size_t i = 0; i < sizeof(G.live) / sizeof(G.live[0]); i++) {
+		if (G.live[i] > 0) {
+			kill(G.live[i], SIGKILL);
+			waitpid(G.live[i], NULL, 0);
+			G.live[i] = 0;
+		}
+	}
 	X509_free(G.other_ca_x);
 	EVP_PKEY_free(G.other_ca_key);
 	if (getenv("KH_KEEP")) {
@@ -345,12 +353,22 @@ static void hsm_start(struct hsm *h)
 		kh_hsm_close(hsm);
 		_exit(r == KH_OK ? 0 : 1);
 	}
+	for (size_t i = 0; i < sizeof(G.live) / sizeof(G.live[0]); i++) {
+		if (G.live[i] == 0) {
+			G.live[i] = h->pid;
+			break;
+		}
+	}
 	for (int i = 0; i < 400; i++) {
 		int st;
 		if (port_open(h->listen, h->port))
 			return;
-		if (waitpid(h->pid, &st, WNOHANG) == h->pid)
+		if (waitpid(h->pid, &st, WNOHANG) == h->pid) {
+			for (size_t j = 0; j < sizeof(G.live) / sizeof(G.live[0]); j++)
+				if (G.live[j] == h->pid)
+					G.live[j] = 0; /* reaped: its pid may come back */
 			fail_msg("keyhold-hsm on port %u exited at start (see %s)", h->port, err);
+		}
 		usleep(25000);
 	}
 	fail_msg("keyhold-hsm on port %u did not start", h->port);
@@ -364,6 +382,9 @@ static void hsm_stop(struct hsm *h, int sig)
 		return;
 	kill(h->pid, sig);
 	assert_int_equal(waitpid(h->pid, &st, 0), h->pid);
+	for (size_t i = 0; i < sizeof(G.live) / sizeof(G.live[0]); i++)
+		if (G.live[i] == h->pid)
+			G.live[i] = 0;
 	h->pid = 0;
 	/* any sanitizer report of the daemon fails the test */
 	char cmd[500];
