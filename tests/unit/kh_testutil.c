@@ -271,3 +271,32 @@ char *kh_test_spki_hex(EVP_PKEY *pk)
 	uint8_t *der = NULL;
 	return kh_test_der_hex(i2d_PUBKEY(pk, &der), &der);
 }
+
+int kh_test_fill_keys(struct kh_hsm *hsm, uint32_t first, uint32_t n)
+{
+	uint8_t material[32] = {1}, attrs[5] = {1, 0, 0x0f, 0, 0};
+	char label[32];
+	if (kh_db_begin(hsm->db) != KH_OK)
+		return -1;
+	for (uint32_t i = first; i < first + n; i++) {
+		uint8_t id[4] = {(uint8_t)(i >> 24), (uint8_t)(i >> 16), (uint8_t)(i >> 8), (uint8_t)i};
+		struct kh_key_row row = {.slot = i,
+		                         .major = KH_MK_PMK,
+		                         .bits = 256,
+		                         .attrs = attrs,
+		                         .attrs_len = sizeof(attrs),
+		                         .created = 1};
+		snprintf(row.cls, sizeof(row.cls), "%s", i % 7 ? "secret" : "private");
+		snprintf(row.ktype, sizeof(row.ktype), "%s", i % 7 ? "AES" : "EC");
+		int len = snprintf(label, sizeof(label), "key-%u", i);
+		row.label = (uint8_t *)label;
+		row.label_len = (size_t)len;
+		row.ckaid = id;
+		row.ckaid_len = sizeof(id);
+		if (kh_keystore_put(hsm, &row, material, sizeof(material), KH_KS_NEW_ID | KH_KS_QUIET, "unit") != KH_OK) {
+			kh_db_rollback(hsm->db);
+			return -1;
+		}
+	}
+	return kh_db_commit(hsm->db) == KH_OK ? 0 : -1;
+}

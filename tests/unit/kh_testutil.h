@@ -91,6 +91,11 @@ char *kh_test_fx_field(struct kh_test_fx *x, const char *tag);
  * its identity appuser (KH_TEST_APP_PW), who logs in on a new prod session p. */
 void kh_test_app_login(struct kh_test_fx *x, struct kh_session *p, const char *cmds);
 
+/* n key-table rows from slot first on, in one transaction: every 7th an EC
+ * private key, the others AES; labels "key-<slot>", CKA_IDs the slot as 4
+ * big-endian bytes. Wrapped under the PMK (load it first). 0 on success. */
+int kh_test_fill_keys(struct kh_hsm *hsm, uint32_t first, uint32_t n);
+
 /* Uppercase hex of the n bytes d (malloc'd). */
 char *kh_test_hex(const uint8_t *d, size_t n);
 /* The hex text s decoded into out (at most max bytes; fails the test on bad hex): the count. */

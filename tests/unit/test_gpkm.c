@@ -22,38 +22,14 @@ static double now_s(void)
 	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* 100,000 rows in one transaction, every 7th a private key, labels
- * "key-<slot>", CKA_IDs of 4 bytes. */
+/* 100,000 rows (kh_test_fill_keys). */
 static int setup(void **state)
 {
 	int r = kh_test_fx_setup_pmk(state);
 	struct kh_test_fx *x = *state;
-	uint8_t material[32] = {1}, attrs[5] = {1, 0, 0x0f, 0, 0};
-	char label[32];
 	if (r != 0)
 		return r;
-	if (kh_db_begin(x->hsm.db) != KH_OK)
-		return -1;
-	for (uint32_t i = 0; i < NKEYS; i++) {
-		uint8_t id[4] = {(uint8_t)(i >> 24), (uint8_t)(i >> 16), (uint8_t)(i >> 8), (uint8_t)i};
-		struct kh_key_row row = {.slot = i,
-		                         .major = KH_MK_PMK,
-		                         .bits = 256,
-		                         .attrs = attrs,
-		                         .attrs_len = sizeof(attrs),
-		                         .created = 1};
-		snprintf(row.cls, sizeof(row.cls), "%s", i % 7 ? "secret" : "private");
-		snprintf(row.ktype, sizeof(row.ktype), "%s", i % 7 ? "AES" : "EC");
-		int n = snprintf(label, sizeof(label), "key-%u", i);
-		row.label = (uint8_t *)label;
-		row.label_len = (size_t)n;
-		row.ckaid = id;
-		row.ckaid_len = sizeof(id);
-		if (kh_keystore_put(&x->hsm, &row, material, sizeof(material),
-		                    KH_KS_NEW_ID | KH_KS_QUIET, "unit") != KH_OK)
-			return -1;
-	}
-	return kh_db_commit(x->hsm.db) == KH_OK ? 0 : -1;
+	return kh_test_fill_keys(&x->hsm, 0, NKEYS);
 }
 
 static void test_filters(void **state)
