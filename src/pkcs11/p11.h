@@ -211,6 +211,9 @@ struct kh_buf *p11_buf_new(void);
  * need a login: CKR_OBJECT_HANDLE_INVALID otherwise), attributes loaded. */
 CK_RV p11_obj_get(struct p11_session *s, CK_OBJECT_HANDLE h, struct p11_obj **out);
 void p11_obj_put(struct p11_obj *o);
+/* The same with the module lock held (C_Finalize, a forked child's
+ * C_Initialize: freeing a session with an active operation). */
+void p11_obj_put_locked(struct p11_obj *o);
 /* Name the key in a request: token objects put slot_tag (slot) and id_tag
  * (key identifier); session objects put cg_tag (the cryptogram). */
 KH_MUST_CHECK int p11_obj_put_ref(const struct p11_obj *o, struct kh_buf *req, const char *slot_tag,

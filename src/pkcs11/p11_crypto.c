@@ -1358,6 +1358,10 @@ P11_EXPORT CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMecha
 		rv = CKR_SESSION_READ_ONLY;
 		goto out;
 	}
+	if (nk.priv && !p11_session_logged_in(s)) {
+		rv = CKR_USER_NOT_LOGGED_IN; /* PKCS#11 5.1: only public objects before login */
+		goto out;
+	}
 	if ((rv = p11_rq_begin(&r, "GPKU")) != CKR_OK)
 		goto out;
 	p11_rq_key(&r, u, "SL", "KD", "CG");
@@ -1502,6 +1506,10 @@ P11_EXPORT CK_RV C_DeriveKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMecha
 	}
 	if (nk.token && !p11_session_rw(s)) {
 		rv = CKR_SESSION_READ_ONLY;
+		goto out;
+	}
+	if (nk.priv && !p11_session_logged_in(s)) {
+		rv = CKR_USER_NOT_LOGGED_IN; /* PKCS#11 5.1: only public objects before login */
 		goto out;
 	}
 	peer_point(b, p->pPublicData, p->ulPublicDataLen, &pt, &pt_len);

@@ -63,6 +63,10 @@ P11_EXPORT CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMec
 		rv = CKR_SESSION_READ_ONLY;
 		goto out;
 	}
+	if (nk.priv && !p11_session_logged_in(s)) {
+		rv = CKR_USER_NOT_LOGGED_IN; /* PKCS#11 5.1: only public objects before login */
+		goto out;
+	}
 	if (!nk.value_len) {
 		rv = CKR_TEMPLATE_INCOMPLETE;
 		goto out;
@@ -181,6 +185,10 @@ P11_EXPORT CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR 
 		goto out;
 	if ((pub.token || priv.token) && !p11_session_rw(s)) {
 		rv = CKR_SESSION_READ_ONLY;
+		goto out;
+	}
+	if ((pub.priv || priv.priv) && !p11_session_logged_in(s)) {
+		rv = CKR_USER_NOT_LOGGED_IN; /* PKCS#11 5.1: only public objects before login */
 		goto out;
 	}
 	if (kt != CKK_RSA) {

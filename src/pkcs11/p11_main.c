@@ -125,10 +125,17 @@ CK_RV p11_session_get(CK_SESSION_HANDLE h, struct p11_session **out)
 	return CKR_OK;
 }
 
-static void session_free(struct p11_session *s)
+/* locked: the caller holds the module lock (state_free), so the active
+ * operations' key references are dropped without taking it again. */
+static void session_free(struct p11_session *s, bool locked)
 {
-	for (int k = 0; k < P11_OP_COUNT; k++)
+	for (int k = 0; k < P11_OP_COUNT; k++) {
+		if (locked && s->op[k].key) {
+			p11_obj_put_locked(s->op[k].key);
+			s->op[k].key = NULL;
+		}
 		p11_op_end(s, (enum p11_op_kind)k);
+	}
 	free(s->found);
 	pthread_mutex_destroy(&s->mu);
 	free(s);
@@ -141,7 +148,7 @@ void p11_session_put_ref(struct p11_session *s)
 	bool last = --s->users == 0 && s->closing;
 	p11_unlock();
 	if (last)
-		session_free(s);
+		session_free(s, false);
 }
 
 void p11_session_put(struct p11_session *s)
@@ -312,7 +319,7 @@ static void state_free(bool abandon)
 		struct p11_session *s = val;
 		s->closing = true;
 		if (s->users == 0)
-			session_free(s);
+			session_free(s, true);
 	}
 	p11_hmap_free(&G.sessions);
 	p11_objects_free_all();
@@ -646,7 +653,7 @@ static void session_close(struct p11_session *s, bool *last_on_slot)
 	p11_unlock();
 	p11_objects_session_closed(s->handle);
 	if (free_now)
-		session_free(s);
+		session_free(s, false);
 }
 
 static void logout_slot(struct p11_slot *sl)

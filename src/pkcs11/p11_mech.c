@@ -1079,7 +1079,9 @@ CK_RV p11_mech_digest(struct p11_session *s, struct p11_op *op, const uint8_t *i
 	struct p11_rq r = {0};
 	CK_RV rv;
 
-	if (n > P11_MAX_DATA)
+	/* before login a request frame may not pass 4096 bytes (PROTOCOL.md,
+	 * "Limits"): GHSH would be TOO_LARGE, and the HSM closes the connection */
+	if (n > P11_MAX_DATA || !p11_session_logged_in(s))
 		return digest_here(st->m->hash, in, n, out);
 	if ((rv = p11_rq_begin(&r, "GHSH")) != CKR_OK)
 		return rv;

@@ -92,6 +92,12 @@ static void obj_unref_locked(struct p11_obj *o)
 		obj_free(o);
 }
 
+void p11_obj_put_locked(struct p11_obj *o)
+{
+	if (o)
+		obj_unref_locked(o);
+}
+
 void p11_obj_put(struct p11_obj *o)
 {
 	if (!o)
@@ -953,7 +959,7 @@ static CK_RV find_token(struct p11_session *s, const struct filter *fl, struct c
 			r = kh_msg_put(req, "CL", cn);
 		}
 		if (r == KH_OK && fl->has_kt) {
-			const char *tn = fl->kt == CKC_X_509 ? NULL : p11_ktype_name(fl->kt);
+			const char *tn = p11_ktype_name(fl->kt);
 			if (!tn) { rv = CKR_OK; goto out; }
 			r = kh_msg_put(req, "TY", tn);
 		}
@@ -1550,14 +1556,22 @@ static CK_RV create_key(struct p11_session *s, struct p11_newkey *nk, const CK_A
 		goto out;
 	}
 	rv = p11_obj_from_resp(s, nk, &f, "SL", "KD", cg_tag, "RD", ph);
-	if (rv == CKR_OK && kv && nk->cls == CKO_PUBLIC_KEY) {
-		/* the public key is what we sent */
+	if (rv == CKR_OK && kv) {
+		/* GPKA answers no public key: it is what we sent (a public
+		 * key's SPKI, or the public half of the PKCS#8 we sent) */
+		const uint8_t *p = kv;
+		EVP_PKEY *pk = nk->cls == CKO_PRIVATE_KEY ? d2i_AutoPrivateKey(NULL, &p, (long)kvlen)
+							  : d2i_PUBKEY(NULL, &p, (long)kvlen);
+		uint8_t *spki = NULL;
+		int l = pk ? i2d_PUBKEY(pk, &spki) : -1;
 		struct p11_obj *o;
 		p11_lock();
 		o = p11_hmap_get(&O.objs, *ph);
-		if (o && !o->pub)
-			KH_IGNORE(dup_into(&o->pub, &o->pub_len, kv, kvlen));
+		if (o && !o->pub && l > 0 && dup_into(&o->pub, &o->pub_len, spki, (size_t)l) == CKR_OK)
+			o->bits = (CK_ULONG)EVP_PKEY_get_bits(pk);
 		p11_unlock();
+		OPENSSL_free(spki);
+		EVP_PKEY_free(pk);
 	}
 out:
 	if (kv) {
@@ -1642,6 +1656,10 @@ P11_EXPORT CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTe
 	}
 	if (nk.token && !p11_session_rw(s)) {
 		rv = CKR_SESSION_READ_ONLY;
+		goto out;
+	}
+	if (nk.priv && !p11_session_logged_in(s)) {
+		rv = CKR_USER_NOT_LOGGED_IN; /* PKCS#11 5.1: only public objects before login */
 		goto out;
 	}
 	if (key) {
@@ -1765,6 +1783,10 @@ P11_EXPORT CK_RV C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObje
 		goto out;
 	if (nk.token && !p11_session_rw(s)) {
 		rv = CKR_SESSION_READ_ONLY;
+		goto out;
+	}
+	if (nk.priv && !p11_session_logged_in(s)) {
+		rv = CKR_USER_NOT_LOGGED_IN; /* PKCS#11 5.1: only public objects before login */
 		goto out;
 	}
 	if (o->cls == CKO_CERTIFICATE || o->cls == CKO_DATA) {
