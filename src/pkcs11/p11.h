@@ -173,6 +173,9 @@ struct p11_session {
 };
 
 /* ---- module state ---- */
+/* This process's id without a system call per use (kept by a fork
+ * handler): the module checks it on every call to notice a child. */
+pid_t p11_pid(void);
 void p11_lock(void);
 void p11_unlock(void);
 /* CKR_CRYPTOKI_NOT_INITIALIZED unless C_Initialize ran in this process. */

@@ -75,7 +75,7 @@ CK_RV p11_check_init(void)
 	/* G.init and G.pid change only in C_Initialize/C_Finalize; a child
 	 * that did not re-initialise sees the parent's pid. */
 	p11_lock();
-	bool ok = G.init && G.pid == getpid();
+	bool ok = G.init && G.pid == p11_pid();
 	p11_unlock();
 	return ok ? CKR_OK : CKR_CRYPTOKI_NOT_INITIALIZED;
 }
@@ -104,7 +104,7 @@ CK_RV p11_slot_get(CK_SLOT_ID id, struct p11_slot **out)
 CK_RV p11_session_get(CK_SESSION_HANDLE h, struct p11_session **out)
 {
 	p11_lock();
-	if (!G.init || G.pid != getpid()) {
+	if (!G.init || G.pid != p11_pid()) {
 		p11_unlock();
 		return CKR_CRYPTOKI_NOT_INITIALIZED;
 	}
@@ -355,7 +355,7 @@ P11_EXPORT CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 		return rv;
 	pthread_once(&atfork_once, install_atfork);
 	p11_lock();
-	if (G.init && G.pid == getpid()) {
+	if (G.init && G.pid == p11_pid()) {
 		p11_unlock();
 		return CKR_CRYPTOKI_ALREADY_INITIALIZED;
 	}
@@ -396,7 +396,7 @@ P11_EXPORT CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 	}
 	G.next_session = 1;
 	G.init = true;
-	G.pid = getpid();
+	G.pid = p11_pid();
 	p11_log(P11_LOG_INFO, "initialised from %s, %zu slot(s)", path, G.nslots);
 	p11_unlock();
 	return CKR_OK;
@@ -407,7 +407,7 @@ P11_EXPORT CK_RV C_Finalize(CK_VOID_PTR pReserved)
 	if (pReserved)
 		return CKR_ARGUMENTS_BAD;
 	p11_lock();
-	if (!G.init || G.pid != getpid()) {
+	if (!G.init || G.pid != p11_pid()) {
 		p11_unlock();
 		return CKR_CRYPTOKI_NOT_INITIALIZED;
 	}
@@ -574,7 +574,7 @@ P11_EXPORT CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOI
 		return CKR_NO_EVENT;
 	p11_lock();
 	G.waiters++;
-	while (G.init && G.pid == getpid())
+	while (G.init && G.pid == p11_pid())
 		pthread_cond_wait(&G.event, &G.mu);
 	G.waiters--;
 	p11_unlock();

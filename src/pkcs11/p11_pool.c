@@ -7,6 +7,7 @@
  * error text.
  */
 #include "pkcs11/p11_pool.h"
+#include "pkcs11/p11.h"
 #include "common/kh_buf.h"
 #include "common/kh_client.h"
 #include "common/kh_frame.h"
@@ -55,6 +56,7 @@ struct pool_conn {
 	uint64_t gen;   /* login generation the connection is in step with */
 	bool logged_in; /* holds a LOGN */
 	bool idle;      /* on a->idle (pool mutex) */
+	uint64_t idle_since; /* now_ms() when it went idle */
 	struct pool_conn *next_idle;
 	struct pool_conn *prev, *next; /* a->all: every open connection (pool mutex) */
 };
@@ -340,11 +342,17 @@ static int conn_open(struct p11_pool *p, struct pool_addr *a, struct pool_conn *
 	return KH_OK;
 }
 
+/* An idle connection this recent is taken without the stale check (a
+ * poll(2) per call) when the call may be resent elsewhere: if the HSM went
+ * away in between, the call fails on the transport and is retried. */
+#define TRUST_IDLE_MS 200u
+
 /* A connection to a: an idle one that still works, or a new one; waits
  * while the address has max_conn open and none idle. fresh: never an idle
- * one. *is_new says which it got. */
-static int conn_take(struct p11_pool *p, struct pool_addr *a, bool fresh, struct pool_conn **out,
-                     bool *is_new, char *msg, size_t msgsz)
+ * one. resendable: the call is retried on a transport failure (see
+ * TRUST_IDLE_MS). *is_new says which it got. */
+static int conn_take(struct p11_pool *p, struct pool_addr *a, bool fresh, bool resendable,
+                     struct pool_conn **out, bool *is_new, char *msg, size_t msgsz)
 {
 	struct pool_conn *k = NULL, *old = NULL;
 	int r;
@@ -383,7 +391,7 @@ static int conn_take(struct p11_pool *p, struct pool_addr *a, bool fresh, struct
 	}
 	pthread_mutex_unlock(&p->mu);
 	if (k) {
-		if (!kh_client_stale(k->c)) {
+		if ((resendable && now_ms() - k->idle_since < TRUST_IDLE_MS) || !kh_client_stale(k->c)) {
 			*out = k;
 			return KH_OK;
 		}
@@ -411,6 +419,7 @@ static void conn_release(struct p11_pool *p, struct pool_conn *k)
 	drop = k->logged_in && k->gen != p->gen;
 	if (!drop) {
 		k->idle = true;
+		k->idle_since = now_ms();
 		k->next_idle = k->a->idle;
 		k->a->idle = k;
 		k->a->nidle++;
@@ -658,7 +667,7 @@ static void trail_add(char *trail, size_t sz, const char *msg)
 
 static bool wrong_process(struct p11_pool *p, char *err, size_t errsz)
 {
-	if (getpid() == p->pid)
+	if (p11_pid() == p->pid)
 		return false;
 	set_msg(err, errsz,
 	        "the connection pool belongs to the parent process (fork): "
@@ -718,7 +727,7 @@ int p11_pool_call(struct p11_pool *p, unsigned flags, const struct kh_buf *req, 
 		tried |= 1u << ai;
 
 		sent = hsm = drop = false;
-		r = conn_take(p, a, want_fresh, &k, &is_new, msg, sizeof(msg));
+		r = conn_take(p, a, want_fresh, balance, &k, &is_new, msg, sizeof(msg));
 		if (r == KH_OK)
 			r = exchange(p, k, req, resp, f, &sent, &hsm, &drop, msg, sizeof(msg));
 		if (k && (r == KH_OK || hsm)) {
@@ -793,7 +802,7 @@ int p11_pool_login(struct p11_pool *p, const struct p11_cred *creds, size_t ncre
 		a->inflight++;
 		pthread_mutex_unlock(&p->mu);
 		tried |= 1u << ai;
-		r = conn_take(p, a, false, &k, &is_new, msg, sizeof(msg));
+		r = conn_take(p, a, false, false, &k, &is_new, msg, sizeof(msg));
 		if (r == KH_OK && k->logged_in)
 			r = send_logout(k, b.req, b.resp, b.f, msg, sizeof(msg));
 		if (r == KH_OK)
@@ -836,7 +845,7 @@ void p11_pool_logout(struct p11_pool *p)
 	struct pool_conn *drop = NULL;
 	struct pool_creds *old;
 
-	if (p == NULL || getpid() != p->pid)
+	if (p == NULL || p11_pid() != p->pid)
 		return;
 	pthread_mutex_lock(&p->mu);
 	old = p->creds;
@@ -922,7 +931,7 @@ struct p11_pool *p11_pool_new(const struct p11_slot_cfg *cfg, char *err, size_t 
 		return NULL;
 	}
 	p->cfg = cfg;
-	p->pid = getpid();
+	p->pid = p11_pid();
 	p->gen = 1;
 	p->naddr = cfg->naddr;
 	p->max_conn = cfg->max_connections ? cfg->max_connections : POOL_DEFAULT_MAX_CONN;
@@ -986,7 +995,7 @@ void p11_pool_free(struct p11_pool *p)
 {
 	if (p == NULL)
 		return;
-	if (getpid() != p->pid) {
+	if (p11_pid() != p->pid) {
 		p11_pool_abandon(p);
 		return;
 	}
@@ -1045,7 +1054,7 @@ size_t p11_pool_addresses_up(struct p11_pool *p)
 	char msg[POOL_MSG];
 	size_t up = 0;
 
-	if (req == NULL || resp == NULL || f == NULL || getpid() != p->pid ||
+	if (req == NULL || resp == NULL || f == NULL || p11_pid() != p->pid ||
 	    kh_msg_begin(req, "ECHO") != KH_OK || kh_msg_end(req) != KH_OK)
 		goto out;
 	for (size_t i = 0; i < p->naddr; i++) {
@@ -1059,7 +1068,7 @@ size_t p11_pool_addresses_up(struct p11_pool *p)
 		pthread_mutex_unlock(&p->mu);
 		if (down)
 			continue; /* in back-off: not hammered by every C_GetSlotInfo */
-		if ((r = conn_take(p, a, false, &k, &is_new, msg, sizeof(msg))) != KH_OK) {
+		if ((r = conn_take(p, a, false, false, &k, &is_new, msg, sizeof(msg))) != KH_OK) {
 			fail_addr(p, a, msg);
 			continue;
 		}
