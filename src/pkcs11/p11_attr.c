@@ -316,22 +316,29 @@ static CK_RV av_bn(struct p11_av *a, const EVP_PKEY *pk, const char *name)
 	return av_take(a, p, (size_t)n);
 }
 
-/* DER OCTET STRING around the public point (CKA_EC_POINT). */
-static CK_RV av_ec_point(struct p11_av *a, const EVP_PKEY *pk, CK_KEY_TYPE kt)
+/* DER OCTET STRING around the public point (CKA_EC_POINT), taken from the
+ * SubjectPublicKeyInfo's BIT STRING as it is: the encoded point of an EC key,
+ * the 32 raw bytes of Ed25519 and X25519. Not through an EVP_PKEY: in an
+ * application that made an ENGINE the default for EC (openssl -engine,
+ * ENGINE_set_default), d2i_PUBKEY gives a legacy key whose
+ * OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY cannot be read. */
+static CK_RV av_ec_point(struct p11_av *a, const uint8_t *spki, size_t spki_len)
 {
-	uint8_t pt[200];
-	size_t n = 0;
-	if (kt == CKK_EC) {
-		if (!EVP_PKEY_get_octet_string_param(pk, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, pt, sizeof(pt), &n))
-			return CKR_GENERAL_ERROR;
-	} else {
-		n = sizeof(pt);
-		if (!EVP_PKEY_get_raw_public_key(pk, pt, &n))
-			return CKR_GENERAL_ERROR;
+	const uint8_t *q = spki;
+	X509_PUBKEY *xpk = spki ? d2i_X509_PUBKEY(NULL, &q, (long)spki_len) : NULL;
+	const unsigned char *pt = NULL;
+	int n = 0;
+	if (!xpk)
+		return CKR_DEVICE_ERROR;
+	if (!X509_PUBKEY_get0_param(NULL, &pt, &n, NULL, xpk) || !pt || n <= 0 || n > 255) {
+		X509_PUBKEY_free(xpk);
+		return CKR_GENERAL_ERROR;
 	}
-	uint8_t *p = malloc(n + 3);
-	if (!p)
+	uint8_t *p = malloc((size_t)n + 3);
+	if (!p) {
+		X509_PUBKEY_free(xpk);
 		return CKR_HOST_MEMORY;
+	}
 	size_t h = 0;
 	p[h++] = 0x04;
 	if (n < 128) {
@@ -340,8 +347,9 @@ static CK_RV av_ec_point(struct p11_av *a, const EVP_PKEY *pk, CK_KEY_TYPE kt)
 		p[h++] = 0x81;
 		p[h++] = (uint8_t)n;
 	}
-	memcpy(p + h, pt, n);
-	return av_take(a, p, h + n);
+	memcpy(p + h, pt, (size_t)n);
+	X509_PUBKEY_free(xpk);
+	return av_take(a, p, h + (size_t)n);
 }
 
 static CK_RV av_ec_params(struct p11_av *a, const EVP_PKEY *pk, CK_KEY_TYPE kt)
@@ -631,6 +639,8 @@ CK_RV p11_attr_value(const struct p11_obj *o, CK_ATTRIBUTE_TYPE t, struct p11_av
 		return CKR_ATTRIBUTE_TYPE_INVALID;
 	if (t == CKA_MODULUS_BITS)
 		return av_ulong(a, o->bits);
+	if (t == CKA_EC_POINT)
+		return av_ec_point(a, o->pub, o->pub_len);
 	const uint8_t *p = o->pub;
 	EVP_PKEY *pk = o->pub ? d2i_PUBKEY(NULL, &p, (long)o->pub_len) : NULL;
 	if (!pk)
@@ -640,10 +650,8 @@ CK_RV p11_attr_value(const struct p11_obj *o, CK_ATTRIBUTE_TYPE t, struct p11_av
 		rv = av_bn(a, pk, OSSL_PKEY_PARAM_RSA_N);
 	else if (t == CKA_PUBLIC_EXPONENT)
 		rv = av_bn(a, pk, OSSL_PKEY_PARAM_RSA_E);
-	else if (t == CKA_EC_PARAMS)
-		rv = av_ec_params(a, pk, o->ktype);
 	else
-		rv = av_ec_point(a, pk, o->ktype);
+		rv = av_ec_params(a, pk, o->ktype);
 	EVP_PKEY_free(pk);
 	return rv;
 }

@@ -287,10 +287,16 @@ static struct pool_conn *take_idle_list(struct pool_addr *a)
  * stopped HSM, which took all of them with it. */
 static struct pool_conn *mark_down(struct p11_pool *p, struct pool_addr *a)
 {
-	a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : POOL_BACKOFF_FIRST_MS;
-	if (a->backoff_ms > POOL_BACKOFF_MAX_MS)
-		a->backoff_ms = POOL_BACKOFF_MAX_MS;
-	a->down_until = now_ms() + a->backoff_ms;
+	uint64_t now = now_ms();
+	/* One outage is seen by every call in flight there: back off once per
+	 * outage or failed probe, not once per call, or N calls at once would
+	 * put a restarted HSM out of use for 2^(N-1) s (30 s from 6 on). */
+	if (a->down_until <= now) {
+		a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : POOL_BACKOFF_FIRST_MS;
+		if (a->backoff_ms > POOL_BACKOFF_MAX_MS)
+			a->backoff_ms = POOL_BACKOFF_MAX_MS;
+		a->down_until = now + a->backoff_ms;
+	}
 	a->failures++;
 	p->st.failures++;
 	return take_idle_list(a);
