@@ -1955,13 +1955,31 @@ static CK_RV pkey_der(EVP_PKEY *pk, bool priv, uint8_t **der, size_t *len)
 	return CKR_OK;
 }
 
+/* The key the built parameters describe, as PKCS#8 (priv) or SPKI DER. */
+static CK_RV fromdata_der(const char *alg, OSSL_PARAM_BLD *b, bool priv, uint8_t **der, size_t *len)
+{
+	OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(b);
+	EVP_PKEY_CTX *ctx = NULL;
+	EVP_PKEY *pk = NULL;
+	CK_RV rv = params ? CKR_OK : CKR_HOST_MEMORY;
+	if (rv == CKR_OK) {
+		ctx = EVP_PKEY_CTX_new_from_name(NULL, alg, NULL);
+		if (!ctx || EVP_PKEY_fromdata_init(ctx) <= 0 ||
+		    EVP_PKEY_fromdata(ctx, &pk, priv ? EVP_PKEY_KEYPAIR : EVP_PKEY_PUBLIC_KEY, params) <= 0)
+			rv = CKR_ATTRIBUTE_VALUE_INVALID;
+	}
+	if (rv == CKR_OK)
+		rv = pkey_der(pk, priv, der, len);
+	EVP_PKEY_free(pk);
+	EVP_PKEY_CTX_free(ctx);
+	OSSL_PARAM_free(params);
+	return rv;
+}
+
 static CK_RV rsa_der(const CK_ATTRIBUTE *t, CK_ULONG n, bool priv, uint8_t **der, size_t *len)
 {
 	OSSL_PARAM_BLD *b = OSSL_PARAM_BLD_new();
 	BIGNUM *bn[8] = {0};
-	OSSL_PARAM *params = NULL;
-	EVP_PKEY_CTX *ctx = NULL;
-	EVP_PKEY *pk = NULL;
 	CK_RV rv = b ? CKR_OK : CKR_HOST_MEMORY;
 	if (rv == CKR_OK) rv = bn_param(b, t, n, CKA_MODULUS, OSSL_PKEY_PARAM_RSA_N, &bn[0], true);
 	if (rv == CKR_OK) rv = bn_param(b, t, n, CKA_PUBLIC_EXPONENT, OSSL_PKEY_PARAM_RSA_E, &bn[1], true);
@@ -1973,19 +1991,8 @@ static CK_RV rsa_der(const CK_ATTRIBUTE *t, CK_ULONG n, bool priv, uint8_t **der
 		if (rv == CKR_OK) rv = bn_param(b, t, n, CKA_EXPONENT_2, OSSL_PKEY_PARAM_RSA_EXPONENT2, &bn[6], true);
 		if (rv == CKR_OK) rv = bn_param(b, t, n, CKA_COEFFICIENT, OSSL_PKEY_PARAM_RSA_COEFFICIENT1, &bn[7], true);
 	}
-	if (rv == CKR_OK && !(params = OSSL_PARAM_BLD_to_param(b)))
-		rv = CKR_HOST_MEMORY;
-	if (rv == CKR_OK) {
-		ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
-		if (!ctx || EVP_PKEY_fromdata_init(ctx) <= 0 ||
-		    EVP_PKEY_fromdata(ctx, &pk, priv ? EVP_PKEY_KEYPAIR : EVP_PKEY_PUBLIC_KEY, params) <= 0)
-			rv = CKR_ATTRIBUTE_VALUE_INVALID;
-	}
 	if (rv == CKR_OK)
-		rv = pkey_der(pk, priv, der, len);
-	EVP_PKEY_free(pk);
-	EVP_PKEY_CTX_free(ctx);
-	OSSL_PARAM_free(params);
+		rv = fromdata_der("RSA", b, priv, der, len);
 	OSSL_PARAM_BLD_free(b);
 	for (size_t i = 0; i < 8; i++)
 		BN_clear_free(bn[i]);
@@ -2059,8 +2066,6 @@ static CK_RV ec_der(const CK_ATTRIBUTE *t, CK_ULONG n, bool priv, CK_KEY_TYPE kt
 	}
 	static const char *const groups[] = {"prime256v1", "secp384r1", "secp521r1"};
 	OSSL_PARAM_BLD *b = OSSL_PARAM_BLD_new();
-	OSSL_PARAM *params = NULL;
-	EVP_PKEY_CTX *ctx = NULL;
 	BIGNUM *d = NULL;
 	EC_GROUP *grp = NULL;
 	EC_POINT *pub = NULL;
@@ -2086,19 +2091,8 @@ static CK_RV ec_der(const CK_ATTRIBUTE *t, CK_ULONG n, bool priv, CK_KEY_TYPE kt
 		if (!OSSL_PARAM_BLD_push_octet_string(b, OSSL_PKEY_PARAM_PUB_KEY, v, vl))
 			rv = CKR_HOST_MEMORY;
 	}
-	if (rv == CKR_OK && !(params = OSSL_PARAM_BLD_to_param(b)))
-		rv = CKR_HOST_MEMORY;
-	if (rv == CKR_OK) {
-		ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
-		if (!ctx || EVP_PKEY_fromdata_init(ctx) <= 0 ||
-		    EVP_PKEY_fromdata(ctx, &pk, priv ? EVP_PKEY_KEYPAIR : EVP_PKEY_PUBLIC_KEY, params) <= 0)
-			rv = CKR_ATTRIBUTE_VALUE_INVALID;
-	}
 	if (rv == CKR_OK)
-		rv = pkey_der(pk, priv, der, len);
-	EVP_PKEY_free(pk);
-	EVP_PKEY_CTX_free(ctx);
-	OSSL_PARAM_free(params);
+		rv = fromdata_der("EC", b, priv, der, len);
 	OSSL_PARAM_BLD_free(b);
 	BN_clear_free(d);
 	EC_POINT_free(pub);
