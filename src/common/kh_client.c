@@ -694,6 +694,10 @@ int kh_client_tls_ctx(const struct kh_client_tls *t, SSL_CTX **out, char *err, s
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(ctx, SSL_OP_CLEANSE_PLAINTEXT | SSL_OP_NO_RENEGOTIATION |
 					 SSL_OP_NO_COMPRESSION);
+	/* one read(2) per answer instead of one for the record header and one
+	 * for its body: reads never wait on poll(2) first, and kh_client_stale
+	 * looks at what the TLS layer holds (SSL_has_pending) */
+	SSL_CTX_set_read_ahead(ctx, 1);
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	/* whatever reads a PEM file through the context must never prompt */
@@ -1099,7 +1103,7 @@ bool kh_client_stale(struct kh_client *c)
 
 	if (c->fd < 0 || kh_buf_len(c->rbuf) > 0)
 		return true; /* closed, or bytes nobody asked for */
-	if (c->ssl && SSL_pending(c->ssl) > 0)
+	if (c->ssl && SSL_has_pending(c->ssl))
 		return true;
 	do
 		n = poll(&p, 1, 0);
