@@ -236,7 +236,7 @@ static int v_key(void *arg, const struct kh_backup_key *k)
 	r->needs[k->major] = true;
 	name_ok(k->cls);
 	name_ok(k->ktype);
-	CHECK(k->bits <= 65536);
+	CHECK(k->bits <= KH_KS_BITS_MAX);
 	in_body(r, k->attrs, k->attrs_len);
 	in_body(r, k->material, k->material_len);
 	in_body(r, k->label, k->label_len);
