@@ -405,7 +405,15 @@ KH_PLAN(kh_plan_gecc)
 {
 	const struct curve *cv;
 	int r = read_curve(c, req, &cv);
-	return r == KH_OK ? plan_pair(c, req, op) : r;
+	if (r != KH_OK)
+		return r;
+	/* refused before the generation; kh_key_policy would refuse the key
+	 * after it */
+	if (cv->type == KH_KT_ED25519)
+		op->fips_refusal = "Ed25519 (EdDSA) (not an approved algorithm in FIPS mode)";
+	else if (cv->type == KH_KT_X25519)
+		op->fips_refusal = "X25519 (not an approved algorithm in FIPS mode)";
+	return plan_pair(c, req, op);
 }
 
 KH_ACT(kh_cmd_gecc)

@@ -14,6 +14,7 @@
 #include "hsm/majorkey.h"
 #include "hsm/keystore.h"
 #include "hsm/keyobj.h"
+#include "hsm/tls.h"
 #include "common/kh_buf.h"
 #include "common/kh_mem.h"
 
@@ -668,6 +669,31 @@ KH_ACT(kh_cmd_setg)
 	return r;
 }
 
+/* FIPS mode keeps every port encrypted and the Admin port mutual (TPRT
+ * refuses the others while it is on); turning it on with such a port set
+ * would leave one serving. KH_ERR_STATE, detail set, when one is. */
+static int fips_ports_ok(struct kh_ctx *c)
+{
+	static const struct {
+		enum kh_port port;
+		const char *name;
+	} ports[] = {{KH_PORT_PROD, "Excrypt"}, {KH_PORT_ADMIN, "Admin"}};
+	for (size_t i = 0; i < sizeof(ports) / sizeof(ports[0]); i++) {
+		struct kh_tls_port ps;
+		int r = kh_tls_port_get(c->hsm, ports[i].port, &ps);
+		if (r != KH_OK)
+			return r;
+		if (ps.mode == KH_TLS_CLEAR ||
+		    (ports[i].port == KH_PORT_ADMIN && ps.mode != KH_TLS_MUTUAL)) {
+			kh_ctx_detail(c, "the %s port is %s (FIPS mode needs %s)", ports[i].name,
+			              kh_tls_mode_name(ps.mode),
+			              ports[i].port == KH_PORT_ADMIN ? "mutual TLS" : "TLS");
+			return KH_ERR_STATE;
+		}
+	}
+	return KH_OK;
+}
+
 static int weak_roles(struct kh_hsm *hsm, int64_t *n)
 {
 	sqlite3_stmt *st = NULL;
@@ -719,6 +745,8 @@ KH_ACT(kh_cmd_sets)
 			}
 			goto fail;
 		}
+		if (fi && (r = fips_ports_ok(c)) != KH_OK)
+			goto fail;
 		if ((r = kh_db_setting_put_int(hsm->db, "fips", fi)) != KH_OK)
 			goto fail;
 	}

@@ -596,6 +596,10 @@ KH_PLAN(kh_plan_gpdk)
 
 	if ((r = read_kdf(c, req, &kdf)) != KH_OK || (r = read_nf(c, req, &op->new_flags)) != KH_OK)
 		return r;
+	/* SP 800-56A: a shared secret is keying material only through a KDF */
+	if (kdf->kind == KDF_NULL)
+		op->fips_refusal =
+		    "KF NULL (the raw shared secret as a key: SP 800-56A needs a KDF)";
 	/* key agreement from an EC or X25519 private key; HKDF also extracts
 	 * from a generic secret */
 	op->ref[op->nref++] = (struct kh_keyref){

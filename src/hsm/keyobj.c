@@ -168,16 +168,31 @@ bool kh_hsm_fips(struct kh_hsm *hsm)
 	return f;
 }
 
-int kh_key_policy(struct kh_ctx *c, const struct kh_keyattr *a)
+int kh_key_policy(struct kh_ctx *c, const struct kh_keyattr *a, uint16_t use)
 {
 	if (c == NULL || !kh_hsm_fips(c->hsm))
 		return KH_OK;
-	if (a->type == KH_KT_RSA && a->bits < 2048) {
-		detail(c, "RSA keys under 2048 bits");
+	/* FIPS 140-3 with the OpenSSL 3.0 FIPS provider approves neither EdDSA
+	 * nor X25519: such keys are not made, imported or used */
+	if (a->type == KH_KT_ED25519 || a->type == KH_KT_X25519) {
+		kh_ctx_detail(c, "%s (not an approved algorithm in FIPS mode)",
+		              a->type == KH_KT_ED25519 ? "Ed25519 (EdDSA)" : "X25519");
 		return KH_ERR_FIPS;
 	}
+	if (a->type == KH_KT_RSA && a->bits < KH_FIPS_RSA_LEGACY_MIN) {
+		kh_ctx_detail(c, "RSA keys under %d bits", KH_FIPS_RSA_LEGACY_MIN);
+		return KH_ERR_FIPS;
+	}
+	/* SP 800-131A: 1024-2047 bits only for verifying signatures (legacy
+	 * use) with a key already held or given clear; never made or imported */
+	if (a->type == KH_KT_RSA && a->bits < KH_FIPS_RSA_MIN && use != KH_U_VERIFY) {
+		kh_ctx_detail(c, "RSA keys under %d bits (%d-%d: signature verification only)",
+		              KH_FIPS_RSA_MIN, KH_FIPS_RSA_LEGACY_MIN, KH_FIPS_RSA_MIN - 1);
+		return KH_ERR_FIPS;
+	}
+	/* (no curve under P-256 is supported at all: a check for the day one is) */
 	if (a->type == KH_KT_EC && a->bits < 256) {
-		detail(c, "curves under P-256");
+		kh_ctx_detail(c, "curves under P-256");
 		return KH_ERR_FIPS;
 	}
 	return KH_OK;
@@ -315,8 +330,10 @@ static int spki_of(EVP_PKEY *pk, uint8_t **out, size_t *len)
 	return KH_OK;
 }
 
-int kh_key_from_pkey(struct kh_ctx *c, const struct kh_keyattr *a, EVP_PKEY *pk,
-                     struct kh_key **out)
+/* policy: hold the key to the FIPS limits of a key being made
+ * (kh_key_policy); false only where the caller applies them for its use. */
+static int key_from_pkey(struct kh_ctx *c, const struct kh_keyattr *a, EVP_PKEY *pk, bool policy,
+                         struct kh_key **out)
 {
 	struct kh_keyattr at = *a;
 	enum kh_ktype type;
@@ -335,7 +352,7 @@ int kh_key_from_pkey(struct kh_ctx *c, const struct kh_keyattr *a, EVP_PKEY *pk,
 	}
 	at.type = type;
 	at.bits = bits;
-	if ((r = kh_key_policy(c, &at)) != KH_OK)
+	if (policy && (r = kh_key_policy(c, &at, KH_FIPS_USE_MAKE)) != KH_OK)
 		return r;
 	if ((k = key_alloc(&at)) == NULL)
 		return KH_ERR_NOMEM;
@@ -359,8 +376,14 @@ int kh_key_from_pkey(struct kh_ctx *c, const struct kh_keyattr *a, EVP_PKEY *pk,
 	return KH_OK;
 }
 
-int kh_key_from_der(struct kh_ctx *c, struct kh_keyattr *a, const uint8_t *der, size_t len,
-                    struct kh_key **out)
+int kh_key_from_pkey(struct kh_ctx *c, const struct kh_keyattr *a, EVP_PKEY *pk,
+                     struct kh_key **out)
+{
+	return key_from_pkey(c, a, pk, true, out);
+}
+
+static int key_from_der(struct kh_ctx *c, struct kh_keyattr *a, const uint8_t *der, size_t len,
+                        bool policy, struct kh_key **out)
 {
 	const uint8_t *p = der;
 	EVP_PKEY *pk = NULL;
@@ -385,7 +408,7 @@ int kh_key_from_der(struct kh_ctx *c, struct kh_keyattr *a, const uint8_t *der, 
 			struct kh_keyattr pa = *a;
 			if (kh_pkey_kind(pk, &pa.type, &pa.bits) != KH_OK)
 				pa.bits = (uint32_t)EVP_PKEY_get_bits(pk);
-			else if ((r = kh_key_policy(c, &pa)) != KH_OK) {
+			else if (policy && (r = kh_key_policy(c, &pa, KH_FIPS_USE_MAKE)) != KH_OK) {
 				EVP_PKEY_free(pk);
 				return r;
 			}
@@ -425,13 +448,19 @@ int kh_key_from_der(struct kh_ctx *c, struct kh_keyattr *a, const uint8_t *der, 
 		detail(c, "not a PKCS#8, PKCS#1 or SubjectPublicKeyInfo DER key");
 		return KH_ERR_BAD_FIELD;
 	}
-	if ((r = kh_key_from_pkey(c, a, pk, out)) != KH_OK) {
+	if ((r = key_from_pkey(c, a, pk, policy, out)) != KH_OK) {
 		EVP_PKEY_free(pk);
 		return r;
 	}
 	a->type = (*out)->a.type;
 	a->bits = (*out)->a.bits;
 	return KH_OK;
+}
+
+int kh_key_from_der(struct kh_ctx *c, struct kh_keyattr *a, const uint8_t *der, size_t len,
+                    struct kh_key **out)
+{
+	return key_from_der(c, a, der, len, true, out);
 }
 
 int kh_key_material(const struct kh_key *k, uint8_t **out, size_t *len)
@@ -1718,7 +1747,8 @@ static int resolve_one(struct kh_ctx *c, const struct kh_frame *req, const struc
 		}
 		if ((r = hex_field(c, req, ref->pub_tag, KH_KS_MATERIAL_MAX, &blob, &blen)) != KH_OK)
 			return r;
-		r = kh_key_from_der(c, &a, blob, blen, &k);
+		/* held to the FIPS limits below, for what this request does */
+		r = key_from_der(c, &a, blob, blen, false, &k);
 		free(blob);
 		if (r != KH_OK)
 			return r;
@@ -1757,13 +1787,16 @@ static int resolve_one(struct kh_ctx *c, const struct kh_frame *req, const struc
 	}
 	if ((k->a.flags & KH_KF_AUTHORIZED) && (r = authorized_ok(c)) != KH_OK)
 		goto fail;
-	if ((r = kh_key_policy(c, &k->a)) != KH_OK)
+	/* the FIPS limits for what the request does with the key: a request
+	 * that names no usage (GPKR, GPGC, RDPK, a key wrapped out...) is held
+	 * to those of a key being made */
+	if ((r = kh_key_policy(c, &k->a, ref->usage)) != KH_OK)
 		goto fail;
 	if (k->a.cls == KH_KC_CERT && k->pkey != NULL) {
 		/* a certificate's key is held to the same limits as a key's */
 		struct kh_keyattr pa = k->a;
 		if (kh_pkey_kind(k->pkey, &pa.type, &pa.bits) == KH_OK &&
-		    (r = kh_key_policy(c, &pa)) != KH_OK)
+		    (r = kh_key_policy(c, &pa, ref->usage)) != KH_OK)
 			goto fail;
 	}
 	*out = k;

@@ -220,9 +220,18 @@ bool kh_pkey_explicit_curve(EVP_PKEY *pk);
  * X25519); KH_ERR_UNSUPPORTED for anything else. */
 KH_MUST_CHECK int kh_pkey_kind(EVP_PKEY *pk, enum kh_ktype *type, uint32_t *bits);
 
-/* FIPS policy for a key about to be made or used: RSA under 2048 bits,
- * curves under P-256 are refused in FIPS mode (KH_ERR_FIPS). */
-KH_MUST_CHECK int kh_key_policy(struct kh_ctx *c, const struct kh_keyattr *a);
+/* FIPS policy for a key about to be made or used (KH_ERR_FIPS, detail set;
+ * no limit outside FIPS mode or with c NULL). use is what the request does
+ * with the key: its KH_U_* usage, or KH_FIPS_USE_MAKE for a key being made,
+ * imported or unwrapped and for any request that names no usage. Refused:
+ * Ed25519 and X25519 (not approved) for anything; RSA under 1024 bits for
+ * anything; RSA 1024-2047 bits for anything but KH_U_VERIFY alone (SP
+ * 800-131A legacy use: verifying existing signatures); curves under P-256
+ * (none is supported anyway). */
+#define KH_FIPS_RSA_MIN 2048
+#define KH_FIPS_RSA_LEGACY_MIN 1024
+#define KH_FIPS_USE_MAKE 0
+KH_MUST_CHECK int kh_key_policy(struct kh_ctx *c, const struct kh_keyattr *a, uint16_t use);
 bool kh_hsm_fips(struct kh_hsm *hsm);
 
 /* Store a new key in a slot (fresh random key id, KH_ERR_EXISTS if the slot

@@ -513,8 +513,8 @@ static void test_apfp(void **state)
 	free(rd2);
 }
 
-/* A self-signed certificate for key pk. */
-static X509 *make_cert(EVP_PKEY *pk)
+/* A certificate for key pk signed by signer (SHA-256). */
+static X509 *make_cert_by(EVP_PKEY *pk, EVP_PKEY *signer)
 {
 	X509 *c = X509_new();
 	X509_NAME *n = X509_NAME_new();
@@ -529,9 +529,15 @@ static X509 *make_cert(EVP_PKEY *pk)
 	assert_non_null(X509_gmtime_adj(X509_getm_notBefore(c), 0));
 	assert_non_null(X509_gmtime_adj(X509_getm_notAfter(c), 3600));
 	assert_int_equal(X509_set_pubkey(c, pk), 1);
-	assert_true(X509_sign(c, pk, EVP_get_digestbyname("SHA256")) > 0);
+	assert_true(X509_sign(c, signer, EVP_get_digestbyname("SHA256")) > 0);
 	X509_NAME_free(n);
 	return c;
+}
+
+/* A self-signed certificate for key pk. */
+static X509 *make_cert(EVP_PKEY *pk)
+{
+	return make_cert_by(pk, pk);
 }
 
 static void test_gpca(void **state)
@@ -627,6 +633,45 @@ static void test_fips(void **state)
 
 	assert_int_equal(KH_CALL(x, &p, "[AOGRSA;RB1024;SL70;]"), KH_ERR_FIPS);
 	assert_non_null(strstr(x->out, "under 2048"));
+	/* Ed25519 and X25519 are not approved: not made, not imported */
+	assert_int_equal(KH_CALL(x, &p, "[AOGECC;RA5;SL70;PS71;]"), KH_ERR_FIPS);
+	assert_non_null(strstr(x->out, "Ed25519"));
+	assert_int_equal(KH_CALL(x, &p, "[AOGECC;RAED25519;]"), KH_ERR_FIPS);
+	assert_int_equal(KH_CALL(x, &p, "[AOGECC;RA6;SL70;PS71;]"), KH_ERR_FIPS);
+	assert_non_null(strstr(x->out, "X25519"));
+	assert_int_equal(KH_CALL(x, &p, "[AOGECC;RAX25519;]"), KH_ERR_FIPS);
+	for (int i = 0; i < 2; i++) {
+		EVP_PKEY *pk = EVP_PKEY_Q_keygen(NULL, NULL, i == 0 ? "ED25519" : "X25519");
+		char *spki = kh_test_der_hex(i2d_PUBKEY(pk, &der), &der);
+		snprintf(req, sizeof(req), "[AOASYL;KV%s;SL70;]", spki);
+		assert_int_equal(KH_CALL(x, &p, req), KH_ERR_FIPS);
+		assert_non_null(strstr(x->out, "not an approved algorithm"));
+		snprintf(req, sizeof(req), "[AOGPKA;CLpublic;KT%s;KV%s;SL70;]",
+		         i == 0 ? "ED25519" : "X25519", spki);
+		assert_int_equal(KH_CALL(x, &p, req), KH_ERR_FIPS);
+		/* a certificate for such a key, signed by an approved one */
+		X509 *cert = make_cert_by(pk, ec);
+		char *cd = kh_test_der_hex(i2d_X509(cert, &der), &der);
+		snprintf(req, sizeof(req), "[AOGPCA;SL70;CE%s;]", cd);
+		assert_int_equal(KH_CALL(x, &p, req), KH_ERR_FIPS);
+		assert_non_null(strstr(x->out, "not an approved algorithm"));
+		X509_free(cert);
+		free(cd);
+		free(spki);
+		EVP_PKEY_free(pk);
+	}
+	/* RSA 1024-2047 verifies legacy signatures but is not imported, not
+	 * even a public key or certificate for verification only */
+	snprintf(req, sizeof(req), "[AOASYL;KV%s;CZV;SL70;]", rsa_pub);
+	assert_int_equal(KH_CALL(x, &p, req), KH_ERR_FIPS);
+	{
+		X509 *cert = make_cert(rsa);
+		char *cd = kh_test_der_hex(i2d_X509(cert, &der), &der);
+		snprintf(req, sizeof(req), "[AOGPCA;SL70;CE%s;CZV;]", cd);
+		assert_int_equal(KH_CALL(x, &p, req), KH_ERR_FIPS);
+		X509_free(cert);
+		free(cd);
+	}
 	assert_int_equal(KH_CALL(x, &p, "[AOGRSA;RB2048;RA3;SL70;]"), KH_ERR_FIPS);
 	assert_int_equal(KH_CALL(x, &p, "[AOGRSA;RB2048;RAFFFF;SL70;]"), KH_ERR_FIPS);
 	snprintf(req, sizeof(req), "[AOASYL;KV%s;SL70;]", ec_p8);

@@ -188,6 +188,78 @@ static void test_error_state_refuses_crypto(void **state)
 #endif
 }
 
+/* The FIPS key policy as a function: what each type and size may do.
+ * Ed25519 and X25519 nothing; RSA under 1024 bits nothing; RSA 1024-2047
+ * verification alone; no limit outside FIPS mode. */
+static void test_fips_key_policy(void **state)
+{
+	struct kh_test_fx *x = *state;
+	struct kh_session p;
+	kh_test_session(&p, KH_PORT_PROD);
+	struct kh_ctx c = {.hsm = &x->hsm, .s = &p};
+	static const struct {
+		enum kh_ktype type;
+		uint32_t bits;
+		uint16_t use;
+		bool ok;
+	} cases[] = {
+	    {KH_KT_RSA, 2048, KH_FIPS_USE_MAKE, true},
+	    {KH_KT_RSA, 2048, KH_U_SIGN, true},
+	    {KH_KT_RSA, 2047, KH_U_VERIFY, true},
+	    {KH_KT_RSA, 1024, KH_U_VERIFY, true},
+	    {KH_KT_RSA, 1024, KH_FIPS_USE_MAKE, false},
+	    {KH_KT_RSA, 1024, KH_U_SIGN, false},
+	    {KH_KT_RSA, 1024, KH_U_ENCRYPT, false},
+	    {KH_KT_RSA, 1024, KH_U_WRAP, false},
+	    {KH_KT_RSA, 1024, KH_U_VERIFY | KH_U_ENCRYPT, false},
+	    {KH_KT_RSA, 1023, KH_U_VERIFY, false},
+	    {KH_KT_RSA, 512, KH_U_VERIFY, false},
+	    {KH_KT_EC, 256, KH_U_SIGN, true},
+	    {KH_KT_EC, 521, KH_U_DERIVE, true},
+	    {KH_KT_EC, 224, KH_U_VERIFY, false},
+	    {KH_KT_ED25519, 255, KH_U_SIGN, false},
+	    {KH_KT_ED25519, 255, KH_U_VERIFY, false},
+	    {KH_KT_ED25519, 255, KH_FIPS_USE_MAKE, false},
+	    {KH_KT_X25519, 255, KH_U_DERIVE, false},
+	    {KH_KT_X25519, 255, KH_FIPS_USE_MAKE, false},
+	    {KH_KT_AES, 128, KH_U_ENCRYPT, true},
+	    {KH_KT_GENERIC, 8, KH_U_SIGN, true},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct kh_keyattr a = {
+		    .cls = KH_KC_PUBLIC, .type = cases[i].type, .bits = cases[i].bits};
+		x->hsm.fips = false;
+		assert_int_equal(kh_key_policy(&c, &a, cases[i].use), KH_OK);
+		x->hsm.fips = true;
+		p.detail[0] = '\0';
+		int r = kh_key_policy(&c, &a, cases[i].use);
+		if (r != (cases[i].ok ? KH_OK : KH_ERR_FIPS))
+			fail_msg("case %zu: %d", i, r);
+		if (!cases[i].ok)
+			assert_true(p.detail[0] != '\0');
+	}
+	x->hsm.fips = false;
+}
+
+/* In FIPS mode a key of a refused type stays in its slot, can be neither
+ * used nor read, and can still be deleted (GPKD does not open it). */
+static void test_fips_refused_keys_in_slots(void **state)
+{
+	struct kh_test_fx *x = *state;
+	struct kh_session p;
+	kh_test_session(&p, KH_PORT_PROD);
+	assert_int_equal(KH_CALL(x, &p, "[AOGECC;RA5;SL40;PS41;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &p, "[AOGECC;RA6;SL42;PS43;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &x->admin, "[AOSETS;FIY;]"), KH_OK);
+	assert_int_equal(KH_CALL(x, &p, "[AOASYS;SL40;DT00;]"), KH_ERR_FIPS);
+	assert_non_null(strstr(x->out, "Ed25519"));
+	assert_int_equal(KH_CALL(x, &p, "[AOGPKR;SL41;]"), KH_ERR_FIPS);
+	assert_int_equal(KH_CALL(x, &p, "[AOGPGC;SL42;]"), KH_ERR_FIPS);
+	assert_non_null(strstr(x->out, "X25519"));
+	assert_int_equal(KH_CALL(x, &p, "[AOAPFP;SL42;]"), KH_ERR_FIPS);
+	for (unsigned s = 40; s <= 43; s++)
+		assert_int_equal(KH_CALLF(x, &p, "[AOGPKD;SL%u;]", s), KH_OK);
+}
 
 /* ---- what the PKCS#11 module reads: GPKR / GPKS ---------------------------------- */
 
@@ -749,6 +821,8 @@ int main(void)
 	    KH_FX_TEST(test_range_kinds_and_authorized, kh_test_fx_setup_pmk),
 	    KH_FX_TEST(test_tampered_row, kh_test_fx_setup_pmk),
 	    KH_FX_TEST(test_error_state_refuses_crypto, kh_test_fx_setup_pmk),
+	    KH_FX_TEST(test_fips_key_policy, kh_test_fx_setup_pmk),
+	    KH_FX_TEST(test_fips_refused_keys_in_slots, kh_test_fx_setup_pmk),
 	    KH_FX_TEST(test_gpkr_attributes, kh_test_fx_setup_keys),
 	    KH_FX_TEST(test_tampered_object, kh_test_fx_setup_pmk),
 	    KH_FX_TEST(test_gpks_changes, kh_test_fx_setup_pmk),

@@ -490,16 +490,76 @@ static void test_usage(void **state)
 }
 
 /* FIPS mode: no SHA-1 (nor MGF1-SHA-1) in new signatures, SHA-1
- * signatures still verify; RSA keys under 2048 bits do not sign. */
+ * signatures still verify; RSA keys under 2048 bits do not sign, but
+ * those of 1024-2047 bits still verify (SP 800-131A legacy use), smaller
+ * ones do not; Ed25519 neither signs nor verifies. */
 static void test_fips(void **state)
 {
 	struct kh_test_fx *x = *state;
 	struct kh_session p;
 	uint8_t sig[512];
 	kh_test_session(&p, KH_PORT_PROD);
+	EVP_PKEY *rsa512 = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)512);
+	EVP_PKEY *ed = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, ed_sk, sizeof(ed_sk));
+	assert_non_null(rsa512);
+	assert_non_null(ed);
 	import_pair(x, &p, rsa2048, 140, "GV");
 	import_pair(x, &p, rsa1024, 142, "GV");
+	import_pair(x, &p, rsa512, 144, "GV");
+	import_pair(x, &p, ed, 146, "GV");
+	/* legacy signatures made before FIPS mode, and an Ed25519 one */
+	size_t n1024 = ossl_sign(rsa1024, EVP_sha256(), RSA_PKCS1_PADDING, 0, msg, sizeof(msg) - 1,
+	                         sig, sizeof(sig));
+	char *s1024 = kh_test_hex(sig, n1024);
+	size_t n512 = ossl_sign(rsa512, EVP_sha256(), RSA_PKCS1_PADDING, 0, msg, sizeof(msg) - 1,
+	                        sig, sizeof(sig));
+	char *s512 = kh_test_hex(sig, n512);
+	char *pu1024 = kh_test_spki_hex(rsa1024), *pu512 = kh_test_spki_hex(rsa512);
+	char *pued = kh_test_spki_hex(ed);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL147;DT;SG%s;]", ED_SIG), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPSR;SL143;OPV;DT%s;]", s1024), KH_OK);
+	char *rec1024 = kh_test_fx_field(x, "DT");
 	assert_int_equal(KH_CALL(x, &x->admin, "[AOSETS;FIY;]"), KH_OK);
+
+	/* RSA 1024-2047: verification only, by slot (public or private key),
+	 * clear public key, GPSV and GPSR verify-recover */
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL143;DT%s;SG%s;]", MSG_HEX, s1024), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL142;DT%s;SG%s;]", MSG_HEX, s1024), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;PU%s;DT%s;SG%s;]", pu1024, MSG_HEX, s1024),
+	                 KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPSV;OPV;PU%s;DT%s;SG%s;]", pu1024, MSG_HEX, s1024),
+	                 KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPSR;SL143;OPV;DT%s;]", s1024), KH_OK);
+	assert_string_equal(kh_test_field(x->out, "DT"), rec1024);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL143;DT00;SG%s;]", s1024), KH_ERR_VERIFY_FAILED);
+	/* ...and nothing else: not signing, not encrypting, not a cryptogram */
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPSV;OPS;SL142;DT%s;]", MSG_HEX), KH_ERR_FIPS);
+	assert_non_null(strstr(x->out, "verification only"));
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPSR;SL142;OPS;DT00;]"), KH_ERR_FIPS);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPGC;SL143;]"), KH_ERR_FIPS);
+	/* under 1024 bits: refused even for verification */
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL145;DT%s;SG%s;]", MSG_HEX, s512), KH_ERR_FIPS);
+	assert_non_null(strstr(x->out, "under 1024"));
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;PU%s;DT%s;SG%s;]", pu512, MSG_HEX, s512),
+	                 KH_ERR_FIPS);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPSV;OPV;PU%s;DT%s;SG%s;]", pu512, MSG_HEX, s512),
+	                 KH_ERR_FIPS);
+	/* Ed25519 is not approved: no signature, no verification */
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL146;DT;]"), KH_ERR_FIPS);
+	assert_non_null(strstr(x->out, "Ed25519"));
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPSV;OPS;SL146;DT;]"), KH_ERR_FIPS);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;SL147;DT;SG%s;]", ED_SIG), KH_ERR_FIPS);
+	assert_int_equal(KH_CALLF(x, &p, "[AOASYV;PU%s;DT;SG%s;]", pued, ED_SIG), KH_ERR_FIPS);
+	assert_non_null(strstr(x->out, "not an approved algorithm"));
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPSV;OPV;PU%s;DT;SG%s;]", pued, ED_SIG), KH_ERR_FIPS);
+	free(s1024);
+	free(s512);
+	free(pu1024);
+	free(pu512);
+	free(pued);
+	free(rec1024);
+	EVP_PKEY_free(rsa512);
+	EVP_PKEY_free(ed);
 
 	assert_int_equal(KH_CALLF(x, &p, "[AOASYS;SL140;HASHA-1;DT%s;]", MSG_HEX), KH_ERR_FIPS);
 	assert_non_null(strstr(x->out, "SHA-1"));

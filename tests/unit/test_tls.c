@@ -713,6 +713,20 @@ static void test_fips_port_modes(void **state)
 	assert_non_null(strstr(f->resp, "EXanonymous/"));
 	call_ok(f, "[AOSETS;FIN;]");
 	call_ok(f, "[AOTPRT;PTadmin;MOclear;]");
+	/* nor is FIPS mode turned on while a port is clear, or the Admin port
+	 * is not mutual */
+	assert_int_equal(call(f, "[AOSETS;FIY;]"), KH_ERR_STATE);
+	assert_non_null(strstr(f->resp, "Admin port is clear"));
+	call_ok(f, "[AOTPRT;PTadmin;MOanonymous;]");
+	assert_int_equal(call(f, "[AOSETS;FIY;]"), KH_ERR_STATE);
+	call_ok(f, "[AOTPRT;PTadmin;MOmutual;]");
+	call_ok(f, "[AOTPRT;PTexcrypt;MOclear;]");
+	assert_int_equal(call(f, "[AOSETS;FIY;]"), KH_ERR_STATE);
+	assert_non_null(strstr(f->resp, "Excrypt port is clear"));
+	call_ok(f, "[AOSETG;]");
+	assert_non_null(strstr(f->resp, "FIN;"));
+	call_ok(f, "[AOTPRT;PTexcrypt;MOanonymous;]");
+	call_ok(f, "[AOSETS;FIY;]");
 }
 
 /* Every command fed garbage: an error, and the stored state unchanged. */

@@ -688,14 +688,56 @@ static void test_fips(void **state)
 	assert_int_equal(KH_CALLF(x, &p, "[AOGPGS;CT6;KFX;SL951;]"), KH_OK);
 	assert_int_equal(KH_CALLF(x, &p, "[AOGPKW;SL950;ALKWP;S2951;]"), KH_OK);
 	char *wk = kh_test_fx_field(x, "WK");
+	/* an ECDH pair, an X25519 one, and X25519 / Ed25519 keys wrapped out */
+	EVP_PKEY *a = EVP_EC_gen("P-256"), *b = EVP_EC_gen("P-256");
+	EVP_PKEY *xa = EVP_PKEY_Q_keygen(NULL, NULL, "X25519");
+	EVP_PKEY *xb = EVP_PKEY_Q_keygen(NULL, NULL, "X25519");
+	EVP_PKEY *ed = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+	put_private(x, &p, 960, a, "EC", "X", "");
+	put_private(x, &p, 961, xa, "X25519", "X", "X");
+	put_private(x, &p, 962, ed, "ED25519", "G", "X");
+	char *pub = kh_test_spki_hex(b), *xpub = kh_test_spki_hex(xb);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPKW;SL950;ALKWP;S2961;]"), KH_OK);
+	char *wkx = kh_test_fx_field(x, "WK");
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPWK;SL950;ALKWP;S2962;]"), KH_OK);
+	char *wked = kh_test_fx_field(x, "WK");
+
 	assert_int_equal(KH_CALLF(x, &x->admin, "[AOSETS;FIY;]"), KH_OK);
 	assert_int_equal(KH_CALLF(x, &p, "[AOGPKA;CLsecret;KTAES;KV%s;SL952;]", KEK256),
 	                 KH_ERR_FIPS);
 	assert_int_equal(KH_CALLF(x, &p, "[AOGPKU;SL950;ALKWP;WK%s;KTAES;DS952;]", wk), KH_OK);
 	assert_int_equal(KH_CALLF(x, &p, "[AOGPKW;PU%s;ALOAEP;S2951;]", pu), KH_ERR_FIPS);
+	/* GPDK: the raw shared secret is no key in FIPS mode (SP 800-56A), named
+	 * or by default; a KDF is */
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPDK;SL960;PU%s;KFNULL;CT6;]", pub), KH_ERR_FIPS);
+	assert_non_null(strstr(x->out, "KDF"));
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPDK;SL960;PU%s;CT6;]", pub), KH_ERR_FIPS);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPDK;SL960;PU%s;KFX963-SHA256;CT6;]", pub), KH_OK);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPDK;SL960;PU%s;KFHKDF-SHA256;CT6;]", pub), KH_OK);
+	/* X25519 is not approved: no agreement, with a KDF or a peer's key
+	 * alone, and no X25519 or Ed25519 key unwrapped or wrapped out */
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPDK;SL961;PU%s;KFHKDF-SHA256;CT6;]", xpub),
+	                 KH_ERR_FIPS);
+	assert_non_null(strstr(x->out, "X25519"));
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPDK;SL960;PU%s;KFHKDF-SHA256;CT6;]", xpub),
+	                 KH_ERR_CRYPTO);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPKU;SL950;ALKWP;WK%s;CLprivate;CZX;]", wkx),
+	                 KH_ERR_FIPS);
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPUK;SL950;ALKWP;WK%s;]", wked), KH_ERR_FIPS);
+	assert_non_null(strstr(x->out, "Ed25519"));
+	assert_int_equal(KH_CALLF(x, &p, "[AOGPKW;SL950;ALKWP;S2961;]"), KH_ERR_FIPS);
 	free(wk);
+	free(wkx);
+	free(wked);
 	free(pu);
+	free(pub);
+	free(xpub);
 	EVP_PKEY_free(small);
+	EVP_PKEY_free(a);
+	EVP_PKEY_free(b);
+	EVP_PKEY_free(xa);
+	EVP_PKEY_free(xb);
+	EVP_PKEY_free(ed);
 }
 
 static int teardown_all(void **state)
