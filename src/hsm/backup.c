@@ -19,6 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #define HDR_MAGIC "KHBK"
 #define BODY_MAGIC "KHBP"
@@ -42,33 +46,59 @@ static bool device_setting(const char *k, size_t n)
 
 /* ---- locked pages for the plaintext --------------------------------------- */
 
-/* The plaintext can be megabytes: too large for the secure heap that keeps
- * major keys and the key cache, so it gets its own locked, undumpable map. */
+/* The plaintext can be hundreds of megabytes: too large for the secure heap
+ * that keeps major keys and the key cache, so it gets its own undumpable
+ * map. The map reserves cap bytes of address space; pages are locked as
+ * they are first written (a backup's size is not known in advance, and
+ * locking the whole reservation would pin a gigabyte), and only the pages
+ * that may hold plaintext are wiped on release. */
+#define LBUF_LOCK_STEP (1u << 20)
+
 struct lbuf {
 	uint8_t *p;
 	size_t len, cap;
+	size_t locked; /* bytes from p that were mlock'd (best effort) */
+	size_t dirty;  /* bytes from p that may hold plaintext */
 	int err;
 };
 
-static int lbuf_init(struct lbuf *b, size_t cap)
+static int lbuf_init(struct lbuf *b, size_t cap, bool whole)
 {
 	memset(b, 0, sizeof(*b));
-	void *p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	void *p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+	               -1, 0);
 	if (p == MAP_FAILED)
 		return KH_ERR_NOMEM;
 	(void)madvise(p, cap, MADV_DONTDUMP);
-	(void)mlock(p, cap); /* best effort: RLIMIT_MEMLOCK may be small */
 	b->p = p;
 	b->cap = cap;
+	if (whole) { /* the caller writes all of it at once (decryption) */
+		(void)mlock(p, cap); /* best effort: RLIMIT_MEMLOCK may be small */
+		b->locked = b->dirty = cap;
+	}
 	return KH_OK;
+}
+
+/* Lock (best effort) the pages up to end before plaintext goes there. */
+static void lbuf_touch(struct lbuf *b, size_t end)
+{
+	if (end > b->dirty)
+		b->dirty = end;
+	if (end <= b->locked)
+		return;
+	size_t to = (end + LBUF_LOCK_STEP - 1) / LBUF_LOCK_STEP * LBUF_LOCK_STEP;
+	if (to > b->cap)
+		to = b->cap;
+	(void)mlock(b->p + b->locked, to - b->locked);
+	b->locked = to;
 }
 
 static void lbuf_free(struct lbuf *b)
 {
 	if (b->p == NULL)
 		return;
-	kh_wipe(b->p, b->cap);
-	(void)munlock(b->p, b->cap);
+	kh_wipe(b->p, b->dirty);
+	(void)munlock(b->p, b->locked);
 	(void)munmap(b->p, b->cap);
 	memset(b, 0, sizeof(*b));
 }
@@ -81,6 +111,7 @@ static void put(struct lbuf *b, const void *d, size_t n)
 		b->err = KH_ERR_TOO_LARGE;
 		return;
 	}
+	lbuf_touch(b, b->len + n);
 	if (n)
 		memcpy(b->p + b->len, d, n);
 	b->len += n;
@@ -527,7 +558,7 @@ int kh_backup_create(struct kh_hsm *hsm, unsigned scope, const char *actor, uint
 	kh_mk_info(hsm, KH_MK_BEK, &bek);
 	if (!bek.loaded)
 		return KH_ERR_MAJOR_KEY_NOT_LOADED;
-	if ((r = lbuf_init(&b, KH_BACKUP_MAX - KH_BACKUP_HDR_LEN - KH_MK_SEAL_OVERHEAD)) != KH_OK)
+	if ((r = lbuf_init(&b, KH_BACKUP_MAX - KH_BACKUP_HDR_LEN - KH_MK_SEAL_OVERHEAD, false)) != KH_OK)
 		return r;
 	put(&b, BODY_MAGIC, 4);
 	/* one consistent snapshot: every writer takes the database lock */
@@ -555,7 +586,8 @@ int kh_backup_create(struct kh_hsm *hsm, unsigned scope, const char *actor, uint
 		goto out;
 	}
 	{
-		struct lbuf hb = {.p = file, .cap = KH_BACKUP_HDR_LEN};
+		/* the header is not secret: never locked */
+		struct lbuf hb = {.p = file, .cap = KH_BACKUP_HDR_LEN, .locked = KH_BACKUP_HDR_LEN};
 		put(&hb, HDR_MAGIC, 4);
 		put_u8(&hb, KH_BACKUP_VERSION);
 		put_u8(&hb, scope);
@@ -871,7 +903,7 @@ int kh_backup_restore(struct kh_hsm *hsm, const uint8_t *data, size_t len, const
 		         bek.kcv);
 		return KH_ERR_BACKUP_INVALID;
 	}
-	if ((r = lbuf_init(&pt, len - KH_BACKUP_HDR_LEN - KH_MK_SEAL_OVERHEAD + 1)) != KH_OK)
+	if ((r = lbuf_init(&pt, len - KH_BACKUP_HDR_LEN - KH_MK_SEAL_OVERHEAD + 1, true)) != KH_OK)
 		return r;
 	if (kh_mk_open_ex(hsm, KH_MK_BEK, BACKUP_INFO, data, KH_BACKUP_HDR_LEN,
 	                  data + KH_BACKUP_HDR_LEN, len - KH_BACKUP_HDR_LEN, pt.p,
@@ -940,4 +972,252 @@ out:
 		kh_db_rollback(hsm->db);
 	lbuf_free(&pt);
 	return r;
+}
+
+/* ---- paged transfers ---------------------------------------------------------- */
+
+int kh_backup_stage_begin(struct kh_backup_stage *st, uint64_t total, const uint8_t *page,
+                          size_t n)
+{
+	int r;
+
+	memset(st, 0, sizeof(*st));
+	if (total > KH_BACKUP_MAX)
+		return KH_ERR_TOO_LARGE;
+	if (page == NULL || n < KH_BACKUP_HDR_LEN || n > total)
+		return KH_ERR_BAD_FIELD;
+	/* the header is whole in the first page; the parser reads only it */
+	if ((r = kh_backup_parse_header(page, (size_t)total, &st->hdr)) != KH_OK) {
+		memset(st, 0, sizeof(*st));
+		return r;
+	}
+	if ((st->data = malloc((size_t)total)) == NULL) {
+		memset(st, 0, sizeof(*st));
+		return KH_ERR_NOMEM;
+	}
+	memcpy(st->data, page, n);
+	st->total = (size_t)total;
+	st->have = n;
+	return KH_OK;
+}
+
+int kh_backup_stage_add(struct kh_backup_stage *st, uint64_t off, const uint8_t *page, size_t n)
+{
+	if (st->data == NULL || page == NULL || off != st->have || n == 0 ||
+	    n > st->total - st->have)
+		return KH_ERR_BAD_FIELD;
+	memcpy(st->data + st->have, page, n);
+	st->have += n;
+	return KH_OK;
+}
+
+void kh_backup_stage_free(struct kh_backup_stage *st)
+{
+	if (st->data) {
+		kh_wipe(st->data, st->have); /* the rest was never written */
+		free(st->data);
+	}
+	memset(st, 0, sizeof(*st));
+}
+
+struct kh_backup_xfer {
+	struct kh_backup_stage st; /* an export: the whole file, have = total */
+	char id[17];               /* an export's name, random */
+	char kcv[7];
+	uint8_t sha256[32];        /* of the whole export */
+	size_t page;
+	struct timespec started;   /* CLOCK_MONOTONIC: the HSM clock can be set */
+	char actor[KH_MAX_LOGINS * KH_NAME_MAX];
+};
+
+static bool budget_take(struct kh_hsm *hsm, uint64_t n)
+{
+	uint64_t cur = atomic_load(&hsm->backup_staged);
+	do {
+		if (n > KH_BACKUP_STAGED_MAX - cur || cur > KH_BACKUP_STAGED_MAX)
+			return false;
+	} while (!atomic_compare_exchange_weak(&hsm->backup_staged, &cur, cur + n));
+	return true;
+}
+
+static void xfer_free(struct kh_hsm *hsm, struct kh_backup_xfer **xp)
+{
+	struct kh_backup_xfer *x = *xp;
+	if (x == NULL)
+		return;
+	atomic_fetch_sub(&hsm->backup_staged, (uint64_t)x->st.total);
+	kh_backup_stage_free(&x->st);
+	kh_wipe(x, sizeof(*x));
+	free(x);
+	*xp = NULL;
+}
+
+static struct kh_backup_xfer *xfer_new(const char *actor)
+{
+	struct kh_backup_xfer *x = calloc(1, sizeof(*x));
+	if (x == NULL)
+		return NULL;
+	clock_gettime(CLOCK_MONOTONIC, &x->started);
+	snprintf(x->actor, sizeof(x->actor), "%s", actor);
+	return x;
+}
+
+/* The transfer may go on: not expired, same identities. Otherwise it is
+ * dropped and detail says why. */
+static int xfer_check(struct kh_hsm *hsm, struct kh_backup_xfer **xp, const char *actor,
+                      const char *what, char *detail, size_t detailsz)
+{
+	struct timespec now;
+	struct kh_backup_xfer *x = *xp;
+
+	if (x == NULL) {
+		snprintf(detail, detailsz, "no %s in progress on this connection", what);
+		return KH_ERR_STATE;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (now.tv_sec - x->started.tv_sec > KH_BACKUP_XFER_TTL) {
+		xfer_free(hsm, xp);
+		snprintf(detail, detailsz, "the %s expired (%d s): start again", what,
+		         KH_BACKUP_XFER_TTL);
+		return KH_ERR_STATE;
+	}
+	if (strcmp(x->actor, actor) != 0) {
+		xfer_free(hsm, xp);
+		snprintf(detail, detailsz, "the %s was started by other identities", what);
+		return KH_ERR_STATE;
+	}
+	return KH_OK;
+}
+
+int kh_backup_export_start(struct kh_hsm *hsm, struct kh_session *s, unsigned scope, size_t page,
+                           const char *actor, struct kh_backup_counts *counts)
+{
+	struct kh_backup_xfer *x = NULL;
+	struct kh_mk_info bek;
+	uint8_t *file = NULL, rnd[8];
+	size_t len = 0;
+	int r;
+
+	xfer_free(hsm, &s->bk_out); /* a new export replaces the old one */
+	if (page < KH_BACKUP_PAGE_MIN || page > KH_BACKUP_PAGE_MAX)
+		return KH_ERR_BAD_FIELD;
+	if ((r = kh_backup_create(hsm, scope, actor, &file, &len, counts)) != KH_OK)
+		return r;
+	if (!budget_take(hsm, len)) {
+		r = KH_ERR_BUSY;
+		goto out;
+	}
+	if ((x = xfer_new(actor)) == NULL) {
+		atomic_fetch_sub(&hsm->backup_staged, (uint64_t)len);
+		r = KH_ERR_NOMEM;
+		goto out;
+	}
+	x->st.data = file;
+	x->st.total = x->st.have = len;
+	file = NULL;
+	x->page = page;
+	kh_mk_info(hsm, KH_MK_BEK, &bek);
+	memcpy(x->kcv, bek.kcv, sizeof(x->kcv));
+	if (RAND_bytes(rnd, sizeof(rnd)) != 1 ||
+	    EVP_Digest(x->st.data, len, x->sha256, NULL, EVP_sha256(), NULL) != 1) {
+		xfer_free(hsm, &x);
+		r = KH_ERR_CRYPTO;
+		goto out;
+	}
+	kh_hex_encode(rnd, sizeof(rnd), x->id);
+	s->bk_out = x;
+out:
+	free(file);
+	return r;
+}
+
+int kh_backup_export_page(struct kh_hsm *hsm, struct kh_session *s, const char *id, uint64_t off,
+                          const char *actor, struct kh_backup_page *pg, char *detail,
+                          size_t detailsz)
+{
+	struct kh_backup_xfer *x;
+	int r;
+
+	memset(pg, 0, sizeof(*pg));
+	if ((r = xfer_check(hsm, &s->bk_out, actor, "backup export", detail, detailsz)) != KH_OK)
+		return r;
+	x = s->bk_out;
+	if (id != NULL && strcmp(id, x->id) != 0) {
+		snprintf(detail, detailsz, "XI: not this connection's export");
+		return KH_ERR_NOT_FOUND;
+	}
+	if (off >= x->st.total) {
+		snprintf(detail, detailsz, "OF: past the end of the backup (%zu bytes)", x->st.total);
+		return KH_ERR_BAD_FIELD;
+	}
+	memcpy(pg->id, x->id, sizeof(pg->id));
+	memcpy(pg->kcv, x->kcv, sizeof(pg->kcv));
+	memcpy(pg->sha256, x->sha256, sizeof(pg->sha256));
+	pg->total = x->st.total;
+	pg->off = (size_t)off;
+	pg->n = x->st.total - pg->off < x->page ? x->st.total - pg->off : x->page;
+	pg->next = pg->off + pg->n < x->st.total ? pg->off + pg->n : 0;
+	pg->p = x->st.data + pg->off;
+	return KH_OK;
+}
+
+void kh_backup_export_served(struct kh_hsm *hsm, struct kh_session *s,
+                             const struct kh_backup_page *pg)
+{
+	if (pg->p != NULL && pg->next == 0)
+		xfer_free(hsm, &s->bk_out);
+}
+
+int kh_backup_upload_start(struct kh_hsm *hsm, struct kh_session *s, uint64_t total,
+                           const uint8_t *page, size_t n, const char *actor,
+                           struct kh_backup_hdr *hdr, char *detail, size_t detailsz)
+{
+	struct kh_backup_xfer *x;
+	int r;
+
+	kh_backup_upload_drop(hsm, s); /* a new upload replaces the old one */
+	if (total > KH_BACKUP_MAX) {
+		snprintf(detail, detailsz, "BZ: a backup is at most %u bytes", KH_BACKUP_MAX);
+		return KH_ERR_TOO_LARGE;
+	}
+	if (!budget_take(hsm, total)) {
+		snprintf(detail, detailsz, "other backup transfers hold too much memory");
+		return KH_ERR_BUSY;
+	}
+	if ((x = xfer_new(actor)) == NULL) {
+		atomic_fetch_sub(&hsm->backup_staged, total);
+		return KH_ERR_NOMEM;
+	}
+	if ((r = kh_backup_stage_begin(&x->st, total, page, n)) != KH_OK) {
+		atomic_fetch_sub(&hsm->backup_staged, total);
+		free(x);
+		if (r == KH_ERR_BAD_FIELD)
+			snprintf(detail, detailsz, "BD: the first page holds the %d-byte header "
+			         "and at most BZ bytes", KH_BACKUP_HDR_LEN);
+		else if (r == KH_ERR_BACKUP_INVALID)
+			snprintf(detail, detailsz, "not a keyhold backup, or an unsupported version");
+		return r;
+	}
+	*hdr = x->st.hdr;
+	s->bk_in = x;
+	return KH_OK;
+}
+
+struct kh_backup_stage *kh_backup_upload(struct kh_hsm *hsm, struct kh_session *s,
+                                         const char *actor, char *detail, size_t detailsz)
+{
+	if (xfer_check(hsm, &s->bk_in, actor, "restore upload", detail, detailsz) != KH_OK)
+		return NULL;
+	return &s->bk_in->st;
+}
+
+void kh_backup_upload_drop(struct kh_hsm *hsm, struct kh_session *s)
+{
+	xfer_free(hsm, &s->bk_in);
+}
+
+void kh_backup_session_end(struct kh_hsm *hsm, struct kh_session *s)
+{
+	xfer_free(hsm, &s->bk_in);
+	xfer_free(hsm, &s->bk_out);
 }

@@ -4,6 +4,9 @@
  * length-prefixed format and encrypted with AES-256-GCM under a key derived
  * from the BEK. The header and body decoders are pure and bounds-checked so
  * that fuzz targets can call them; a restore either applies whole or not at all.
+ * Backups larger than a frame travel in pages: an export kept per connection
+ * (BKUP) and a staged upload (BKRS), both ciphertext, bounded and dropped
+ * with the connection.
  */
 #ifndef KH_BACKUP_H
 #define KH_BACKUP_H
@@ -39,7 +42,18 @@
  */
 #define KH_BACKUP_VERSION 1
 #define KH_BACKUP_HDR_LEN 20
-#define KH_BACKUP_MAX (4u * 1024 * 1024 - 4096) /* whole file: its hex fits a frame */
+/* Whole file. A backup larger than one frame travels in pages (BKUP PS,
+ * BKRS OF/BZ: docs/PROTOCOL.md); KH_BACKUP_FRAME_MAX is what still fits
+ * the single-frame forms (its hex within an 8 MiB frame). */
+#define KH_BACKUP_MAX (1024u * 1024 * 1024)
+#define KH_BACKUP_FRAME_MAX (4u * 1024 * 1024 - 4096)
+/* Pages: PS bytes per BKUP answer; a BKRS page is at most the same. */
+#define KH_BACKUP_PAGE_MIN 512u
+#define KH_BACKUP_PAGE_MAX (3u * 1024 * 1024)
+/* Bytes all paged transfers of the daemon may hold at once (ciphertext,
+ * normal heap), and how long one transfer lives after it started. */
+#define KH_BACKUP_STAGED_MAX (2ull * 1024 * 1024 * 1024)
+#define KH_BACKUP_XFER_TTL 900
 
 struct kh_backup_hdr {
 	unsigned version;
@@ -118,5 +132,77 @@ KH_MUST_CHECK int kh_backup_create(struct kh_hsm *hsm, unsigned scope, const cha
 KH_MUST_CHECK int kh_backup_restore(struct kh_hsm *hsm, const uint8_t *data, size_t len,
                                     const char *actor, struct kh_backup_counts *counts,
                                     char *detail, size_t detailsz);
+
+/* ---- paged transfers -------------------------------------------------------
+ * A backup file being assembled from BKRS pages. Pure apart from malloc:
+ * pages must come in order, each starting where the previous one ended,
+ * and never past the declared total; the first page must hold the whole
+ * header, which is parsed then. */
+struct kh_backup_stage {
+	uint8_t *data; /* total bytes, normal heap: the file is ciphertext */
+	size_t total, have;
+	struct kh_backup_hdr hdr;
+};
+
+/* Start staging a file of total bytes with its first page (at least
+ * KH_BACKUP_HDR_LEN bytes, at most total). KH_ERR_TOO_LARGE beyond
+ * KH_BACKUP_MAX, KH_ERR_BACKUP_INVALID for a bad header or a total that
+ * cannot be a backup, KH_ERR_BAD_FIELD for a first page too short or too
+ * long. On failure st is empty. */
+KH_MUST_CHECK int kh_backup_stage_begin(struct kh_backup_stage *st, uint64_t total,
+                                        const uint8_t *page, size_t n);
+/* Append the page that starts at off (which must be st->have) and holds
+ * 1..total-have bytes. KH_ERR_BAD_FIELD otherwise, st unchanged. */
+KH_MUST_CHECK int kh_backup_stage_add(struct kh_backup_stage *st, uint64_t off,
+                                      const uint8_t *page, size_t n);
+static inline bool kh_backup_stage_done(const struct kh_backup_stage *st)
+{
+	return st->data != NULL && st->have == st->total;
+}
+void kh_backup_stage_free(struct kh_backup_stage *st);
+
+/* A connection's paged transfer (export for BKUP, upload for BKRS): opaque,
+ * bound to the identities that started it, counted against
+ * KH_BACKUP_STAGED_MAX and expired after KH_BACKUP_XFER_TTL seconds. */
+struct kh_backup_xfer;
+
+/* Make a backup as kh_backup_create and keep it as s's export (replacing
+ * any earlier one), pages of page bytes. KH_ERR_BUSY when the daemon's
+ * transfers already hold too much. */
+KH_MUST_CHECK int kh_backup_export_start(struct kh_hsm *hsm, struct kh_session *s,
+                                         unsigned scope, size_t page, const char *actor,
+                                         struct kh_backup_counts *counts);
+/* The page of s's export at off, for the export named id (16 hex digits).
+ * *p and *n point into the export; *next is the offset of the next page, 0
+ * after the last. Fetching the last page ends the export, so *p is only
+ * valid until the next call; the caller copies it out first. */
+struct kh_backup_page {
+	char id[17];
+	char kcv[7];
+	uint8_t sha256[32];
+	size_t total, off, n, next;
+	const uint8_t *p;
+};
+KH_MUST_CHECK int kh_backup_export_page(struct kh_hsm *hsm, struct kh_session *s,
+                                        const char *id, uint64_t off, const char *actor,
+                                        struct kh_backup_page *pg, char *detail,
+                                        size_t detailsz);
+/* Call when the page handed out by kh_backup_export_page has been copied:
+ * ends the export if that was its last page. */
+void kh_backup_export_served(struct kh_hsm *hsm, struct kh_session *s, const struct kh_backup_page *pg);
+
+/* The upload of s, created by kh_backup_upload_start (replacing any earlier
+ * one). NULL when none is in progress, or after it expired or was started
+ * by other identities (it is then dropped; detail says why). */
+KH_MUST_CHECK int kh_backup_upload_start(struct kh_hsm *hsm, struct kh_session *s,
+                                         uint64_t total, const uint8_t *page, size_t n,
+                                         const char *actor, struct kh_backup_hdr *hdr,
+                                         char *detail, size_t detailsz);
+struct kh_backup_stage *kh_backup_upload(struct kh_hsm *hsm, struct kh_session *s,
+                                         const char *actor, char *detail, size_t detailsz);
+/* Drop s's upload (if any): the staging memory is wiped and freed. */
+void kh_backup_upload_drop(struct kh_hsm *hsm, struct kh_session *s);
+/* Drop both of s's transfers: called when the connection ends. */
+void kh_backup_session_end(struct kh_hsm *hsm, struct kh_session *s);
 
 #endif

@@ -22,6 +22,7 @@ struct kh_db;
 struct kh_mkstore;
 struct kh_tlsstate;
 struct kh_mk_ceremony;
+struct kh_backup_xfer;
 struct kh_keycache;
 struct kh_op;
 
@@ -107,6 +108,8 @@ struct kh_session {
 	uint64_t role_gen;                    /* hsm->role_gen when role was read */
 	bool active;                          /* nident >= role.logins_required */
 	struct kh_mk_ceremony *ceremony;      /* major-key ceremony in progress */
+	struct kh_backup_xfer *bk_out;        /* BKUP export being fetched in pages */
+	struct kh_backup_xfer *bk_in;         /* BKRS upload being staged in pages */
 	struct kh_role tp;                    /* Transaction Processing role, cached */
 	uint64_t tp_gen;                      /* hsm->role_gen + 1 when tp was read; 0 = none */
 	char detail[160];                     /* error detail for the current reply; no secrets */
@@ -143,6 +146,7 @@ struct kh_hsm {
 	_Atomic uint64_t n_errors;
 	_Atomic uint64_t n_conn_total;
 	_Atomic uint64_t n_conn_open;
+	_Atomic uint64_t backup_staged;       /* bytes held by paged BKUP/BKRS transfers */
 	_Atomic int error_state;              /* non-zero: self-test failure, crypto refused */
 };
 

@@ -6,6 +6,7 @@
  * kh_buf (wiped on release) and TLS runs with SSL_OP_CLEANSE_PLAINTEXT.
  */
 #include "hsm/server.h"
+#include "hsm/backup.h"
 #include "hsm/dispatch.h"
 #include "hsm/majorkey.h"
 #include "hsm/tls.h"
@@ -140,6 +141,7 @@ static void conn_free(struct conn *c)
 	kh_buf_free(c->in);
 	kh_buf_free(c->out);
 	kh_mk_ceremony_free(c->s.ceremony);
+	kh_backup_session_end(w->hsm, &c->s); /* a dropped transfer leaves nothing behind */
 	kh_wipe(&c->s, sizeof(c->s));
 	atomic_fetch_sub(&w->hsm->n_conn_open, 1);
 	free(c);

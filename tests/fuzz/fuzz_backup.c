@@ -6,6 +6,14 @@
  * a body. Every item handed to a visitor must be within its documented
  * bounds and order, the counts must be what the visitor saw, and an
  * accepted body must re-encode, from the visited items alone, to its bytes.
+ *
+ * An input whose bytes 1-4 are "KHPG" instead drives the staging of a paged
+ * restore (kh_backup_stage_*): u32 total (big-endian; top bit set: beyond
+ * the limit, otherwise its low 16 bits), then pages { u32 offset, u16
+ * length, bytes }, the first to kh_backup_stage_begin. The stage must
+ * accept exactly the pages a model accepts (in order, never past total,
+ * the header whole in the first), hold exactly their bytes, and leave
+ * nothing behind on a refusal.
  */
 #include "hsm/backup.h"
 #include "hsm/keystore.h"
@@ -394,6 +402,79 @@ static void check_body(const uint8_t *p, size_t n, unsigned scope, uint32_t fail
 	rec_free(&rf);
 }
 
+/* ---- staging of a paged restore ---- */
+
+static uint32_t rd_be(const uint8_t *p, size_t n)
+{
+	uint32_t v = 0;
+	for (size_t i = 0; i < n; i++)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static void check_stage(const uint8_t *p, size_t n)
+{
+	struct kh_backup_stage st;
+	struct kh_backup_hdr h;
+	uint64_t total;
+	uint8_t *model = NULL;
+	size_t have = 0, at = 4;
+	bool first = true;
+	int r;
+
+	if (n < 4)
+		return;
+	total = rd_be(p, 4);
+	total = total & 0x80000000u ? (uint64_t)KH_BACKUP_MAX + (total & 0xff) : total & 0xffff;
+	while (at + 6 <= n) {
+		uint32_t off = rd_be(p + at, 4);
+		size_t len = rd_be(p + at + 4, 2);
+		const uint8_t *page = p + at + 6;
+		at += 6;
+		if (len > n - at)
+			len = n - at;
+		at += len;
+		if (first) {
+			first = false;
+			bool ok = total <= KH_BACKUP_MAX && len >= KH_BACKUP_HDR_LEN && len <= total &&
+			          kh_backup_parse_header(page, (size_t)total, &h) == KH_OK;
+			r = kh_backup_stage_begin(&st, total, page, len);
+			CHECK(r == KH_OK || r == KH_ERR_TOO_LARGE || r == KH_ERR_BAD_FIELD ||
+			      r == KH_ERR_BACKUP_INVALID);
+			CHECK((r == KH_OK) == ok);
+			if (r != KH_OK) {
+				CHECK(st.data == NULL && st.have == 0 && st.total == 0);
+				return;
+			}
+			CHECK(memcmp(&st.hdr, &h, sizeof(h)) == 0);
+			model = malloc((size_t)total);
+			if (model == NULL)
+				abort();
+			memcpy(model, page, len);
+			have = len;
+			continue;
+		}
+		bool ok = off == have && len >= 1 && len <= total - have;
+		r = kh_backup_stage_add(&st, off, len ? page : p, len);
+		CHECK((r == KH_OK) == ok && (r == KH_OK || r == KH_ERR_BAD_FIELD));
+		if (ok) {
+			memcpy(model + have, page, len);
+			have += len;
+		}
+		CHECK(st.have == have && st.total == total);
+		CHECK(kh_backup_stage_done(&st) == (have == total));
+	}
+	if (first)
+		return;
+	CHECK(st.have == have && memcmp(st.data, model, have) == 0);
+	/* the header of the staged file is the one the first page gave */
+	CHECK(kh_backup_parse_header(st.data, st.total, &h) == KH_OK);
+	CHECK(memcmp(&st.hdr, &h, sizeof(h)) == 0);
+	kh_backup_stage_free(&st);
+	CHECK(st.data == NULL && st.have == 0);
+	free(model);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	uint8_t *p;
@@ -407,6 +488,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (p == NULL)
 		abort();
 	memcpy(p, data + 1, n);
+	if (n >= 4 && memcmp(p, "KHPG", 4) == 0) {
+		check_stage(p + 4, n - 4);
+		free(p);
+		return 0;
+	}
 	check_header(p, n);
 	check_body(p, n, data[0] & 3u, data[0] >> 2);
 	free(p);

@@ -55,6 +55,58 @@ login --user pkcs11user --password-file $W/user.pw
 keytable
 EOF
 
+note "a key table larger than one frame is backed up and restored in pages"
+# 300 data objects of 16320 bytes: about 4.9 MB of backup, 9.8 MB of hex,
+# more than one 8 MiB frame holds
+big_objects() { # PORT put|check [clear]
+  PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 - "$KH_SRC/tests/integration" "$W" "$@" <<'PY'
+import hashlib, sys
+sys.path.insert(0, sys.argv[1])
+from excrypt import Connection, ExcryptError
+w, port, mode = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+clear = len(sys.argv) > 5
+tls = {} if clear else dict(ca=f"{w}/ca.pem", cert=f"{w}/client.pem", key=f"{w}/client.key")
+value = lambda i: hashlib.sha256(str(i).encode()).digest() * 510
+slots = range(300) if mode == "put" else (0, 150, 299)
+with Connection("127.0.0.1", port, tls=not clear, **tls) as c:
+    c.login("pkcs11user", open(f"{w}/user.pw").read().rstrip("\n"))
+    if mode == "put":
+        reqs = [("GPKA", [("CL", "data"), ("KV", value(i)), ("SL", 1000 + i)]) for i in slots]
+    else:
+        reqs = [("GPKR", [("SL", 1000 + i)]) for i in slots]
+    for i, a in zip(slots, c.send_many(reqs, window=8)):
+        if isinstance(a, ExcryptError):
+            sys.exit(f"{mode} slot {1000 + i}: {a}")
+        if mode == "check" and a.hex("DV") != value(i):
+            sys.exit(f"slot {1000 + i}: wrong value")
+PY
+}
+big_objects "$A_PROD" put || fail "filling A's key table"
+out=$(console A -f - <<EOF
+$ADMINS
+backup --out $T/big.bak
+EOF
+) || fail "paged backup: $out"
+size=$(stat -c %s "$T/big.bak")
+[ "$size" -gt $((4 * 1024 * 1024)) ] || fail "the big backup is only $size bytes"
+[ "$(stat -c %a "$T/big.bak")" = 600 ] || fail "big backup file mode"
+out=$(console B -f - <<EOF
+$ADMINS
+restore --in $T/big.bak
+EOF
+) || fail "paged restore on B: $out"
+grep -q "Keys restored: *30[0-9]" <<<"$out" || fail "paged restore counts: $out"
+big_objects "$B_PROD" check clear || fail "B's objects after the paged restore"
+
+note "a damaged big backup is refused after its last page, B unchanged"
+cp "$T/big.bak" "$T/bigbad.bak"
+printf '\x55' | dd of="$T/bigbad.bak" bs=1 seek=$((size - 100)) conv=notrunc status=none
+expect_fail "BACKUP_INVALID\|invalid" console B -f - <<EOF
+$ADMINS
+restore --in $T/bigbad.bak
+EOF
+big_objects "$B_PROD" check clear || fail "B changed by a refused paged restore"
+
 note "a damaged backup is refused and changes nothing"
 cp "$T/a.bak" "$T/bad.bak"
 size=$(stat -c %s "$T/bad.bak")

@@ -563,6 +563,389 @@ static void test_data_objects_travel(void **state)
 	kh_test_hsm_close(&b, db);
 }
 
+/* ---- paging ------------------------------------------------------------- */
+
+/* A paged BKUP through the dispatcher: every page, in order, assembled and
+ * checked against HS. Returns the file (malloc'd). */
+static uint8_t *fetch_paged(struct kh_hsm *hsm, struct kh_session *s, const char *scope,
+                            unsigned ps, size_t *len, unsigned *pages)
+{
+	char xi[32], hs[65], got[65];
+	uint8_t md[32], *file;
+	size_t total, at = 0;
+
+	if (scope)
+		snprintf(req, sizeof(req), "[AOBKUP;SC%s;PS%u;]", scope, ps);
+	else
+		snprintf(req, sizeof(req), "[AOBKUP;PS%u;]", ps);
+	assert_int_equal(call(hsm, s), KH_OK);
+	snprintf(xi, sizeof(xi), "%s", kh_test_field(resp, "XI"));
+	snprintf(hs, sizeof(hs), "%s", kh_test_field(resp, "HS"));
+	assert_int_equal(strlen(xi), 16);
+	total = strtoull(kh_test_field(resp, "BZ"), NULL, 10);
+	assert_true(total > 0);
+	file = malloc(total);
+	assert_non_null(file);
+	*pages = 0;
+	for (;;) {
+		const char *nx;
+		assert_int_equal(strtoull(kh_test_field(resp, "OF"), NULL, 10), at);
+		assert_string_equal(kh_test_field(resp, "XI"), xi);
+		size_t n = kh_test_unhex(kh_test_field(resp, "BD"), file + at, total - at);
+		assert_true(n > 0 && n <= ps);
+		at += n;
+		(*pages)++;
+		nx = kh_test_field(resp, "NX");
+		if (*nx == '\0')
+			break;
+		assert_int_equal(strtoull(nx, NULL, 10), at);
+		snprintf(req, sizeof(req), "[AOBKUP;XI%s;OF%zu;]", xi, at);
+		assert_int_equal(call(hsm, s), KH_OK);
+	}
+	assert_int_equal(at, total);
+	assert_int_equal(EVP_Digest(file, total, md, NULL, EVP_sha256(), NULL), 1);
+	kh_hex_encode(md, sizeof(md), got);
+	assert_string_equal(got, hs);
+	/* the last page ended the export */
+	assert_null(s->bk_out);
+	*len = total;
+	return file;
+}
+
+/* One BKRS page: bytes [off, off + n) of file, BZ on the first. */
+static int put_page(struct kh_hsm *hsm, struct kh_session *s, const uint8_t *file, size_t total,
+                    size_t off, size_t n)
+{
+	int k = off == 0 ? snprintf(req, sizeof(req), "[AOBKRS;BZ%zu;OF%zu;BD", total, off)
+	                 : snprintf(req, sizeof(req), "[AOBKRS;OF%zu;BD", off);
+	assert_true(k > 0 && (size_t)k + 2 * n + 3 < sizeof(req));
+	kh_hex_encode_raw(file + off, n, req + k);
+	memcpy(req + k + 2 * n, ";]", 3);
+	return call(hsm, s);
+}
+
+/* Every page in order; the result of the last call. */
+static int upload(struct kh_hsm *hsm, struct kh_session *s, const uint8_t *file, size_t total,
+                  size_t ps, unsigned *pages)
+{
+	int r = KH_OK;
+	*pages = 0;
+	for (size_t at = 0; at < total && r == KH_OK; at += ps) {
+		size_t n = total - at < ps ? total - at : ps;
+		r = put_page(hsm, s, file, total, at, n);
+		(*pages)++;
+		if (r == KH_OK && at + n < total)
+			assert_int_equal(strtoull(kh_test_field(resp, "NX"), NULL, 10), at + n);
+	}
+	return r;
+}
+
+/* A key table larger than one frame: the single-frame form refuses it,
+ * pages carry it, the same file restores onto another device in pages,
+ * and a small backup travels either way (the file is the same kind). */
+static void test_paged_round_trip(void **state)
+{
+	/* many small keys and a few big objects: past one frame, yet quick
+	 * under ASan */
+	enum { NKEYS = 12000, NBIG = 200, BIG = 16320, PS = 128 * 1024 };
+	struct kh_hsm a, b;
+	struct kh_session sa, sb;
+	char da[256], db[256];
+	uint8_t *file, *small;
+	size_t len, slen;
+	unsigned pages;
+	char *bd;
+
+	(void)state;
+	kh_test_hsm_open(&a, da);
+	kh_test_hsm_open(&b, db);
+	kh_test_admin_session(&a, &sa);
+	kh_test_admin_session(&b, &sb);
+	setup_a(&a);
+	assert_int_equal(kh_test_fill_keys(&a, 1000, NKEYS), 0);
+	{
+		static uint8_t big[BIG];
+		struct kh_key_row t;
+		for (uint32_t i = 0; i < NBIG; i++) {
+			memset(big, (int)(i + 1), sizeof(big));
+			memset(&t, 0, sizeof(t));
+			t.slot = 100000 + i;
+			t.major = KH_MK_PMK;
+			strcpy(t.cls, "data");
+			strcpy(t.ktype, "GENERIC");
+			t.bits = BIG * 8;
+			assert_int_equal(kh_keystore_put(&a, &t, big, sizeof(big),
+			                                 KH_KS_NEW_ID | KH_KS_QUIET, "unit"),
+			                 KH_OK);
+		}
+	}
+
+	snprintf(req, sizeof(req), "[AOBKUP;SCkeys;]");
+	assert_int_equal(call(&a, &sa), KH_ERR_TOO_LARGE);
+	assert_non_null(strstr(resp, "pages"));
+	file = fetch_paged(&a, &sa, NULL, PS, &len, &pages);
+	assert_true(len > KH_BACKUP_FRAME_MAX);
+	assert_true(pages >= 16);
+	assert_int_equal(atomic_load(&a.backup_staged), 0);
+
+	load(&b, KH_MK_BEK, kb);
+	load(&b, KH_MK_PMK, kp2);
+	load(&b, KH_MK_FTK, kf2);
+	put_key(&b, 9, KH_MK_PMK, m1, sizeof(m1), "b only");
+	assert_int_equal(upload(&b, &sb, file, len, PS, &pages), KH_OK);
+	assert_true(pages >= 16);
+	{
+		char kc[16];
+		snprintf(kc, sizeof(kc), "%u", NKEYS + NBIG + 3);
+		assert_string_equal(kh_test_field(resp, "KC"), kc);
+	}
+	assert_int_equal(atomic_load(&b.backup_staged), 0);
+	assert_null(sb.bk_in);
+	kh_test_assert_key(&b, 1, m1, sizeof(m1));
+	kh_test_assert_key(&b, 2, m2, sizeof(m2));
+	{
+		uint8_t one[32] = {1};
+		kh_test_assert_key(&b, 1000, one, sizeof(one));
+		kh_test_assert_key(&b, 1000 + NKEYS - 1, one, sizeof(one));
+		static uint8_t big[BIG];
+		memset(big, NBIG, sizeof(big));
+		kh_test_assert_key(&b, 100000 + NBIG - 1, big, sizeof(big));
+	}
+	assert_int_equal(db_int(&b, "SELECT count(*) FROM keys"), NKEYS + NBIG + 3);
+	assert_int_equal(db_int(&b, "SELECT count(*) FROM keys WHERE slot = 9"), 0);
+	assert_true(audited(&b, "backup.restore"));
+	free(file);
+
+	/* small: a single-frame backup restores in pages, a paged one in one frame */
+	kh_test_db_exec(&a, "DELETE FROM keys WHERE slot >= 1010");
+	/* (the big objects too: slots from 100000) */
+	backup(&a, &sa, "keys", &bd);
+	small = kh_test_unhex_dup(bd, &slen);
+	assert_int_equal(upload(&b, &sb, small, slen, 64, &pages), KH_OK);
+	assert_true(pages > 1);
+	assert_string_equal(kh_test_field(resp, "KC"), "13");
+	free(small);
+	free(bd);
+	small = fetch_paged(&a, &sa, "keys", KH_BACKUP_PAGE_MIN, &slen, &pages);
+	assert_true(pages > 1);
+	bd = kh_test_hex(small, slen);
+	assert_int_equal(restore(&b, &sb, bd), KH_OK);
+	assert_string_equal(kh_test_field(resp, "KC"), "13");
+	free(bd);
+	free(small);
+	kh_backup_session_end(&a, &sa);
+	kh_backup_session_end(&b, &sb);
+	kh_test_hsm_close(&b, db);
+	kh_test_hsm_close(&a, da);
+}
+
+/* A paged restore changes nothing until its last page has arrived and the
+ * whole backup authenticates: abandoned, tampered, out of order,
+ * duplicated, missing or overlong pages leave the device as it was and
+ * free what was staged. */
+static void test_paged_atomic(void **state)
+{
+	enum { PS = 4096 };
+	struct kh_hsm a, b;
+	struct kh_session sa, sb;
+	char da[256], db[256];
+	uint8_t before[32], after[32], *file, *bad;
+	size_t len;
+	unsigned pages;
+
+	(void)state;
+	kh_test_hsm_open(&a, da);
+	kh_test_hsm_open(&b, db);
+	kh_test_admin_session(&a, &sa);
+	kh_test_admin_session(&b, &sb);
+	setup_a(&a);
+	assert_int_equal(kh_test_fill_keys(&a, 1000, 600), 0);
+	file = fetch_paged(&a, &sa, NULL, PS, &len, &pages);
+	assert_true(pages >= 8);
+	bad = malloc(len);
+	assert_non_null(bad);
+
+	load(&b, KH_MK_BEK, kb);
+	load(&b, KH_MK_PMK, kp2);
+	load(&b, KH_MK_FTK, kf2);
+	put_key(&b, 9, KH_MK_PMK, m1, sizeof(m1), "b only");
+	fingerprint(&b, before);
+
+	/* the connection drops mid-upload */
+	assert_int_equal(put_page(&b, &sb, file, len, 0, PS), KH_OK);
+	assert_int_equal(put_page(&b, &sb, file, len, PS, PS), KH_OK);
+	assert_int_equal(atomic_load(&b.backup_staged), len);
+	kh_backup_session_end(&b, &sb);
+	assert_null(sb.bk_in);
+	assert_int_equal(atomic_load(&b.backup_staged), 0);
+	assert_int_equal(put_page(&b, &sb, file, len, 2 * PS, PS), KH_ERR_STATE);
+	fingerprint(&b, after);
+	assert_memory_equal(before, after, 32);
+
+	/* a tampered page: every page is taken, the last one is refused */
+	memcpy(bad, file, len);
+	bad[3 * PS + 17] ^= 0x01;
+	assert_int_equal(upload(&b, &sb, bad, len, PS, &pages), KH_ERR_BACKUP_INVALID);
+	assert_int_equal(pages, (len + PS - 1) / PS);
+	assert_non_null(strstr(resp, "authentication failed"));
+	assert_null(sb.bk_in);
+	assert_int_equal(atomic_load(&b.backup_staged), 0);
+	fingerprint(&b, after);
+	assert_memory_equal(before, after, 32);
+
+	/* out of order, duplicated, missing: refused, and the upload is gone */
+	assert_int_equal(put_page(&b, &sb, file, len, 0, PS), KH_OK);
+	assert_int_equal(put_page(&b, &sb, file, len, 2 * PS, PS), KH_ERR_BAD_FIELD);
+	assert_non_null(strstr(resp, "expected 4096"));
+	assert_int_equal(put_page(&b, &sb, file, len, PS, PS), KH_ERR_STATE);
+	assert_int_equal(put_page(&b, &sb, file, len, 0, PS), KH_OK);
+	assert_int_equal(put_page(&b, &sb, file, len, PS, PS), KH_OK);
+	assert_int_equal(put_page(&b, &sb, file, len, PS, PS), KH_ERR_BAD_FIELD);
+	assert_null(sb.bk_in);
+	/* all pages but one, then the end: the last page lands at the wrong offset */
+	assert_int_equal(put_page(&b, &sb, file, len, 0, PS), KH_OK);
+	assert_int_equal(put_page(&b, &sb, file, len, PS, PS), KH_OK);
+	assert_int_equal(put_page(&b, &sb, file, len, 3 * PS, len - 3 * PS), KH_ERR_BAD_FIELD);
+	/* a page past BZ, BZ changed midway, the first page without BZ or too short */
+	assert_int_equal(put_page(&b, &sb, file, len - 1, 0, PS), KH_OK);
+	assert_int_equal(upload(&b, &sb, file, len, PS, &pages), KH_OK);
+	assert_string_equal(kh_test_field(resp, "KC"), "603");
+	/* (a new OF0 replaced the upload of len - 1 bytes above) */
+	kh_test_db_exec(&b, "DELETE FROM keys WHERE slot >= 1000");
+	fingerprint(&b, before);
+	assert_int_equal(put_page(&b, &sb, file, len - 1, 0, PS), KH_OK);
+	{
+		size_t at = PS;
+		for (; at + PS < len - 1; at += PS)
+			assert_int_equal(put_page(&b, &sb, file, len - 1, at, PS), KH_OK);
+		/* the real last page holds one byte more than BZ leaves room for */
+		int k = snprintf(req, sizeof(req), "[AOBKRS;OF%zu;BD", at);
+		kh_hex_encode_raw(file + at, len - at, req + k);
+		memcpy(req + k + 2 * (len - at), ";]", 3);
+		assert_int_equal(call(&b, &sb), KH_ERR_BAD_FIELD);
+		assert_non_null(strstr(resp, "past BZ"));
+	}
+	assert_int_equal(put_page(&b, &sb, file, len, 0, PS), KH_OK);
+	snprintf(req, sizeof(req), "[AOBKRS;BZ%zu;OF%u;BD00;]", len + 1, PS);
+	assert_int_equal(call(&b, &sb), KH_ERR_BAD_FIELD);
+	assert_null(sb.bk_in);
+	snprintf(req, sizeof(req), "[AOBKRS;OF0;BD00;]");
+	assert_int_equal(call(&b, &sb), KH_ERR_MISSING_FIELD);
+	assert_int_equal(put_page(&b, &sb, file, len, 0, KH_BACKUP_HDR_LEN - 1), KH_ERR_BAD_FIELD);
+	snprintf(req, sizeof(req), "[AOBKRS;BZ%zu;OF0;]", len);
+	assert_int_equal(call(&b, &sb), KH_ERR_MISSING_FIELD);
+	/* a tampered header is refused on the first page */
+	memcpy(bad, file, len);
+	bad[4] = 9;
+	assert_int_equal(put_page(&b, &sb, bad, len, 0, PS), KH_ERR_BACKUP_INVALID);
+	assert_null(sb.bk_in);
+	fingerprint(&b, after);
+	assert_memory_equal(before, after, 32);
+	assert_int_equal(atomic_load(&b.backup_staged), 0);
+
+	/* the config scope needs role.assign_all from the first page on */
+	{
+		struct kh_session weak = sb;
+		weak.role.perms = KH_PERM(KH_P_RESTORE);
+		assert_int_equal(put_page(&b, &weak, file, len, 0, PS), KH_ERR_PERMISSION_DENIED);
+		assert_null(weak.bk_in);
+	}
+	/* another identity cannot continue an upload */
+	assert_int_equal(put_page(&b, &sb, file, len, 0, PS), KH_OK);
+	{
+		char saved[KH_NAME_MAX];
+		memcpy(saved, sb.ident[0], sizeof(saved));
+		snprintf(sb.ident[0], sizeof(sb.ident[0]), "Other");
+		assert_int_equal(put_page(&b, &sb, file, len, PS, PS), KH_ERR_STATE);
+		assert_non_null(strstr(resp, "other identities"));
+		memcpy(sb.ident[0], saved, sizeof(saved));
+	}
+	assert_null(sb.bk_in);
+	fingerprint(&b, after);
+	assert_memory_equal(before, after, 32);
+	free(bad);
+	free(file);
+	kh_backup_session_end(&a, &sa);
+	kh_backup_session_end(&b, &sb);
+	kh_test_hsm_close(&b, db);
+	kh_test_hsm_close(&a, da);
+}
+
+/* Limits: page sizes, backup size, the daemon's staging budget, and an
+ * export's name, offsets and end. */
+static void test_paged_limits(void **state)
+{
+	struct kh_hsm a;
+	struct kh_session sa, s2, s3;
+	char da[256], xi[32];
+	uint8_t *file;
+	size_t len;
+	unsigned pages;
+
+	(void)state;
+	kh_test_hsm_open(&a, da);
+	kh_test_admin_session(&a, &sa);
+	setup_a(&a);
+	snprintf(req, sizeof(req), "[AOBKUP;PS%u;]", KH_BACKUP_PAGE_MIN - 1);
+	assert_int_equal(call(&a, &sa), KH_ERR_BAD_FIELD);
+	snprintf(req, sizeof(req), "[AOBKUP;PS%u;]", KH_BACKUP_PAGE_MAX + 1);
+	assert_int_equal(call(&a, &sa), KH_ERR_BAD_FIELD);
+	file = fetch_paged(&a, &sa, NULL, KH_BACKUP_PAGE_MIN, &len, &pages);
+
+	/* an export: wrong name, past the end, SC on a continuation, ended */
+	snprintf(req, sizeof(req), "[AOBKUP;PS%u;]", KH_BACKUP_PAGE_MIN);
+	assert_int_equal(call(&a, &sa), KH_OK);
+	snprintf(xi, sizeof(xi), "%s", kh_test_field(resp, "XI"));
+	snprintf(req, sizeof(req), "[AOBKUP;XI0000000000000000;OF0;]");
+	assert_int_equal(call(&a, &sa), KH_ERR_NOT_FOUND);
+	snprintf(req, sizeof(req), "[AOBKUP;XI%s;OF%zu;]", xi, len);
+	assert_int_equal(call(&a, &sa), KH_ERR_BAD_FIELD);
+	snprintf(req, sizeof(req), "[AOBKUP;XI%s;OF0;SCkeys;]", xi);
+	assert_int_equal(call(&a, &sa), KH_ERR_BAD_FIELD);
+	snprintf(req, sizeof(req), "[AOBKUP;XI%s;OF%zu;]", xi, len - 1);
+	assert_int_equal(call(&a, &sa), KH_OK); /* the last page ends it */
+	assert_string_equal(kh_test_field(resp, "NX"), "");
+	snprintf(req, sizeof(req), "[AOBKUP;XI%s;OF0;]", xi);
+	assert_int_equal(call(&a, &sa), KH_ERR_STATE);
+	assert_int_equal(atomic_load(&a.backup_staged), 0);
+
+	/* a backup is at most 1 GiB; all uploads together at most 2 GiB */
+	assert_int_equal(put_page(&a, &sa, file, (size_t)KH_BACKUP_MAX + 1, 0, KH_BACKUP_HDR_LEN),
+	                 KH_ERR_TOO_LARGE);
+	assert_non_null(strstr(resp, "at most"));
+	kh_test_admin_session(&a, &s2);
+	kh_test_admin_session(&a, &s3);
+	assert_int_equal(put_page(&a, &sa, file, KH_BACKUP_MAX, 0, KH_BACKUP_HDR_LEN), KH_OK);
+	assert_int_equal(put_page(&a, &s2, file, KH_BACKUP_MAX, 0, KH_BACKUP_HDR_LEN), KH_OK);
+	assert_int_equal(put_page(&a, &s3, file, len, 0, KH_BACKUP_HDR_LEN), KH_ERR_BUSY);
+	kh_backup_session_end(&a, &s2);
+	assert_int_equal(put_page(&a, &s3, file, len, 0, KH_BACKUP_HDR_LEN), KH_OK);
+	kh_backup_session_end(&a, &sa);
+	kh_backup_session_end(&a, &s3);
+	assert_int_equal(atomic_load(&a.backup_staged), 0);
+
+	/* the stage on its own */
+	{
+		struct kh_backup_stage st;
+		assert_int_equal(kh_backup_stage_begin(&st, len, file, KH_BACKUP_HDR_LEN - 1),
+		                 KH_ERR_BAD_FIELD);
+		assert_null(st.data);
+		assert_int_equal(kh_backup_stage_begin(&st, 10, file, 10), KH_ERR_BAD_FIELD);
+		assert_int_equal(kh_backup_stage_begin(&st, len, file, 100), KH_OK);
+		assert_int_equal(kh_backup_stage_add(&st, 99, file + 99, 10), KH_ERR_BAD_FIELD);
+		assert_int_equal(kh_backup_stage_add(&st, 100, file + 100, 0), KH_ERR_BAD_FIELD);
+		assert_int_equal(kh_backup_stage_add(&st, 100, file + 100, len - 99), KH_ERR_BAD_FIELD);
+		assert_false(kh_backup_stage_done(&st));
+		assert_int_equal(kh_backup_stage_add(&st, 100, file + 100, len - 100), KH_OK);
+		assert_true(kh_backup_stage_done(&st));
+		assert_memory_equal(st.data, file, len);
+		kh_backup_stage_free(&st);
+		assert_null(st.data);
+	}
+	free(file);
+	kh_test_hsm_close(&a, da);
+}
+
 int main(void)
 {
 	for (int i = 0; i < 32; i++) {
@@ -582,6 +965,9 @@ int main(void)
 	    cmocka_unit_test(test_refusals_change_nothing),
 	    cmocka_unit_test(test_decoders),
 	    cmocka_unit_test(test_data_objects_travel),
+	    cmocka_unit_test(test_paged_round_trip),
+	    cmocka_unit_test(test_paged_atomic),
+	    cmocka_unit_test(test_paged_limits),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
