@@ -23,13 +23,13 @@
 #include "pkcs11/p11_config.h"
 #include "common/kh_buf.h"
 #include "common/kh_frame.h"
+#include "common/kh_pool.h"
 
 #define P11_EXPORT __attribute__((visibility("default")))
 
 #define P11_KEY_ID_LEN 16
 #define P11_MAX_DATA (3u * 1024 * 1024) /* one operation's input: fits a frame in hex */
 
-struct p11_pool;
 struct p11_retired; /* memory replaced under readers, freed with the object */
 
 /* HSM usage letters (CZ) and flags (KF) as bits, as the HSM's letters. */
@@ -60,7 +60,7 @@ bool p11_flag_parse(const char *s, size_t n, unsigned *out);
 struct p11_slot {
 	CK_SLOT_ID id;
 	const struct p11_slot_cfg *cfg;
-	struct p11_pool *pool;
+	struct kh_pool *pool;
 	/* guarded by the module lock */
 	bool user_logged_in, so_logged_in;
 	CK_ULONG nsessions, nrw_sessions;
@@ -173,9 +173,6 @@ struct p11_session {
 };
 
 /* ---- module state ---- */
-/* This process's id without a system call per use (kept by a fork
- * handler): the module checks it on every call to notice a child. */
-pid_t p11_pid(void);
 void p11_lock(void);
 void p11_unlock(void);
 /* CKR_CRYPTOKI_NOT_INITIALIZED unless C_Initialize ran in this process. */
@@ -196,8 +193,8 @@ bool p11_session_rw(const struct p11_session *s);
 void p11_op_end(struct p11_session *s, enum p11_op_kind k);
 
 /* ---- talking to the HSM ---- */
-#define P11_CALL_BALANCE 1u /* any address; retried on another after a transport failure */
-#define P11_CALL_PRIMARY 2u /* changes keys: the first address that is up; not retried once sent */
+#define P11_CALL_BALANCE KH_POOL_BALANCE /* any address; retried on another after a transport failure */
+#define P11_CALL_PRIMARY KH_POOL_PRIMARY /* changes keys: the first address that is up; not retried once sent */
 /* One request for the session's slot; f parsed from resp on success or on
  * an HSM error. Returns KH_OK, the HSM's error (kh_err), or a transport
  * error after the retries. */

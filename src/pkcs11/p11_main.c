@@ -1,7 +1,7 @@
 /*
  * The module's front: C_Initialize / C_Finalize, the function lists and
  * interfaces, slots and tokens, sessions and login. Everything here is
- * bookkeeping; the HSM does the work (p11_pool), and keys never pass
+ * bookkeeping; the HSM does the work (through kh_pool), and keys never pass
  * through in clear. A child process after fork() must call C_Initialize
  * again; it then drops what it inherited without touching the parent's
  * connections.
@@ -16,9 +16,10 @@
 
 #include "pkcs11/p11.h"
 #include "pkcs11/p11_log.h"
-#include "pkcs11/p11_pool.h"
 #include "pkcs11/p11_internal.h"
 #include "common/kh_mem.h"
+#include "common/kh_pid.h"
+#include "common/kh_pool.h"
 
 #define P11_DEFAULT_CFG "/etc/keyhold/fxpkcs11.cfg"
 #define P11_SECURE_HEAP (256u * 1024)
@@ -75,7 +76,7 @@ CK_RV p11_check_init(void)
 	/* G.init and G.pid change only in C_Initialize/C_Finalize; a child
 	 * that did not re-initialise sees the parent's pid. */
 	p11_lock();
-	bool ok = G.init && G.pid == p11_pid();
+	bool ok = G.init && G.pid == kh_pid();
 	p11_unlock();
 	return ok ? CKR_OK : CKR_CRYPTOKI_NOT_INITIALIZED;
 }
@@ -104,7 +105,7 @@ CK_RV p11_slot_get(CK_SLOT_ID id, struct p11_slot **out)
 CK_RV p11_session_get(CK_SESSION_HANDLE h, struct p11_session **out)
 {
 	p11_lock();
-	if (!G.init || G.pid != p11_pid()) {
+	if (!G.init || G.pid != kh_pid()) {
 		p11_unlock();
 		return CKR_CRYPTOKI_NOT_INITIALIZED;
 	}
@@ -194,7 +195,7 @@ int p11_call(struct p11_session *s, unsigned flags, const struct kh_buf *req, st
 	     struct kh_frame *f)
 {
 	char err[256] = "";
-	int r = p11_pool_call(s->slot->pool, flags, req, resp, f, err, sizeof(err));
+	int r = kh_pool_call(s->slot->pool, flags, req, resp, f, err, sizeof(err));
 	if (r != KH_OK && err[0]) {
 		/* the HSM's refusals are the application's business (a signature
 		 * that does not verify); a slot that cannot be reached is ours */
@@ -296,13 +297,46 @@ void p11_pad(CK_UTF8CHAR *dst, size_t n, const char *src)
 
 /* ---- initialisation ---- */
 
+/* The pool takes what the module's parser already bounds. */
+_Static_assert(P11_CFG_MAX_ADDRS <= KH_POOL_MAX_ADDRS, "a slot's addresses fit a pool");
+_Static_assert(sizeof(((struct p11_addr *)0)->host) <= KH_POOL_HOST_MAX + 1,
+	       "an <ADDRESS> host fits a pool's");
+_Static_assert(P11_CFG_NAME_MAX <= KH_POOL_USER_MAX, "identity names fit a pool's logins");
+_Static_assert(P11_CFG_PASS_MAX <= KH_POOL_PASS_MAX, "passwords fit a pool's logins");
+
+/* The one place that turns an <HSM> block into a pool's configuration.
+ * name (for the pool's messages) is the caller's; the pool copies what it
+ * keeps, so c need not outlive kh_pool_new. */
+static void pool_cfg_from_slot(const struct p11_slot_cfg *s, struct kh_pool_cfg *c,
+			       char *name, size_t namesz)
+{
+	memset(c, 0, sizeof(*c));
+	snprintf(name, namesz, "slot %lu", s->slot_id);
+	c->name = name;
+	c->what = "slot"; /* "no address of the slot answered: ..." */
+	for (size_t i = 0; i < s->naddr && i < KH_POOL_MAX_ADDRS; i++)
+		c->addr[i] = (struct kh_pool_addr){s->addr[i].host, s->addr[i].port};
+	c->naddr = s->naddr;
+	c->default_port = s->prod_port;
+	c->tls = s->tls;
+	c->anonymous = s->tls_anonymous;
+	c->ca_file = s->ca_file;
+	c->cert_file = s->cert_file;
+	c->key_file = s->key_file;
+	c->key_pass = s->key_pass;
+	c->balance = s->load_balance;
+	c->connect_timeout_ms = s->connect_timeout_ms;
+	c->request_timeout_ms = s->request_timeout_ms;
+	c->max_connections = s->max_connections;
+}
+
 static void slots_free(bool abandon)
 {
 	for (size_t i = 0; i < G.nslots; i++) {
 		if (abandon)
-			p11_pool_abandon(G.slots[i].pool);
+			kh_pool_abandon(G.slots[i].pool);
 		else
-			p11_pool_free(G.slots[i].pool);
+			kh_pool_free(G.slots[i].pool);
 	}
 	memset(G.slots, 0, sizeof(G.slots));
 	G.nslots = 0;
@@ -355,7 +389,7 @@ P11_EXPORT CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 		return rv;
 	pthread_once(&atfork_once, install_atfork);
 	p11_lock();
-	if (G.init && G.pid == p11_pid()) {
+	if (G.init && G.pid == kh_pid()) {
 		p11_unlock();
 		return CKR_CRYPTOKI_ALREADY_INITIALIZED;
 	}
@@ -381,7 +415,10 @@ P11_EXPORT CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 		struct p11_slot *sl = &G.slots[i];
 		sl->id = G.cfg.slots[i].slot_id;
 		sl->cfg = &G.cfg.slots[i];
-		sl->pool = p11_pool_new(sl->cfg, err, sizeof(err));
+		struct kh_pool_cfg pc;
+		char name[32];
+		pool_cfg_from_slot(sl->cfg, &pc, name, sizeof(name));
+		sl->pool = kh_pool_new(&pc, err, sizeof(err));
 		if (!sl->pool) {
 			fprintf(stderr, "keyhold-pkcs11: %s: slot %lu: %s\n", path, (unsigned long)sl->id, err);
 			p11_log(P11_LOG_ERROR, "slot %lu: %s", (unsigned long)sl->id, err);
@@ -396,7 +433,7 @@ P11_EXPORT CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 	}
 	G.next_session = 1;
 	G.init = true;
-	G.pid = p11_pid();
+	G.pid = kh_pid();
 	p11_log(P11_LOG_INFO, "initialised from %s, %zu slot(s)", path, G.nslots);
 	p11_unlock();
 	return CKR_OK;
@@ -407,7 +444,7 @@ P11_EXPORT CK_RV C_Finalize(CK_VOID_PTR pReserved)
 	if (pReserved)
 		return CKR_ARGUMENTS_BAD;
 	p11_lock();
-	if (!G.init || G.pid != p11_pid()) {
+	if (!G.init || G.pid != kh_pid()) {
 		p11_unlock();
 		return CKR_CRYPTOKI_NOT_INITIALIZED;
 	}
@@ -490,7 +527,7 @@ static int ask(struct p11_slot *sl, const char *cmd, struct kh_buf *req, struct 
 	if (r == KH_OK)
 		r = kh_msg_end(req);
 	if (r == KH_OK)
-		r = p11_pool_call(sl->pool, P11_POOL_BALANCE, req, resp, f, NULL, 0);
+		r = kh_pool_call(sl->pool, KH_POOL_BALANCE, req, resp, f, NULL, 0);
 	return r;
 }
 
@@ -574,7 +611,7 @@ P11_EXPORT CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOI
 		return CKR_NO_EVENT;
 	p11_lock();
 	G.waiters++;
-	while (G.init && G.pid == p11_pid())
+	while (G.init && G.pid == kh_pid())
 		pthread_cond_wait(&G.event, &G.mu);
 	G.waiters--;
 	p11_unlock();
@@ -663,7 +700,7 @@ static void logout_slot(struct p11_slot *sl)
 	sl->user_logged_in = sl->so_logged_in = false;
 	p11_unlock();
 	if (was) {
-		p11_pool_logout(sl->pool);
+		kh_pool_logout(sl->pool);
 		p11_objects_logged_out(sl);
 	}
 }
@@ -797,7 +834,7 @@ static CK_RV login_creds(struct p11_slot *sl, CK_USER_TYPE type, const char *use
 			 CK_UTF8CHAR_PTR pin, CK_ULONG pin_len)
 {
 	const struct p11_slot_cfg *c = sl->cfg;
-	struct p11_cred cr[2];
+	struct kh_pool_cred cr[2];
 	size_t n = 0;
 	char name[P11_CFG_NAME_MAX + 1];
 
@@ -835,7 +872,7 @@ static CK_RV login_creds(struct p11_slot *sl, CK_USER_TYPE type, const char *use
 		cr[n].pwlen = strlen(c->crypto_opr2_pass);
 		n++;
 	}
-	int r = p11_pool_login(sl->pool, cr, n);
+	int r = kh_pool_login(sl->pool, cr, n);
 	if (r != KH_OK)
 		p11_log(P11_LOG_WARN, "slot %lu: login as %s: %s", (unsigned long)sl->id, name, kh_errname(r));
 	return p11_rv_from_kh(r);
@@ -1003,7 +1040,7 @@ P11_EXPORT CK_RV C_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, C
 	rv = p11_rv_from_kh(r);
 	if (rv == CKR_OK && (user || so))
 		/* connections opened from now on log in with the new password */
-		KH_IGNORE(p11_pool_set_password(sl->pool, who, (const char *)pNewPin, ulNewLen));
+		KH_IGNORE(kh_pool_set_password(sl->pool, who, (const char *)pNewPin, ulNewLen));
 out:
 	kh_buf_free(req);
 	kh_buf_free(resp);

@@ -19,7 +19,7 @@
 #include "pkcs11/p11_attr.h"
 #include "pkcs11/p11_log.h"
 #include "pkcs11/p11_mech.h"
-#include "pkcs11/p11_pool.h"
+#include "common/kh_pool.h"
 #include "common/kh_buf.h"
 #include "common/kh_frame.h"
 #include "common/kh_mem.h"
@@ -322,7 +322,7 @@ static struct {
 	struct caps_ent {
 		/* a slot of this C_Initialize: a later one has other pools */
 		CK_SLOT_ID id;
-		const struct p11_pool *pool;
+		const struct kh_pool *pool;
 		bool known;
 		time_t tried;
 		struct p11_caps caps;
@@ -341,7 +341,7 @@ static int caps_ask(struct p11_slot *sl, struct p11_caps *c)
 		goto out;
 	if ((r = kh_msg_begin(req, "PRMD")) != KH_OK || (r = kh_msg_end(req)) != KH_OK)
 		goto out;
-	if ((r = p11_pool_call(sl->pool, P11_POOL_BALANCE, req, resp, &f, NULL, 0)) != KH_OK)
+	if ((r = kh_pool_call(sl->pool, KH_POOL_BALANCE, req, resp, &f, NULL, 0)) != KH_OK)
 		goto out;
 	if ((r = kh_frame_str(&f, "FI", v, sizeof(v))) != KH_OK)
 		goto out;

@@ -2,9 +2,7 @@
  * Small pieces every module file uses: the handle map, the HSM's usage and
  * flag letters, and copying hex fields out of responses.
  */
-#include <pthread.h>
 #include <stdlib.h>
-#include <unistd.h>
 #include <string.h>
 
 #include "pkcs11/p11.h"
@@ -198,24 +196,4 @@ int p11_field_bytes(const struct kh_frame *f, const char *tag, uint8_t **out, si
 	*out = b;
 	*len = n;
 	return KH_OK;
-}
-
-static pid_t cached_pid;
-static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
-
-static void pid_refresh(void)
-{
-	__atomic_store_n(&cached_pid, getpid(), __ATOMIC_RELAXED);
-}
-
-static void pid_init(void)
-{
-	pid_refresh();
-	pthread_atfork(NULL, NULL, pid_refresh);
-}
-
-pid_t p11_pid(void)
-{
-	pthread_once(&pid_once, pid_init);
-	return __atomic_load_n(&cached_pid, __ATOMIC_RELAXED);
 }

@@ -21,7 +21,7 @@
 #include "hsm/hsm_core.h"
 #include "hsm/server.h"
 #include "pkcs11/p11.h"
-#include "pkcs11/p11_pool.h"
+#include "common/kh_pool.h"
 
 #define NKEYS 100000
 #define FINDER_PW "finder-password-1"
@@ -129,9 +129,9 @@ static int group_teardown(void **state)
 static unsigned long pool_calls(void)
 {
 	struct p11_slot *sl;
-	struct p11_pool_stats st;
+	struct kh_pool_stats st;
 	assert_int_equal(p11_slot_get(0, &sl), CKR_OK);
-	p11_pool_stats(sl->pool, &st);
+	kh_pool_stats(sl->pool, &st);
 	return st.calls;
 }
 

@@ -1,5 +1,5 @@
 /*
- * The PKCS#11 module's connection pool against real keyhold-hsm daemons:
+ * The connection pool (kh_pool) against real keyhold-hsm daemons:
  * the built binary on loopback (forked from this process when the binary is
  * missing), each on a copy of one data dir provisioned here with a CA,
  * server and client certificates made at test time. What a real HSM cannot
@@ -16,7 +16,7 @@
 #include "common/kh_client.h"
 #include "common/kh_frame.h"
 #include "common/kh_mem.h"
-#include "pkcs11/p11_pool.h"
+#include "common/kh_pool.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -110,7 +110,7 @@ static bool find_hsm_bin(void)
 	if (slash == NULL)
 		return false;
 	*slash = '\0';
-	/* build/<x>/tests/test_p11_pool -> build/<x>/keyhold-hsm */
+	/* build/<x>/tests/test_kh_pool -> build/<x>/keyhold-hsm */
 	snprintf(G.hsm_bin, sizeof(G.hsm_bin), "%.*s/../keyhold-hsm", (int)(PATH_MAX - 20), self);
 	return access(G.hsm_bin, X_OK) == 0;
 }
@@ -395,45 +395,44 @@ static void hsm_stop(struct hsm *h, int sig)
 
 /* ---- configuration and calls ---- */
 
-static void cfg_init(struct p11_slot_cfg *c, bool tls)
+static void cfg_init(struct kh_pool_cfg *c, bool tls)
 {
 	memset(c, 0, sizeof(*c));
-	c->slot_id = 1;
-	snprintf(c->label, sizeof(c->label), "pool test");
-	snprintf(c->crypto_opr, sizeof(c->crypto_opr), "appuser");
-	c->prod_port = 9100;
+	c->name = "pool test";
+	c->what = "test group";
+	c->default_port = 9100;
 	c->tls = tls;
-	c->load_balance = true;
+	c->balance = true;
 	c->connect_timeout_ms = 5000;
 	c->request_timeout_ms = 10000;
 	c->max_connections = 64;
 	if (tls) {
-		snprintf(c->ca_file, sizeof(c->ca_file), "%s", G.ca);
-		snprintf(c->cert_file, sizeof(c->cert_file), "%s", G.cert);
-		snprintf(c->key_file, sizeof(c->key_file), "%s", G.key);
+		c->ca_file = G.ca;
+		c->cert_file = G.cert;
+		c->key_file = G.key;
 	}
 }
 
-static void cfg_addr(struct p11_slot_cfg *c, const char *host, unsigned port)
+/* host must live until the pool is made (a literal, or G's) */
+static void cfg_addr(struct kh_pool_cfg *c, const char *host, unsigned port)
 {
-	assert_true(c->naddr < P11_CFG_MAX_ADDRS);
-	snprintf(c->addr[c->naddr].host, sizeof(c->addr[c->naddr].host), "%s", host);
-	c->addr[c->naddr].port = port;
+	assert_true(c->naddr < KH_POOL_MAX_ADDRS);
+	c->addr[c->naddr] = (struct kh_pool_addr){host, port};
 	c->naddr++;
 }
 
-static struct p11_pool *pool_new(const struct p11_slot_cfg *c)
+static struct kh_pool *pool_new(const struct kh_pool_cfg *c)
 {
 	char err[512];
-	struct p11_pool *p = p11_pool_new(c, err, sizeof(err));
+	struct kh_pool *p = kh_pool_new(c, err, sizeof(err));
 	if (p == NULL)
-		fail_msg("p11_pool_new: %s", err);
+		fail_msg("kh_pool_new: %s", err);
 	return p;
 }
 
 /* One call with the request text; the response (NUL-terminated) in out
  * when given, the reason in err. */
-static int call(struct p11_pool *p, unsigned flags, const char *text, char *out, size_t outsz,
+static int call(struct kh_pool *p, unsigned flags, const char *text, char *out, size_t outsz,
                 char *err, size_t errsz)
 {
 	struct kh_buf *req = kh_buf_new(KH_FRAME_MAX), *resp = kh_buf_new(KH_FRAME_MAX);
@@ -445,7 +444,7 @@ static int call(struct p11_pool *p, unsigned flags, const char *text, char *out,
 	assert_non_null(resp);
 	assert_non_null(f);
 	assert_int_equal(kh_buf_put_str(req, text), KH_OK);
-	r = p11_pool_call(p, flags, req, resp, f, err ? err : e, err ? errsz : sizeof(e));
+	r = kh_pool_call(p, flags, req, resp, f, err ? err : e, err ? errsz : sizeof(e));
 	if (out) {
 		size_t n = kh_buf_len(resp) < outsz - 1 ? kh_buf_len(resp) : outsz - 1;
 		memcpy(out, kh_buf_ptr(resp), n);
@@ -457,7 +456,7 @@ static int call(struct p11_pool *p, unsigned flags, const char *text, char *out,
 	return r;
 }
 
-static void call_ok(struct p11_pool *p, unsigned flags, const char *text)
+static void call_ok(struct kh_pool *p, unsigned flags, const char *text)
 {
 	char err[512];
 	int r = call(p, flags, text, NULL, 0, err, sizeof(err));
@@ -465,24 +464,24 @@ static void call_ok(struct p11_pool *p, unsigned flags, const char *text)
 		fail_msg("%s: %s: %s", text, kh_errname(r), err);
 }
 
-static void ghsh_ok(struct p11_pool *p)
+static void ghsh_ok(struct kh_pool *p)
 {
 	char out[512], err[512];
-	int r = call(p, P11_POOL_BALANCE, GHSH_ABC, out, sizeof(out), err, sizeof(err));
+	int r = call(p, KH_POOL_BALANCE, GHSH_ABC, out, sizeof(out), err, sizeof(err));
 	if (r != KH_OK)
 		fail_msg("GHSH: %s: %s", kh_errname(r), err);
 	assert_string_equal(kh_test_field(out, "HS"), SHA256_ABC);
 }
 
-static int login_app(struct p11_pool *p, const char *pw)
+static int login_app(struct kh_pool *p, const char *pw)
 {
-	struct p11_cred c = {"appuser", pw, strlen(pw)};
-	return p11_pool_login(p, &c, 1);
+	struct kh_pool_cred c = {"appuser", pw, strlen(pw)};
+	return kh_pool_login(p, &c, 1);
 }
 
 /* Many threads, each n calls of text; counts of results. */
 struct load {
-	struct p11_pool *p;
+	struct kh_pool *p;
 	unsigned flags;
 	const char *text;
 	int n;
@@ -507,7 +506,7 @@ static void *load_main(void *arg)
 	for (int i = 0; i < l->n; i++) {
 		char err[512];
 		double t0 = now_s();
-		int r = p11_pool_call(l->p, l->flags, req, resp, f, err, sizeof(err));
+		int r = kh_pool_call(l->p, l->flags, req, resp, f, err, sizeof(err));
 		if (r == l->expect) {
 			l->good++;
 		} else {
@@ -526,7 +525,7 @@ out:
 }
 
 /* nthreads x n calls that must all give expect. */
-static void run_load(struct p11_pool *p, unsigned flags, const char *text, int nthreads, int n,
+static void run_load(struct kh_pool *p, unsigned flags, const char *text, int nthreads, int n,
                      int expect)
 {
 	pthread_t th[32];
@@ -764,12 +763,12 @@ static int count_of(const char *hay, const char *needle)
 
 /* ---- tests: configuration ---- */
 
-static void expect_new_fails(const struct p11_slot_cfg *c, const char *want1, const char *want2)
+static void expect_new_fails(const struct kh_pool_cfg *c, const char *want1, const char *want2)
 {
 	char err[512];
-	struct p11_pool *p = p11_pool_new(c, err, sizeof(err));
+	struct kh_pool *p = kh_pool_new(c, err, sizeof(err));
 	if (p != NULL)
-		fail_msg("p11_pool_new accepted a bad configuration (want \"%s\")", want1);
+		fail_msg("kh_pool_new accepted a bad configuration (want \"%s\")", want1);
 	if (strstr(err, want1) == NULL || (want2 && strstr(err, want2) == NULL))
 		fail_msg("error \"%s\" lacks \"%s\" / \"%s\"", err, want1, want2 ? want2 : "");
 	assert_null(strchr(err, '\n'));
@@ -777,61 +776,79 @@ static void expect_new_fails(const struct p11_slot_cfg *c, const char *want1, co
 
 static void test_config_errors(void **state)
 {
-	struct p11_slot_cfg c;
-	char pass[64];
+	struct kh_pool_cfg c;
+	char pass[64], path[300], longhost[KH_POOL_HOST_MAX + 2];
 
+	/* addresses: none, too many, no host, a host too long, a bad port */
 	cfg_init(&c, true);
-	expect_new_fails(&c, "no <ADDRESS>", NULL);
+	expect_new_fails(&c, "pool test: no address", NULL);
+	c.naddr = KH_POOL_MAX_ADDRS + 1;
+	expect_new_fails(&c, "pool test: too many addresses", NULL);
+	c.naddr = 0;
 	cfg_addr(&c, "127.0.0.1", 9);
+	cfg_addr(&c, NULL, 9);
+	expect_new_fails(&c, "pool test: address 2: no host", NULL);
+	memset(longhost, 'a', sizeof(longhost) - 1);
+	longhost[sizeof(longhost) - 1] = '\0';
+	c.addr[1].host = longhost;
+	expect_new_fails(&c, "address 2: ", "bad host or port");
+	c.addr[1] = (struct kh_pool_addr){"127.0.0.1", 65536};
+	expect_new_fails(&c, "address 2: ", "bad host or port");
+	c.naddr = 1;
 
-	snprintf(c.ca_file, sizeof(c.ca_file), "%s/missing-ca.pem", G.root);
-	expect_new_fails(&c, "cannot load CA file", "missing-ca.pem");
-	snprintf(c.ca_file, sizeof(c.ca_file), "%s", G.ca);
+	snprintf(path, sizeof(path), "%s/missing-ca.pem", G.root);
+	c.ca_file = path;
+	expect_new_fails(&c, "pool test: ", "cannot load CA file");
+	c.name = NULL; /* a default name for messages */
+	expect_new_fails(&c, "connection pool: ", "missing-ca.pem");
+	c.name = "pool test";
+	c.ca_file = G.ca;
 
 	/* encrypted PEM key: no password, a wrong one, the right one */
-	snprintf(c.key_file, sizeof(c.key_file), "%s", G.key_enc);
+	c.key_file = G.key_enc;
 	expect_new_fails(&c, "client-enc.key", "encrypted and no password");
 	snprintf(pass, sizeof(pass), "not the pass");
 	c.key_pass = pass;
 	expect_new_fails(&c, "cannot load client key", "client-enc.key");
 	snprintf(pass, sizeof(pass), "%s", KEY_PASS);
-	p11_pool_free(pool_new(&c));
+	kh_pool_free(pool_new(&c));
 
 	/* PKCS#12: wrong password, missing file, a separate key file */
-	c.key_file[0] = '\0';
-	snprintf(c.cert_file, sizeof(c.cert_file), "%s", G.p12);
+	c.key_file = NULL;
+	c.cert_file = G.p12;
 	expect_new_fails(&c, "client.p12", "wrong password");
 	snprintf(pass, sizeof(pass), "%s", P12_PASS);
-	p11_pool_free(pool_new(&c));
-	snprintf(c.key_file, sizeof(c.key_file), "%s", G.key);
+	kh_pool_free(pool_new(&c));
+	c.key_file = G.key;
 	expect_new_fails(&c, "PKCS#12", "client.key");
-	c.key_file[0] = '\0';
+	c.key_file = NULL;
 	/* exported without a password: <PROD-TLS-KEY-PASS> absent or empty */
-	snprintf(c.cert_file, sizeof(c.cert_file), "%s", G.p12_nopass);
+	c.cert_file = G.p12_nopass;
 	c.key_pass = NULL;
-	p11_pool_free(pool_new(&c));
+	kh_pool_free(pool_new(&c));
 	pass[0] = '\0';
 	c.key_pass = pass;
-	p11_pool_free(pool_new(&c));
-	c.key_file[0] = '\0';
-	snprintf(c.cert_file, sizeof(c.cert_file), "%s/none.p12", G.root);
+	kh_pool_free(pool_new(&c));
+	c.key_file = NULL;
+	snprintf(path, sizeof(path), "%s/none.p12", G.root);
+	c.cert_file = path;
 	expect_new_fails(&c, "none.p12", NULL);
 
 	/* a key that is not the certificate's */
-	snprintf(c.cert_file, sizeof(c.cert_file), "%s", G.cert);
-	snprintf(c.key_file, sizeof(c.key_file), "%s", G.other_ca);
+	c.cert_file = G.cert;
+	c.key_file = G.other_ca;
 	expect_new_fails(&c, "cannot load client key", "other-ca.pem");
 
 	/* anonymous: no client certificate needed; clear: no TLS files read */
-	c.tls_anonymous = true;
-	c.cert_file[0] = c.key_file[0] = '\0';
-	p11_pool_free(pool_new(&c));
+	c.anonymous = true;
+	c.cert_file = c.key_file = NULL;
+	kh_pool_free(pool_new(&c));
 	cfg_init(&c, false);
 	cfg_addr(&c, "127.0.0.1", 9);
-	snprintf(c.ca_file, sizeof(c.ca_file), "/nonexistent");
-	p11_pool_free(pool_new(&c));
-	p11_pool_free(NULL);
-	p11_pool_abandon(NULL);
+	c.ca_file = "/nonexistent";
+	kh_pool_free(pool_new(&c));
+	kh_pool_free(NULL);
+	kh_pool_abandon(NULL);
 }
 
 /* ---- tests: one real HSM ---- */
@@ -839,55 +856,55 @@ static void test_config_errors(void **state)
 static void test_clear_tcp(void **state)
 {
 	struct hsm h;
-	struct p11_slot_cfg c;
-	struct p11_pool_stats st;
+	struct kh_pool_cfg c;
+	struct kh_pool_stats st;
 	char out[512], err[512];
 
 	hsm_init(&h, G.clear, NULL);
 	hsm_start(&h);
 	cfg_init(&c, false);
 	cfg_addr(&c, "127.0.0.1", h.port);
-	struct p11_pool *p = pool_new(&c);
+	struct kh_pool *p = pool_new(&c);
 
-	call_ok(p, P11_POOL_BALANCE, "[AOECHO;AGhello;]");
-	assert_false(p11_pool_logged_in(p));
+	call_ok(p, KH_POOL_BALANCE, "[AOECHO;AGhello;]");
+	assert_false(kh_pool_logged_in(p));
 	/* Transaction Processing may not GHSH: proof that nobody is logged in */
-	assert_int_equal(call(p, P11_POOL_BALANCE, GHSH_ABC, out, sizeof(out), err, sizeof(err)),
+	assert_int_equal(call(p, KH_POOL_BALANCE, GHSH_ABC, out, sizeof(out), err, sizeof(err)),
 	                 KH_ERR_COMMAND_NOT_ALLOWED);
 	assert_non_null(strstr(err, "GHSH not enabled"));
 
 	assert_int_equal(login_app(p, "wrong password"), KH_ERR_AUTH_FAILED);
-	assert_false(p11_pool_logged_in(p));
-	p11_pool_last_error(p, err, sizeof(err));
+	assert_false(kh_pool_logged_in(p));
+	kh_pool_last_error(p, err, sizeof(err));
 	assert_non_null(strstr(err, "login as appuser: "));
 	assert_null(strstr(err, "wrong password"));
 
 	assert_int_equal(login_app(p, KH_TEST_APP_PW), KH_OK);
-	assert_true(p11_pool_logged_in(p));
+	assert_true(kh_pool_logged_in(p));
 	for (int i = 0; i < 20; i++)
 		ghsh_ok(p);
-	call_ok(p, P11_POOL_PRIMARY, "[AOHASH;]");
-	p11_pool_stats(p, &st);
+	call_ok(p, KH_POOL_PRIMARY, "[AOHASH;]");
+	kh_pool_stats(p, &st);
 	assert_int_equal(st.open, 1); /* one connection did it all */
 	assert_int_equal(st.failures, 0);
 	assert_int_equal(st.retries, 0);
-	assert_int_equal(p11_pool_addresses_up(p), 1);
+	assert_int_equal(kh_pool_addresses_up(p), 1);
 
-	p11_pool_logout(p);
-	assert_false(p11_pool_logged_in(p));
-	p11_pool_stats(p, &st);
+	kh_pool_logout(p);
+	assert_false(kh_pool_logged_in(p));
+	kh_pool_stats(p, &st);
 	assert_int_equal(st.open, 0); /* the logged-in idle connection was closed */
-	assert_int_equal(call(p, P11_POOL_BALANCE, GHSH_ABC, NULL, 0, err, sizeof(err)),
+	assert_int_equal(call(p, KH_POOL_BALANCE, GHSH_ABC, NULL, 0, err, sizeof(err)),
 	                 KH_ERR_COMMAND_NOT_ALLOWED);
-	p11_pool_free(p);
+	kh_pool_free(p);
 	hsm_stop(&h, SIGTERM);
 }
 
 static void test_mutual_tls(void **state)
 {
 	struct hsm h;
-	struct p11_slot_cfg c;
-	struct p11_pool_stats st;
+	struct kh_pool_cfg c;
+	struct kh_pool_stats st;
 	char pass[64];
 
 	hsm_init(&h, G.golden, NULL);
@@ -896,46 +913,63 @@ static void test_mutual_tls(void **state)
 	/* encrypted PEM key */
 	cfg_init(&c, true);
 	cfg_addr(&c, "127.0.0.1", h.port);
-	snprintf(c.key_file, sizeof(c.key_file), "%s", G.key_enc);
+	c.key_file = G.key_enc;
 	snprintf(pass, sizeof(pass), "%s", KEY_PASS);
 	c.key_pass = pass;
-	struct p11_pool *p = pool_new(&c);
-	call_ok(p, P11_POOL_BALANCE, "[AOECHO;]");
+	struct kh_pool *p = pool_new(&c);
+	call_ok(p, KH_POOL_BALANCE, "[AOECHO;]");
 	assert_int_equal(login_app(p, KH_TEST_APP_PW), KH_OK);
-	run_load(p, P11_POOL_BALANCE, GHSH_ABC, 4, 25, KH_OK);
+	run_load(p, KH_POOL_BALANCE, GHSH_ABC, 4, 25, KH_OK);
 	ghsh_ok(p);
-	p11_pool_stats(p, &st);
+	kh_pool_stats(p, &st);
 	assert_true(st.connects >= 1 && st.connects <= 4);
 	assert_int_equal(st.failures, 0);
-	p11_pool_free(p);
+	kh_pool_free(p);
 
 	/* PKCS#12, and a DNS name checked against the certificate */
 	cfg_init(&c, true);
 	cfg_addr(&c, "localhost", h.port);
-	snprintf(c.cert_file, sizeof(c.cert_file), "%s", G.p12);
-	c.key_file[0] = '\0';
+	c.cert_file = G.p12;
+	c.key_file = NULL;
 	snprintf(pass, sizeof(pass), "%s", P12_PASS);
 	c.key_pass = pass;
 	p = pool_new(&c);
 	assert_int_equal(login_app(p, KH_TEST_APP_PW), KH_OK);
 	for (int i = 0; i < 10; i++)
 		ghsh_ok(p);
-	p11_pool_free(p);
+	kh_pool_free(p);
 
 	/* the default port when the address has none */
 	cfg_init(&c, true);
 	cfg_addr(&c, "127.0.0.1", 0);
-	c.prod_port = h.port;
+	c.default_port = h.port;
 	p = pool_new(&c);
-	call_ok(p, P11_POOL_PRIMARY, "[AOECHO;]");
-	p11_pool_free(p);
+	call_ok(p, KH_POOL_PRIMARY, "[AOECHO;]");
+	kh_pool_free(p);
+
+	/* the caller's TLS context: the files are not read, and the pool
+	 * keeps its own reference to the context */
+	struct kh_client_tls t = {.ca_file = G.ca, .cert_file = G.cert, .key_file = G.key};
+	SSL_CTX *ctx = NULL;
+	char err[512];
+	if (kh_client_tls_ctx(&t, &ctx, err, sizeof(err)) != KH_OK)
+		fail_msg("kh_client_tls_ctx: %s", err);
+	cfg_init(&c, true);
+	cfg_addr(&c, "127.0.0.1", h.port);
+	c.tls_ctx = ctx;
+	c.ca_file = c.cert_file = c.key_file = "/nonexistent";
+	p = pool_new(&c);
+	SSL_CTX_free(ctx);
+	assert_int_equal(login_app(p, KH_TEST_APP_PW), KH_OK);
+	run_load(p, KH_POOL_BALANCE, GHSH_ABC, 4, 5, KH_OK);
+	kh_pool_free(p);
 	hsm_stop(&h, SIGTERM);
 }
 
 static void test_tls_refusals(void **state)
 {
 	struct hsm h, h2;
-	struct p11_slot_cfg c;
+	struct kh_pool_cfg c;
 	char err[512], want[128];
 	int r;
 
@@ -945,9 +979,9 @@ static void test_tls_refusals(void **state)
 	/* a CA that did not issue the HSM's certificate */
 	cfg_init(&c, true);
 	cfg_addr(&c, "127.0.0.1", h.port);
-	snprintf(c.ca_file, sizeof(c.ca_file), "%s", G.other_ca);
-	struct p11_pool *p = pool_new(&c);
-	r = call(p, P11_POOL_BALANCE, "[AOECHO;]", NULL, 0, err, sizeof(err));
+	c.ca_file = G.other_ca;
+	struct kh_pool *p = pool_new(&c);
+	r = call(p, KH_POOL_BALANCE, "[AOECHO;]", NULL, 0, err, sizeof(err));
 	assert_int_equal(r, KH_ERR_TLS_CERT_UNKNOWN_CA);
 	snprintf(want, sizeof(want),
 	         "127.0.0.1 port %u (Excrypt): TLS handshake: server certificate "
@@ -956,19 +990,19 @@ static void test_tls_refusals(void **state)
 	if (strstr(err, want) == NULL)
 		fail_msg("\"%s\" lacks \"%s\"", err, want);
 	assert_int_equal(login_app(p, KH_TEST_APP_PW), KH_ERR_TLS_CERT_UNKNOWN_CA);
-	assert_int_equal(p11_pool_addresses_up(p), 0);
-	p11_pool_free(p);
+	assert_int_equal(kh_pool_addresses_up(p), 0);
+	kh_pool_free(p);
 
 	/* no client certificate on a mutual port: with TLS 1.3 the refusal
 	 * comes with the first answer, and says what it is */
 	cfg_init(&c, true);
 	cfg_addr(&c, "127.0.0.1", h.port);
-	c.tls_anonymous = true;
+	c.anonymous = true;
 	p = pool_new(&c);
-	r = call(p, P11_POOL_PRIMARY, "[AOECHO;]", NULL, 0, err, sizeof(err));
+	r = call(p, KH_POOL_PRIMARY, "[AOECHO;]", NULL, 0, err, sizeof(err));
 	assert_int_equal(r, KH_ERR_TLS_CERT_REQUIRED);
 	assert_non_null(strstr(err, "TLS handshake: server requires a client certificate"));
-	p11_pool_free(p);
+	kh_pool_free(p);
 
 	/* TLS to a clear port */
 	hsm_init(&h2, G.clear, NULL);
@@ -976,10 +1010,10 @@ static void test_tls_refusals(void **state)
 	cfg_init(&c, true);
 	cfg_addr(&c, "127.0.0.1", h2.port);
 	p = pool_new(&c);
-	r = call(p, P11_POOL_BALANCE, "[AOECHO;]", NULL, 0, err, sizeof(err));
+	r = call(p, KH_POOL_BALANCE, "[AOECHO;]", NULL, 0, err, sizeof(err));
 	assert_true(r == KH_ERR_TLS_HANDSHAKE || r == KH_ERR_CLOSED);
 	assert_non_null(strstr(err, "TLS handshake"));
-	p11_pool_free(p);
+	kh_pool_free(p);
 	hsm_stop(&h2, SIGTERM);
 
 	/* an address the certificate does not name (it names 127.0.0.1 and
@@ -989,11 +1023,11 @@ static void test_tls_refusals(void **state)
 	cfg_init(&c, true);
 	cfg_addr(&c, "127.0.0.2", h2.port);
 	p = pool_new(&c);
-	r = call(p, P11_POOL_BALANCE, "[AOECHO;]", NULL, 0, err, sizeof(err));
+	r = call(p, KH_POOL_BALANCE, "[AOECHO;]", NULL, 0, err, sizeof(err));
 	assert_int_not_equal(r, KH_OK);
 	assert_non_null(strstr(err, "127.0.0.2 port"));
 	assert_non_null(strstr(err, "server certificate not trusted"));
-	p11_pool_free(p);
+	kh_pool_free(p);
 	hsm_stop(&h2, SIGTERM);
 
 	/* nothing listening */
@@ -1001,12 +1035,12 @@ static void test_tls_refusals(void **state)
 	cfg_init(&c, true);
 	cfg_addr(&c, "127.0.0.1", h.port);
 	p = pool_new(&c);
-	r = call(p, P11_POOL_BALANCE, "[AOECHO;]", NULL, 0, err, sizeof(err));
+	r = call(p, KH_POOL_BALANCE, "[AOECHO;]", NULL, 0, err, sizeof(err));
 	assert_int_equal(r, KH_ERR_CONNECT);
 	snprintf(want, sizeof(want), "127.0.0.1 port %u (Excrypt): TCP connect: Connection refused",
 	         h.port);
 	assert_string_equal(err, want);
-	p11_pool_free(p);
+	kh_pool_free(p);
 }
 
 /* Logins: replayed on every new connection, after an HSM restart, with
@@ -1014,77 +1048,77 @@ static void test_tls_refusals(void **state)
 static void test_login_replay_and_logout(void **state)
 {
 	struct hsm h;
-	struct p11_slot_cfg c;
-	struct p11_pool_stats st, st2;
+	struct kh_pool_cfg c;
+	struct kh_pool_stats st, st2;
 
 	hsm_init(&h, G.golden, NULL);
 	hsm_start(&h);
 	cfg_init(&c, true);
 	cfg_addr(&c, "127.0.0.1", h.port);
 	c.max_connections = 8;
-	struct p11_pool *p = pool_new(&c);
+	struct kh_pool *p = pool_new(&c);
 
 	/* a few connections before the login, which must log in before use */
-	run_load(p, P11_POOL_BALANCE, "[AOECHO;]", 8, 10, KH_OK);
-	p11_pool_stats(p, &st);
+	run_load(p, KH_POOL_BALANCE, "[AOECHO;]", 8, 10, KH_OK);
+	kh_pool_stats(p, &st);
 	assert_true(st.open >= 1 && st.open <= 8);
 	assert_int_equal(login_app(p, KH_TEST_APP_PW), KH_OK);
-	run_load(p, P11_POOL_BALANCE, GHSH_ABC, 8, 30, KH_OK);
-	p11_pool_stats(p, &st);
+	run_load(p, KH_POOL_BALANCE, GHSH_ABC, 8, 30, KH_OK);
+	kh_pool_stats(p, &st);
 	assert_true(st.open <= 8);
 	assert_int_equal(st.failures, 0);
 
 	/* the HSM restarts: every pooled connection is dead, and no call fails */
 	hsm_stop(&h, SIGTERM);
 	hsm_start(&h);
-	run_load(p, P11_POOL_BALANCE, GHSH_ABC, 8, 10, KH_OK);
-	p11_pool_stats(p, &st2);
+	run_load(p, KH_POOL_BALANCE, GHSH_ABC, 8, 10, KH_OK);
+	kh_pool_stats(p, &st2);
 	assert_true(st2.connects > st.connects);
 	/* and after a crash, even a PRIMARY call (its idle connection is
 	 * found dead before anything is sent) */
 	hsm_stop(&h, SIGKILL);
 	hsm_start(&h);
 	char err[512];
-	int r = call(p, P11_POOL_PRIMARY, GHSH_ABC, NULL, 0, err, sizeof(err));
+	int r = call(p, KH_POOL_PRIMARY, GHSH_ABC, NULL, 0, err, sizeof(err));
 	if (r != KH_OK)
 		fail_msg("PRIMARY after a restart: %s: %s", kh_errname(r), err);
 
 	/* logout: every connection, idle or busy when it came, is logged out */
-	p11_pool_logout(p);
-	run_load(p, P11_POOL_BALANCE, GHSH_ABC, 8, 10, KH_ERR_COMMAND_NOT_ALLOWED);
+	kh_pool_logout(p);
+	run_load(p, KH_POOL_BALANCE, GHSH_ABC, 8, 10, KH_ERR_COMMAND_NOT_ALLOWED);
 
 	/* a role that needs two logins */
-	struct p11_cred dual[2] = {{"dual1", DUAL_PW1, strlen(DUAL_PW1)},
+	struct kh_pool_cred dual[2] = {{"dual1", DUAL_PW1, strlen(DUAL_PW1)},
 	                           {"dual2", DUAL_PW2, strlen(DUAL_PW2)}};
-	assert_int_equal(p11_pool_login(p, dual, 1), KH_ERR_INCOMPLETE);
-	assert_false(p11_pool_logged_in(p));
-	assert_int_equal(p11_pool_login(p, dual, 2), KH_OK);
-	run_load(p, P11_POOL_BALANCE, GHSH_ABC, 8, 10, KH_OK);
+	assert_int_equal(kh_pool_login(p, dual, 1), KH_ERR_INCOMPLETE);
+	assert_false(kh_pool_logged_in(p));
+	assert_int_equal(kh_pool_login(p, dual, 2), KH_OK);
+	run_load(p, KH_POOL_BALANCE, GHSH_ABC, 8, 10, KH_OK);
 	/* logging in again replaces the credentials on every connection */
 	assert_int_equal(login_app(p, KH_TEST_APP_PW), KH_OK);
-	run_load(p, P11_POOL_BALANCE, GHSH_ABC, 8, 10, KH_OK);
-	assert_int_equal(p11_pool_login(p, dual, 0), KH_ERR_BAD_FIELD);
-	struct p11_cred bad = {"a;b", "x", 1};
-	assert_int_equal(p11_pool_login(p, &bad, 1), KH_ERR_BAD_FIELD);
-	assert_true(p11_pool_logged_in(p)); /* a refused login keeps the old one */
+	run_load(p, KH_POOL_BALANCE, GHSH_ABC, 8, 10, KH_OK);
+	assert_int_equal(kh_pool_login(p, dual, 0), KH_ERR_BAD_FIELD);
+	struct kh_pool_cred bad = {"a;b", "x", 1};
+	assert_int_equal(kh_pool_login(p, &bad, 1), KH_ERR_BAD_FIELD);
+	assert_true(kh_pool_logged_in(p)); /* a refused login keeps the old one */
 
 	/* C_SetPIN: CHPW through the pool, then new connections use the new
 	 * password (here all of them, after a restart) */
 	char req[256], *oldhex = hexs(KH_TEST_APP_PW), *newhex = hexs("app-password-2");
 	snprintf(req, sizeof(req), "[AOCHPW;IDappuser;PW%s;NP%s;]", oldhex, newhex);
-	call_ok(p, P11_POOL_PRIMARY, req);
+	call_ok(p, KH_POOL_PRIMARY, req);
 	free(oldhex);
 	free(newhex);
-	assert_int_equal(p11_pool_set_password(p, "nobody", "x", 1), KH_ERR_NOT_FOUND);
-	assert_int_equal(p11_pool_set_password(p, "appuser", "app-password-2", 14), KH_OK);
-	run_load(p, P11_POOL_BALANCE, GHSH_ABC, 8, 10, KH_OK);
+	assert_int_equal(kh_pool_set_password(p, "nobody", "x", 1), KH_ERR_NOT_FOUND);
+	assert_int_equal(kh_pool_set_password(p, "appuser", "app-password-2", 14), KH_OK);
+	run_load(p, KH_POOL_BALANCE, GHSH_ABC, 8, 10, KH_OK);
 	hsm_stop(&h, SIGTERM);
 	hsm_start(&h);
-	run_load(p, P11_POOL_BALANCE, GHSH_ABC, 8, 10, KH_OK);
+	run_load(p, KH_POOL_BALANCE, GHSH_ABC, 8, 10, KH_OK);
 	assert_int_equal(login_app(p, KH_TEST_APP_PW), KH_ERR_AUTH_FAILED);
-	p11_pool_logout(p);
-	assert_int_equal(p11_pool_set_password(p, "appuser", "x", 1), KH_ERR_NOT_LOGGED_IN);
-	p11_pool_free(p);
+	kh_pool_logout(p);
+	assert_int_equal(kh_pool_set_password(p, "appuser", "x", 1), KH_ERR_NOT_LOGGED_IN);
+	kh_pool_free(p);
 	hsm_stop(&h, SIGTERM);
 }
 
@@ -1093,9 +1127,9 @@ static void test_login_replay_and_logout(void **state)
 static void test_balance_and_concurrency(void **state)
 {
 	struct hsm a, b;
-	struct p11_slot_cfg c;
-	struct p11_pool_stats st;
-	struct p11_pool_addr_stats sa, sb;
+	struct kh_pool_cfg c;
+	struct kh_pool_stats st;
+	struct kh_pool_addr_stats sa, sb;
 
 	hsm_init(&a, G.golden, NULL);
 	hsm_init(&b, G.golden, NULL);
@@ -1104,7 +1138,7 @@ static void test_balance_and_concurrency(void **state)
 	cfg_init(&c, true);
 	cfg_addr(&c, "127.0.0.1", a.port);
 	cfg_addr(&c, "127.0.0.1", b.port);
-	struct p11_pool *p = pool_new(&c);
+	struct kh_pool *p = pool_new(&c);
 	assert_int_equal(login_app(p, KH_TEST_APP_PW), KH_OK);
 	unsigned long ra = hsm_requests(&a, true), rb = hsm_requests(&b, true);
 
@@ -1115,36 +1149,36 @@ static void test_balance_and_concurrency(void **state)
 	/* each got about half, plus its STAT and the login's LOGN */
 	assert_true(ra2 - ra >= 45);
 	assert_true(rb2 - rb >= 45);
-	assert_true(p11_pool_addr_stats(p, 0, &sa));
-	assert_true(p11_pool_addr_stats(p, 1, &sb));
-	assert_false(p11_pool_addr_stats(p, 2, &sb));
-	assert_true(p11_pool_addr_stats(p, 1, &sb));
+	assert_true(kh_pool_addr_stats(p, 0, &sa));
+	assert_true(kh_pool_addr_stats(p, 1, &sb));
+	assert_false(kh_pool_addr_stats(p, 2, &sb));
+	assert_true(kh_pool_addr_stats(p, 1, &sb));
 	assert_true(sa.calls >= 50 && sb.calls >= 50);
 
 	/* 16 threads x 200 calls */
 	double t0 = now_s();
-	run_load(p, P11_POOL_BALANCE, GHSH_ABC, 16, 200, KH_OK);
+	run_load(p, KH_POOL_BALANCE, GHSH_ABC, 16, 200, KH_OK);
 	double dt = now_s() - t0;
-	p11_pool_stats(p, &st);
+	kh_pool_stats(p, &st);
 	assert_int_equal(st.failures, 0);
 	assert_int_equal(st.retries, 0);
 	assert_true(st.calls >= 3300);
 	assert_true(st.open <= 32);
-	assert_true(p11_pool_addr_stats(p, 0, &sa));
-	assert_true(p11_pool_addr_stats(p, 1, &sb));
+	assert_true(kh_pool_addr_stats(p, 0, &sa));
+	assert_true(kh_pool_addr_stats(p, 1, &sb));
 	assert_true(sa.calls >= 800 && sb.calls >= 800);
 	assert_int_equal(sa.in_flight + sb.in_flight, 0);
 	print_message("3200 balanced calls in %.2f s over %zu connections\n", dt, st.open);
 
 	/* load_balance off: the first address that works takes everything */
-	p11_pool_free(p);
-	c.load_balance = false;
+	kh_pool_free(p);
+	c.balance = false;
 	p = pool_new(&c);
 	for (int i = 0; i < 20; i++)
-		call_ok(p, P11_POOL_BALANCE, "[AOECHO;]");
-	assert_true(p11_pool_addr_stats(p, 1, &sb));
+		call_ok(p, KH_POOL_BALANCE, "[AOECHO;]");
+	assert_true(kh_pool_addr_stats(p, 1, &sb));
 	assert_int_equal(sb.calls, 0);
-	p11_pool_free(p);
+	kh_pool_free(p);
 	hsm_stop(&a, SIGTERM);
 	hsm_stop(&b, SIGTERM);
 }
@@ -1152,9 +1186,9 @@ static void test_balance_and_concurrency(void **state)
 static void test_failover(void **state)
 {
 	struct hsm a, b;
-	struct p11_slot_cfg c;
-	struct p11_pool_stats st;
-	struct p11_pool_addr_stats sa, sb;
+	struct kh_pool_cfg c;
+	struct kh_pool_stats st;
+	struct kh_pool_addr_stats sa, sb;
 
 	hsm_init(&a, G.golden, NULL);
 	hsm_init(&b, G.golden, NULL);
@@ -1163,26 +1197,26 @@ static void test_failover(void **state)
 	cfg_init(&c, true);
 	cfg_addr(&c, "127.0.0.1", a.port);
 	cfg_addr(&c, "127.0.0.1", b.port);
-	struct p11_pool *p = pool_new(&c);
+	struct kh_pool *p = pool_new(&c);
 	assert_int_equal(login_app(p, KH_TEST_APP_PW), KH_OK);
-	run_load(p, P11_POOL_BALANCE, GHSH_ABC, 4, 20, KH_OK);
-	assert_int_equal(p11_pool_addresses_up(p), 2);
+	run_load(p, KH_POOL_BALANCE, GHSH_ABC, 4, 20, KH_OK);
+	assert_int_equal(kh_pool_addresses_up(p), 2);
 
 	/* b crashes with connections idle in the pool: no caller sees it */
 	hsm_stop(&b, SIGKILL);
-	run_load(p, P11_POOL_BALANCE, GHSH_ABC, 4, 50, KH_OK);
-	assert_true(p11_pool_addr_stats(p, 1, &sb));
+	run_load(p, KH_POOL_BALANCE, GHSH_ABC, 4, 50, KH_OK);
+	assert_true(kh_pool_addr_stats(p, 1, &sb));
 	assert_true(sb.failures >= 1);
-	assert_int_equal(p11_pool_addresses_up(p), 1);
+	assert_int_equal(kh_pool_addresses_up(p), 1);
 
 	/* b comes back: after the back-off it gets calls again, logged in */
 	hsm_start(&b);
 	usleep(2100 * 1000); /* first back-off 1 s, doubled at most once here */
-	assert_true(p11_pool_addr_stats(p, 1, &sb));
+	assert_true(kh_pool_addr_stats(p, 1, &sb));
 	unsigned long before = sb.calls;
 	for (int i = 0; i < 40; i++)
 		ghsh_ok(p);
-	assert_true(p11_pool_addr_stats(p, 1, &sb));
+	assert_true(kh_pool_addr_stats(p, 1, &sb));
 	assert_false(sb.down);
 	assert_true(sb.calls >= before + 10);
 
@@ -1191,7 +1225,7 @@ static void test_failover(void **state)
 	struct load l[8];
 	for (int i = 0; i < 8; i++) {
 		l[i] = (struct load){
-		    .p = p, .flags = P11_POOL_BALANCE, .text = GHSH_ABC, .n = 150, .expect = KH_OK};
+		    .p = p, .flags = KH_POOL_BALANCE, .text = GHSH_ABC, .n = 150, .expect = KH_OK};
 		assert_int_equal(pthread_create(&th[i], NULL, load_main, &l[i]), 0);
 	}
 	usleep(50 * 1000);
@@ -1202,21 +1236,21 @@ static void test_failover(void **state)
 		if (l[i].bad)
 			fail_msg("thread %d: %d calls failed: %s: %s", i, l[i].bad,
 			         kh_errname(l[i].last), l[i].err);
-	assert_true(p11_pool_addr_stats(p, 0, &sa));
+	assert_true(kh_pool_addr_stats(p, 0, &sa));
 	assert_true(sa.failures >= 1);
-	p11_pool_stats(p, &st);
+	kh_pool_stats(p, &st);
 	assert_true(st.failures >= 2);
 	print_message("failover: %lu retries, %lu transport failures\n", st.retries, st.failures);
 
 	/* both down: a clear error naming the step */
 	hsm_stop(&b, SIGTERM);
 	char err[512];
-	assert_int_equal(call(p, P11_POOL_BALANCE, GHSH_ABC, NULL, 0, err, sizeof(err)),
+	assert_int_equal(call(p, KH_POOL_BALANCE, GHSH_ABC, NULL, 0, err, sizeof(err)),
 	                 KH_ERR_CONNECT);
 	assert_non_null(strstr(err, "TCP connect: Connection refused"));
-	assert_non_null(strstr(err, "no address of the slot answered: "));
-	assert_int_equal(p11_pool_addresses_up(p), 0);
-	p11_pool_free(p);
+	assert_non_null(strstr(err, "no address of the test group answered: "));
+	assert_int_equal(kh_pool_addresses_up(p), 0);
+	kh_pool_free(p);
 }
 
 /* ---- tests: fake servers ---- */
@@ -1224,7 +1258,7 @@ static void test_failover(void **state)
 static void test_primary_not_resent(void **state)
 {
 	struct fake fa, fb;
-	struct p11_slot_cfg c;
+	struct kh_pool_cfg c;
 	char err[512];
 
 	fake_start(&fa, 0);
@@ -1232,65 +1266,65 @@ static void test_primary_not_resent(void **state)
 	cfg_init(&c, false);
 	cfg_addr(&c, "127.0.0.1", fa.port);
 	cfg_addr(&c, "127.0.0.1", fb.port);
-	c.load_balance = false; /* so that a goes first, every time */
-	struct p11_pool *p = pool_new(&c);
+	c.balance = false; /* so that a goes first, every time */
+	struct kh_pool *p = pool_new(&c);
 
 	/* a reads the request and closes: PRIMARY returns the failure, b
 	 * never sees the request */
 	fake_add(&fa, "GPGS", NULL);
-	int r = call(p, P11_POOL_PRIMARY, "[AOGPGS;CT6;]", NULL, 0, err, sizeof(err));
+	int r = call(p, KH_POOL_PRIMARY, "[AOGPGS;CT6;]", NULL, 0, err, sizeof(err));
 	assert_int_equal(r, KH_ERR_CLOSED);
 	assert_non_null(strstr(err, "not sent again"));
 	assert_int_equal(count_of(fa.log, "GPGS"), 1);
 	assert_int_equal(count_of(fb.log, "GPGS"), 0);
 
 	/* BALANCE: the same failure is sent again, to b */
-	p11_pool_free(p);
+	kh_pool_free(p);
 	p = pool_new(&c);
 	fake_add(&fa, "RAND", NULL);
-	call_ok(p, P11_POOL_BALANCE, "[AORAND;NB8;]");
+	call_ok(p, KH_POOL_BALANCE, "[AORAND;NB8;]");
 	assert_int_equal(count_of(fa.log, "RAND"), 1);
 	assert_int_equal(count_of(fb.log, "RAND"), 1);
-	struct p11_pool_stats st;
-	p11_pool_stats(p, &st);
+	struct kh_pool_stats st;
+	kh_pool_stats(p, &st);
 	assert_int_equal(st.retries, 1);
-	p11_pool_free(p);
+	kh_pool_free(p);
 
 	/* a refuses the connection: PRIMARY may go on to b, nothing was sent */
 	fake_stop(&fa);
 	p = pool_new(&c);
-	call_ok(p, P11_POOL_PRIMARY, "[AOGPGS;CT6;]");
+	call_ok(p, KH_POOL_PRIMARY, "[AOGPGS;CT6;]");
 	assert_int_equal(count_of(fb.log, "GPGS"), 1);
 	/* a is now in back-off, so PRIMARY goes straight to b */
-	call_ok(p, P11_POOL_PRIMARY, "[AOGPGS;CT6;]");
-	p11_pool_stats(p, &st);
+	call_ok(p, KH_POOL_PRIMARY, "[AOGPGS;CT6;]");
+	kh_pool_stats(p, &st);
 	assert_int_equal(st.failures, 1);
-	p11_pool_free(p);
+	kh_pool_free(p);
 	fake_stop(&fb);
 }
 
 static void test_not_logged_in_replay(void **state)
 {
 	struct fake fk;
-	struct p11_slot_cfg c;
+	struct kh_pool_cfg c;
 	char err[512];
 
 	fake_start(&fk, 0);
 	cfg_init(&c, false);
 	cfg_addr(&c, "127.0.0.1", fk.port);
-	struct p11_pool *p = pool_new(&c);
+	struct kh_pool *p = pool_new(&c);
 
 	/* the HSM forgot the login (its session state restarted): log in
 	 * again on the same connection, send once more */
 	assert_int_equal(login_app(p, "pw"), KH_OK);
 	fake_add(&fk, "GHSH", "[AOERRO;CMGHSH;EC8;ETlogin required;]");
-	call_ok(p, P11_POOL_BALANCE, GHSH_ABC);
+	call_ok(p, KH_POOL_BALANCE, GHSH_ABC);
 	assert_string_equal(fk.log, "0:LOGN\n0:GHSH\n0:LOGN\n0:GHSH\n");
 
 	/* twice in a row: the HSM's answer, after one retry */
 	fake_add(&fk, "GHSH", "[AOERRO;CMGHSH;EC8;ETlogin required;]");
 	fake_add(&fk, "GHSH", "[AOERRO;CMGHSH;EC8;ETlogin required;]");
-	assert_int_equal(call(p, P11_POOL_BALANCE, GHSH_ABC, NULL, 0, err, sizeof(err)),
+	assert_int_equal(call(p, KH_POOL_BALANCE, GHSH_ABC, NULL, 0, err, sizeof(err)),
 	                 KH_ERR_NOT_LOGGED_IN);
 	assert_non_null(strstr(err, "login required"));
 
@@ -1304,52 +1338,52 @@ static void test_not_logged_in_replay(void **state)
 	 * changed elsewhere): that error, not a transport one */
 	fake_add(&fk, "GHSH", NULL);
 	fake_add(&fk, "LOGN", "[AOERRO;CMLOGN;EC12;ETinvalid identity or password;]");
-	assert_int_equal(call(p, P11_POOL_BALANCE, GHSH_ABC, NULL, 0, err, sizeof(err)),
+	assert_int_equal(call(p, KH_POOL_BALANCE, GHSH_ABC, NULL, 0, err, sizeof(err)),
 	                 KH_ERR_AUTH_FAILED);
 	assert_non_null(strstr(err, "login as appuser: invalid identity or password"));
-	assert_true(p11_pool_logged_in(p));
+	assert_true(kh_pool_logged_in(p));
 
 	/* not logged in: NOT_LOGGED_IN is only passed on */
-	p11_pool_logout(p);
+	kh_pool_logout(p);
 	fk.loglen = 0;
 	fk.log[0] = '\0';
 	fake_add(&fk, "GHSH", "[AOERRO;CMGHSH;EC8;ETlogin required;]");
-	assert_int_equal(call(p, P11_POOL_BALANCE, GHSH_ABC, NULL, 0, err, sizeof(err)),
+	assert_int_equal(call(p, KH_POOL_BALANCE, GHSH_ABC, NULL, 0, err, sizeof(err)),
 	                 KH_ERR_NOT_LOGGED_IN);
 	assert_int_equal(count_of(fk.log, "LOGN"), 0);
 
 	/* an HSM error that is no error code we know is still the HSM's */
 	fake_add(&fk, "GHSH", "[AOERRO;CMGHSH;EC999;ETfuture;]");
-	assert_int_equal(call(p, P11_POOL_BALANCE, GHSH_ABC, NULL, 0, err, sizeof(err)),
+	assert_int_equal(call(p, KH_POOL_BALANCE, GHSH_ABC, NULL, 0, err, sizeof(err)),
 	                 KH_ERR_PROTOCOL);
-	struct p11_pool_stats st;
-	p11_pool_stats(p, &st);
+	struct kh_pool_stats st;
+	kh_pool_stats(p, &st);
 	assert_int_equal(st.open, 1);
-	p11_pool_free(p);
+	kh_pool_free(p);
 	fake_stop(&fk);
 }
 
 static void test_max_connections_wait(void **state)
 {
 	struct fake fk;
-	struct p11_slot_cfg c;
-	struct p11_pool_stats st;
+	struct kh_pool_cfg c;
+	struct kh_pool_stats st;
 
 	fake_start(&fk, 0);
 	fk.delay_ms = 150;
 	cfg_init(&c, false);
 	cfg_addr(&c, "127.0.0.1", fk.port);
 	c.max_connections = 2;
-	struct p11_pool *p = pool_new(&c);
+	struct kh_pool *p = pool_new(&c);
 	double t0 = now_s();
-	run_load(p, P11_POOL_BALANCE, "[AOECHO;]", 6, 1, KH_OK);
+	run_load(p, KH_POOL_BALANCE, "[AOECHO;]", 6, 1, KH_OK);
 	double dt = now_s() - t0;
-	p11_pool_stats(p, &st);
+	kh_pool_stats(p, &st);
 	assert_int_equal(st.connects, 2);
 	assert_int_equal(st.open, 2);
 	assert_int_equal(fk.max_live, 2);
 	assert_true(dt >= 0.42); /* three rounds of two */
-	p11_pool_free(p);
+	kh_pool_free(p);
 	fake_stop(&fk);
 }
 
@@ -1369,7 +1403,7 @@ static void on_usr1(int sig)
 static void test_signals(void **state)
 {
 	struct hsm h;
-	struct p11_slot_cfg c;
+	struct kh_pool_cfg c;
 	struct sigaction sa, old;
 	pthread_t th[4];
 	struct load l[4];
@@ -1378,7 +1412,7 @@ static void test_signals(void **state)
 	hsm_start(&h);
 	cfg_init(&c, true);
 	cfg_addr(&c, "127.0.0.1", h.port);
-	struct p11_pool *p = pool_new(&c);
+	struct kh_pool *p = pool_new(&c);
 	assert_int_equal(login_app(p, KH_TEST_APP_PW), KH_OK);
 
 	memset(&sa, 0, sizeof(sa));
@@ -1389,7 +1423,7 @@ static void test_signals(void **state)
 	usr1_seen = 0;
 	for (int i = 0; i < 4; i++) {
 		l[i] = (struct load){
-		    .p = p, .flags = P11_POOL_BALANCE, .text = GHSH_ABC, .n = 300, .expect = KH_OK};
+		    .p = p, .flags = KH_POOL_BALANCE, .text = GHSH_ABC, .n = 300, .expect = KH_OK};
 		assert_int_equal(pthread_create(&th[i], NULL, load_main, &l[i]), 0);
 	}
 	/* until every thread is done (ESRCH once it has exited is fine) */
@@ -1412,10 +1446,10 @@ static void test_signals(void **state)
 			fail_msg("thread %d: %d calls failed under signals: %s: %s", i, l[i].bad,
 			         kh_errname(l[i].last), l[i].err);
 	assert_true(usr1_seen > 100);
-	struct p11_pool_stats st;
-	p11_pool_stats(p, &st);
+	struct kh_pool_stats st;
+	kh_pool_stats(p, &st);
 	assert_int_equal(st.failures, 0);
-	p11_pool_free(p);
+	kh_pool_free(p);
 	hsm_stop(&h, SIGTERM);
 }
 
@@ -1424,8 +1458,8 @@ static void test_signals(void **state)
 static void test_fork_abandon(void **state)
 {
 	struct hsm h;
-	struct p11_slot_cfg c;
-	struct p11_pool_stats st, st2;
+	struct kh_pool_cfg c;
+	struct kh_pool_stats st, st2;
 	int status = 0;
 
 	hsm_init(&h, G.golden, NULL);
@@ -1433,10 +1467,10 @@ static void test_fork_abandon(void **state)
 	cfg_init(&c, true);
 	cfg_addr(&c, "127.0.0.1", h.port);
 	c.max_connections = 1; /* one connection, so the parent's checks use it */
-	struct p11_pool *p = pool_new(&c);
+	struct kh_pool *p = pool_new(&c);
 	assert_int_equal(login_app(p, KH_TEST_APP_PW), KH_OK);
-	run_load(p, P11_POOL_BALANCE, GHSH_ABC, 3, 5, KH_OK);
-	p11_pool_stats(p, &st);
+	run_load(p, KH_POOL_BALANCE, GHSH_ABC, 3, 5, KH_OK);
+	kh_pool_stats(p, &st);
 	assert_int_equal(st.open, 1);
 
 	for (int mode = 0; mode < 2; mode++) {
@@ -1445,32 +1479,32 @@ static void test_fork_abandon(void **state)
 		assert_true(pid >= 0);
 		if (pid == 0) {
 			/* the child: drop the parent's pool without a byte on its
-			 * connections (mode 1: p11_pool_free sees the fork
+			 * connections (mode 1: kh_pool_free sees the fork
 			 * itself), then work with a pool of its own */
 			struct kh_buf *req = kh_buf_new(64), *resp = kh_buf_new(KH_FRAME_MAX);
 			struct kh_frame *f = malloc(sizeof(*f));
 			char err[512];
 			if (mode == 0)
-				p11_pool_abandon(p);
+				kh_pool_abandon(p);
 			else
-				p11_pool_free(p);
-			struct p11_pool *q = p11_pool_new(&c, err, sizeof(err));
+				kh_pool_free(p);
+			struct kh_pool *q = kh_pool_new(&c, err, sizeof(err));
 			if (q == NULL || login_app(q, KH_TEST_APP_PW) != KH_OK ||
 			    kh_buf_put_str(req, GHSH_ABC) != KH_OK)
 				_exit(2);
 			for (int i = 0; i < 5; i++)
-				if (p11_pool_call(q, P11_POOL_BALANCE, req, resp, f, err,
+				if (kh_pool_call(q, KH_POOL_BALANCE, req, resp, f, err,
 				                  sizeof(err)) != KH_OK)
 					_exit(3);
-			p11_pool_free(q);
+			kh_pool_free(q);
 			_exit(0);
 		}
 		assert_int_equal(waitpid(pid, &status, 0), pid);
 		assert_true(WIFEXITED(status));
 		assert_int_equal(WEXITSTATUS(status), 0);
 		/* the parent's connections are as they were: no reconnect */
-		run_load(p, P11_POOL_BALANCE, GHSH_ABC, 3, 5, KH_OK);
-		p11_pool_stats(p, &st2);
+		run_load(p, KH_POOL_BALANCE, GHSH_ABC, 3, 5, KH_OK);
+		kh_pool_stats(p, &st2);
 		assert_int_equal(st2.connects, st.connects);
 		assert_int_equal(st2.failures, 0);
 	}
@@ -1484,14 +1518,14 @@ static void test_fork_abandon(void **state)
 		struct kh_frame *f = malloc(sizeof(*f));
 		if (kh_buf_put_str(req, GHSH_ABC) != KH_OK)
 			_exit(2);
-		int r = p11_pool_call(p, P11_POOL_BALANCE, req, resp, f, err, sizeof(err));
+		int r = kh_pool_call(p, KH_POOL_BALANCE, req, resp, f, err, sizeof(err));
 		_exit(r == KH_ERR_STATE && strstr(err, "fork") ? 0 : 1);
 	}
 	assert_int_equal(waitpid(pid, &status, 0), pid);
 	assert_true(WIFEXITED(status));
 	assert_int_equal(WEXITSTATUS(status), 0);
-	run_load(p, P11_POOL_BALANCE, GHSH_ABC, 3, 5, KH_OK);
-	p11_pool_free(p);
+	run_load(p, KH_POOL_BALANCE, GHSH_ABC, 3, 5, KH_OK);
+	kh_pool_free(p);
 	hsm_stop(&h, SIGTERM);
 }
 
@@ -1539,7 +1573,7 @@ static void test_no_sigpipe(void **state)
 	EVP_PKEY *key = NULL;
 	X509 *x = NULL;
 	const char *why = NULL;
-	struct p11_slot_cfg c;
+	struct kh_pool_cfg c;
 	char err[512];
 
 	assert_true(signal(SIGPIPE, SIG_DFL) != SIG_ERR);
@@ -1563,15 +1597,15 @@ static void test_no_sigpipe(void **state)
 
 	cfg_init(&c, true);
 	cfg_addr(&c, "127.0.0.1", s.port);
-	snprintf(c.ca_file, sizeof(c.ca_file), "%s", G.other_ca);
-	c.tls_anonymous = true;
-	struct p11_pool *p = pool_new(&c);
+	c.ca_file = G.other_ca;
+	c.anonymous = true;
+	struct kh_pool *p = pool_new(&c);
 	for (int i = 0; i < 5; i++) {
-		int r = call(p, P11_POOL_BALANCE, "[AOECHO;]", NULL, 0, err, sizeof(err));
+		int r = call(p, KH_POOL_BALANCE, "[AOECHO;]", NULL, 0, err, sizeof(err));
 		assert_true(r == KH_ERR_CLOSED || r == KH_ERR_IO || r == KH_ERR_TLS_HANDSHAKE);
 	}
 	/* still alive: no SIGPIPE from a write after the reset */
-	p11_pool_free(p);
+	kh_pool_free(p);
 	shutdown(s.lfd, SHUT_RDWR);
 	close(s.lfd);
 	pthread_join(s.th, NULL);

@@ -1,17 +1,17 @@
 /*
- * The connections from the module to the HSMs of one slot: per address a
+ * The connections to the HSMs of one group of addresses: per address a
  * stack of idle connections, a count of calls in flight and a back-off after
  * failures, all under one mutex that is never held during network I/O.
  * It must never write to a connection inherited through fork(), never keep
  * a password outside the secure heap, and never put a frame value into an
  * error text.
  */
-#include "pkcs11/p11_pool.h"
-#include "pkcs11/p11.h"
+#include "common/kh_pool.h"
 #include "common/kh_buf.h"
 #include "common/kh_client.h"
 #include "common/kh_frame.h"
 #include "common/kh_mem.h"
+#include "common/kh_pid.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -29,11 +29,11 @@
 #define POOL_BACKOFF_FIRST_MS 1000u
 #define POOL_BACKOFF_MAX_MS 30000u
 #define POOL_LOGIN_RESP_MAX 65536u
-#define POOL_DEFAULT_PORT 9100u
 #define POOL_DEFAULT_MAX_CONN 64u
 #define POOL_DEFAULT_CONNECT_MS 10000
 #define POOL_DEFAULT_REQUEST_MS 60000
 #define POOL_MSG 600
+#define POOL_NAME_MAX 64 /* cfg->what, cut to fit */
 
 /* The credentials of one login, immutable once made; shared by reference
  * so that a LOGN in flight keeps its copy while a logout drops the pool's. */
@@ -41,7 +41,7 @@ struct pool_creds {
 	unsigned refs; /* pool mutex */
 	size_t n;
 	struct {
-		char user[P11_CFG_NAME_MAX + 1];
+		char user[KH_POOL_USER_MAX + 1];
 		char *pw; /* secure heap, pwlen + 1 bytes */
 		size_t pwlen;
 	} c[POOL_MAX_CREDS];
@@ -52,17 +52,17 @@ struct pool_addr;
 struct pool_conn {
 	struct kh_client *c;
 	struct pool_addr *a;
-	int fd;         /* for p11_pool_abandon, which may not touch c of a busy one */
-	uint64_t gen;   /* login generation the connection is in step with */
-	bool logged_in; /* holds a LOGN */
-	bool idle;      /* on a->idle (pool mutex) */
+	int fd;              /* for kh_pool_abandon, which may not touch c of a busy one */
+	uint64_t gen;        /* login generation the connection is in step with */
+	bool logged_in;      /* holds a LOGN */
+	bool idle;           /* on a->idle (pool mutex) */
 	uint64_t idle_since; /* now_ms() when it went idle */
 	struct pool_conn *next_idle;
 	struct pool_conn *prev, *next; /* a->all: every open connection (pool mutex) */
 };
 
 struct pool_addr {
-	char host[sizeof(((struct p11_addr *)0)->host)];
+	char host[KH_POOL_HOST_MAX + 1];
 	unsigned port;
 	struct pool_conn *idle; /* most recently used first */
 	struct pool_conn *all;
@@ -74,21 +74,22 @@ struct pool_addr {
 	unsigned long calls, failures;
 };
 
-struct p11_pool {
-	const struct p11_slot_cfg *cfg;
+struct kh_pool {
+	char what[POOL_NAME_MAX];   /* cfg->what */
+	bool balance;               /* cfg->balance */
 	SSL_CTX *ctx;               /* NULL for clear TCP */
 	struct kh_client_opts base; /* host and port set per address */
 	pid_t pid;
 	pthread_mutex_t mu;
 	pthread_cond_t cv; /* a connection slot came free */
-	struct pool_addr addr[P11_CFG_MAX_ADDRS];
+	struct pool_addr addr[KH_POOL_MAX_ADDRS];
 	size_t naddr;
 	size_t max_conn;
 	size_t rr;                /* round-robin cursor for ties */
 	struct pool_creds *creds; /* NULL: logged out */
 	uint64_t gen;             /* bumped by every login and logout */
 	size_t nconn;
-	struct p11_pool_stats st;
+	struct kh_pool_stats st;
 	char last_err[POOL_MSG];
 };
 
@@ -175,7 +176,7 @@ static void creds_free(struct pool_creds *cs)
 	free(cs);
 }
 
-static void creds_unref(struct p11_pool *p, struct pool_creds *cs)
+static void creds_unref(struct kh_pool *p, struct pool_creds *cs)
 {
 	bool last;
 	if (cs == NULL)
@@ -187,7 +188,7 @@ static void creds_unref(struct p11_pool *p, struct pool_creds *cs)
 		creds_free(cs);
 }
 
-static int creds_new(const struct p11_cred *in, size_t n, struct pool_creds **out)
+static int creds_new(const struct kh_pool_cred *in, size_t n, struct pool_creds **out)
 {
 	struct pool_creds *cs;
 
@@ -196,8 +197,8 @@ static int creds_new(const struct p11_cred *in, size_t n, struct pool_creds **ou
 		return KH_ERR_BAD_FIELD;
 	for (size_t i = 0; i < n; i++) {
 		size_t ul = in[i].user ? strlen(in[i].user) : 0;
-		if (ul == 0 || ul > P11_CFG_NAME_MAX || !kh_frame_text_ok(in[i].user, ul) ||
-		    (in[i].pw == NULL && in[i].pwlen != 0) || in[i].pwlen > P11_CFG_PASS_MAX)
+		if (ul == 0 || ul > KH_POOL_USER_MAX || !kh_frame_text_ok(in[i].user, ul) ||
+		    (in[i].pw == NULL && in[i].pwlen != 0) || in[i].pwlen > KH_POOL_PASS_MAX)
 			return KH_ERR_BAD_FIELD;
 	}
 	if ((cs = calloc(1, sizeof(*cs))) == NULL)
@@ -243,7 +244,7 @@ static void unlink_conn(struct pool_addr *a, struct pool_conn *k)
 
 /* Close a connection (TLS close_notify) outside the lock. keep_slot: the
  * caller opens another in its place, so the address's count stays. */
-static void conn_close(struct p11_pool *p, struct pool_conn *k, bool keep_slot)
+static void conn_close(struct kh_pool *p, struct pool_conn *k, bool keep_slot)
 {
 	struct pool_addr *a = k->a;
 
@@ -262,7 +263,7 @@ static void conn_close(struct p11_pool *p, struct pool_conn *k, bool keep_slot)
 }
 
 /* Close every connection of a list linked through next_idle. */
-static void close_list(struct p11_pool *p, struct pool_conn *list)
+static void close_list(struct kh_pool *p, struct pool_conn *list)
 {
 	while (list) {
 		struct pool_conn *k = list;
@@ -285,7 +286,7 @@ static struct pool_conn *take_idle_list(struct pool_addr *a)
 /* A transport failure at a (pool mutex held): back off, and hand back its
  * idle connections to close, since a failure is most often a restarted or
  * stopped HSM, which took all of them with it. */
-static struct pool_conn *mark_down(struct p11_pool *p, struct pool_addr *a)
+static struct pool_conn *mark_down(struct kh_pool *p, struct pool_addr *a)
 {
 	uint64_t now = now_ms();
 	/* One outage is seen by every call in flight there: back off once per
@@ -302,7 +303,7 @@ static struct pool_conn *mark_down(struct p11_pool *p, struct pool_addr *a)
 	return take_idle_list(a);
 }
 
-static void fail_addr(struct p11_pool *p, struct pool_addr *a, const char *msg)
+static void fail_addr(struct kh_pool *p, struct pool_addr *a, const char *msg)
 {
 	struct pool_conn *l;
 	pthread_mutex_lock(&p->mu);
@@ -314,7 +315,7 @@ static void fail_addr(struct p11_pool *p, struct pool_addr *a, const char *msg)
 }
 
 /* Connect a new connection into a slot already counted in a->nopen. */
-static int conn_open(struct p11_pool *p, struct pool_addr *a, struct pool_conn **out, char *msg,
+static int conn_open(struct kh_pool *p, struct pool_addr *a, struct pool_conn **out, char *msg,
                      size_t msgsz)
 {
 	struct kh_client_opts o = p->base;
@@ -357,7 +358,7 @@ static int conn_open(struct p11_pool *p, struct pool_addr *a, struct pool_conn *
  * while the address has max_conn open and none idle. fresh: never an idle
  * one. resendable: the call is retried on a transport failure (see
  * TRUST_IDLE_MS). *is_new says which it got. */
-static int conn_take(struct p11_pool *p, struct pool_addr *a, bool fresh, bool resendable,
+static int conn_take(struct kh_pool *p, struct pool_addr *a, bool fresh, bool resendable,
                      struct pool_conn **out, bool *is_new, char *msg, size_t msgsz)
 {
 	struct pool_conn *k = NULL, *old = NULL;
@@ -397,7 +398,8 @@ static int conn_take(struct p11_pool *p, struct pool_addr *a, bool fresh, bool r
 	}
 	pthread_mutex_unlock(&p->mu);
 	if (k) {
-		if ((resendable && now_ms() - k->idle_since < TRUST_IDLE_MS) || !kh_client_stale(k->c)) {
+		if ((resendable && now_ms() - k->idle_since < TRUST_IDLE_MS) ||
+		    !kh_client_stale(k->c)) {
 			*out = k;
 			return KH_OK;
 		}
@@ -418,7 +420,7 @@ static int conn_take(struct p11_pool *p, struct pool_addr *a, bool fresh, bool r
 
 /* Give a connection back after a sound exchange; one that holds a login
  * the pool no longer has (a logout came meanwhile) is closed instead. */
-static void conn_release(struct p11_pool *p, struct pool_conn *k)
+static void conn_release(struct kh_pool *p, struct pool_conn *k)
 {
 	bool drop;
 	pthread_mutex_lock(&p->mu);
@@ -446,10 +448,10 @@ static bool addr_down(const struct pool_addr *a, uint64_t now)
 /* The next address to try (pool mutex held), or -1 when every one was
  * tried. Addresses in back-off come last, but are still tried: a call does
  * not fail without trying. */
-static int pick(struct p11_pool *p, unsigned flags, uint32_t tried)
+static int pick(struct kh_pool *p, unsigned flags, uint32_t tried)
 {
 	uint64_t now = now_ms();
-	bool balance = (flags & P11_POOL_BALANCE) && p->cfg->load_balance && p->naddr > 1;
+	bool balance = (flags & KH_POOL_BALANCE) && p->balance && p->naddr > 1;
 	int best = -1;
 	bool best_up = false;
 
@@ -581,7 +583,7 @@ static void login_bufs_free(struct login_bufs *b)
 
 /* Bring a connection in step with the pool's login: log it in, or out, or
  * over to new credentials. *hsm as in send_logins. */
-static int conn_sync_login(struct p11_pool *p, struct pool_conn *k, bool *hsm, char *msg,
+static int conn_sync_login(struct kh_pool *p, struct pool_conn *k, bool *hsm, char *msg,
                            size_t msgsz)
 {
 	struct pool_creds *cs;
@@ -623,7 +625,7 @@ out:
 /* Log in if needed, send, receive; NOT_LOGGED_IN on a connection that
  * should be logged in (the HSM restarted its session state, or an identity
  * changed) logs in again and sends once more. */
-static int exchange(struct p11_pool *p, struct pool_conn *k, const struct kh_buf *req,
+static int exchange(struct kh_pool *p, struct pool_conn *k, const struct kh_buf *req,
                     struct kh_buf *resp, struct kh_frame *f, bool *sent, bool *hsm, bool *drop,
                     char *msg, size_t msgsz)
 {
@@ -671,20 +673,20 @@ static void trail_add(char *trail, size_t sz, const char *msg)
 	snprintf(trail + n, sz - n, "%s%s", n ? "; " : "", msg);
 }
 
-static bool wrong_process(struct p11_pool *p, char *err, size_t errsz)
+static bool wrong_process(struct kh_pool *p, char *err, size_t errsz)
 {
-	if (p11_pid() == p->pid)
+	if (kh_pid() == p->pid)
 		return false;
 	set_msg(err, errsz,
 	        "the connection pool belongs to the parent process (fork): "
-	        "C_Initialize again in the child");
+	        "make a new one in the child");
 	return true;
 }
 
-int p11_pool_call(struct p11_pool *p, unsigned flags, const struct kh_buf *req, struct kh_buf *resp,
-                  struct kh_frame *f, char *err, size_t errsz)
+int kh_pool_call(struct kh_pool *p, unsigned flags, const struct kh_buf *req, struct kh_buf *resp,
+                 struct kh_frame *f, char *err, size_t errsz)
 {
-	bool balance = (flags & P11_POOL_BALANCE) != 0;
+	bool balance = (flags & KH_POOL_BALANCE) != 0;
 	char msg[POOL_MSG] = "", trail[2 * POOL_MSG] = "";
 	uint32_t tried = 0;
 	int reused_fail = -1; /* first address whose idle connection failed */
@@ -769,7 +771,7 @@ int p11_pool_call(struct p11_pool *p, unsigned flags, const struct kh_buf *req, 
 		}
 	}
 	if (p->naddr > 1)
-		set_msg(err, errsz, "no address of the slot answered: %s", trail);
+		set_msg(err, errsz, "no address of the %s answered: %s", p->what, trail);
 	else
 		set_msg(err, errsz, "%s", trail);
 	return r;
@@ -777,7 +779,7 @@ int p11_pool_call(struct p11_pool *p, unsigned flags, const struct kh_buf *req, 
 
 /* ---- login and logout ---- */
 
-int p11_pool_login(struct p11_pool *p, const struct p11_cred *creds, size_t ncreds)
+int kh_pool_login(struct kh_pool *p, const struct kh_pool_cred *creds, size_t ncreds)
 {
 	struct login_bufs b = {0};
 	struct pool_creds *cs = NULL;
@@ -799,7 +801,7 @@ int p11_pool_login(struct p11_pool *p, const struct p11_cred *creds, size_t ncre
 		int ai;
 
 		pthread_mutex_lock(&p->mu);
-		ai = pick(p, P11_POOL_BALANCE, tried);
+		ai = pick(p, KH_POOL_BALANCE, tried);
 		if (ai < 0) {
 			pthread_mutex_unlock(&p->mu);
 			break;
@@ -846,12 +848,12 @@ out:
 	return r;
 }
 
-void p11_pool_logout(struct p11_pool *p)
+void kh_pool_logout(struct kh_pool *p)
 {
 	struct pool_conn *drop = NULL;
 	struct pool_creds *old;
 
-	if (p == NULL || p11_pid() != p->pid)
+	if (p == NULL || kh_pid() != p->pid)
 		return;
 	pthread_mutex_lock(&p->mu);
 	old = p->creds;
@@ -880,9 +882,9 @@ void p11_pool_logout(struct p11_pool *p)
 	creds_unref(p, old);
 }
 
-int p11_pool_set_password(struct p11_pool *p, const char *user, const char *pw, size_t pwlen)
+int kh_pool_set_password(struct kh_pool *p, const char *user, const char *pw, size_t pwlen)
 {
-	struct p11_cred in[POOL_MAX_CREDS];
+	struct kh_pool_cred in[POOL_MAX_CREDS];
 	struct pool_creds *cs = NULL, *old;
 	bool found = false;
 	int r;
@@ -898,8 +900,8 @@ int p11_pool_set_password(struct p11_pool *p, const char *user, const char *pw, 
 	for (size_t i = 0; i < old->n; i++) {
 		bool match = strcmp(old->c[i].user, user) == 0;
 		found |= match;
-		in[i] = (struct p11_cred){old->c[i].user, match ? pw : old->c[i].pw,
-		                          match ? pwlen : old->c[i].pwlen};
+		in[i] = (struct kh_pool_cred){old->c[i].user, match ? pw : old->c[i].pw,
+		                              match ? pwlen : old->c[i].pwlen};
 	}
 	r = found ? creds_new(in, old->n, &cs) : KH_ERR_NOT_FOUND;
 	if (r == KH_OK)
@@ -910,7 +912,7 @@ int p11_pool_set_password(struct p11_pool *p, const char *user, const char *pw, 
 	return r;
 }
 
-bool p11_pool_logged_in(struct p11_pool *p)
+bool kh_pool_logged_in(struct kh_pool *p)
 {
 	bool in;
 	pthread_mutex_lock(&p->mu);
@@ -921,38 +923,46 @@ bool p11_pool_logged_in(struct p11_pool *p)
 
 /* ---- life cycle ---- */
 
-struct p11_pool *p11_pool_new(const struct p11_slot_cfg *cfg, char *err, size_t errsz)
+static bool str_set(const char *s)
 {
-	struct p11_pool *p;
+	return s != NULL && s[0] != '\0';
+}
+
+struct kh_pool *kh_pool_new(const struct kh_pool_cfg *cfg, char *err, size_t errsz)
+{
+	const char *name = str_set(cfg->name) ? cfg->name : "connection pool";
+	struct kh_pool *p;
 	char msg[POOL_MSG];
+	bool mu = false;
 
 	set_msg(err, errsz, "%s", "");
-	if (cfg->naddr == 0 || cfg->naddr > P11_CFG_MAX_ADDRS) {
-		set_msg(err, errsz, "slot %lu: %s", cfg->slot_id,
-		        cfg->naddr ? "too many <ADDRESS> entries" : "no <ADDRESS>");
+	if (cfg->naddr == 0 || cfg->naddr > KH_POOL_MAX_ADDRS) {
+		set_msg(err, errsz, "%s: %s", name,
+		        cfg->naddr ? "too many addresses" : "no address");
 		return NULL;
 	}
 	if ((p = calloc(1, sizeof(*p))) == NULL) {
-		set_msg(err, errsz, "slot %lu: out of memory", cfg->slot_id);
+		set_msg(err, errsz, "%s: out of memory", name);
 		return NULL;
 	}
-	p->cfg = cfg;
-	p->pid = p11_pid();
+	snprintf(p->what, sizeof(p->what), "%s", str_set(cfg->what) ? cfg->what : "pool");
+	p->balance = cfg->balance;
+	p->pid = kh_pid();
 	p->gen = 1;
 	p->naddr = cfg->naddr;
 	p->max_conn = cfg->max_connections ? cfg->max_connections : POOL_DEFAULT_MAX_CONN;
 	for (size_t i = 0; i < cfg->naddr; i++) {
+		const struct kh_pool_addr *in = &cfg->addr[i];
 		struct pool_addr *a = &p->addr[i];
-		snprintf(a->host, sizeof(a->host), "%s", cfg->addr[i].host);
-		a->port = cfg->addr[i].port ? cfg->addr[i].port
-		          : cfg->prod_port  ? cfg->prod_port
-		                            : POOL_DEFAULT_PORT;
-		if (a->host[0] == '\0' || a->port > 65535) {
-			set_msg(err, errsz, "slot %lu: <ADDRESS> %zu: no host or a bad port",
-			        cfg->slot_id, i + 1);
-			free(p);
-			return NULL;
+		a->port = in->port            ? in->port
+		          : cfg->default_port ? cfg->default_port
+		                              : KH_POOL_DEFAULT_PORT;
+		if (!str_set(in->host) || strlen(in->host) > KH_POOL_HOST_MAX || a->port > 65535) {
+			set_msg(err, errsz, "%s: address %zu: no host, or a bad host or port", name,
+			        i + 1);
+			goto fail;
 		}
+		snprintf(a->host, sizeof(a->host), "%s", in->host);
 	}
 	kh_client_opts_init(&p->base);
 	p->base.tls = cfg->tls;
@@ -966,43 +976,51 @@ struct p11_pool *p11_pool_new(const struct p11_slot_cfg *cfg, char *err, size_t 
 	p->base.handshake_timeout_ms = p->base.connect_timeout_ms;
 	p->base.port_name = "Excrypt";
 	p->base.probe = false; /* the first request shows a refused handshake */
-	if (cfg->tls) {
+	if (cfg->tls && cfg->tls_ctx) {
+		if (SSL_CTX_up_ref(cfg->tls_ctx) != 1) {
+			set_msg(err, errsz, "%s: out of memory", name);
+			goto fail;
+		}
+		p->ctx = cfg->tls_ctx;
+		p->base.tls_ctx = p->ctx;
+	} else if (cfg->tls) {
 		struct kh_client_tls t = {
-		    .ca_file = cfg->ca_file[0] ? cfg->ca_file : NULL,
-		    .cert_file = !cfg->tls_anonymous && cfg->cert_file[0] ? cfg->cert_file : NULL,
-		    .key_file = !cfg->tls_anonymous && cfg->key_file[0] ? cfg->key_file : NULL,
+		    .ca_file = str_set(cfg->ca_file) ? cfg->ca_file : NULL,
+		    .cert_file = !cfg->anonymous && str_set(cfg->cert_file) ? cfg->cert_file : NULL,
+		    .key_file = !cfg->anonymous && str_set(cfg->key_file) ? cfg->key_file : NULL,
 		    .pass = cfg->key_pass,
 		    .passlen = cfg->key_pass ? strlen(cfg->key_pass) : 0,
 		};
 		if (kh_client_tls_ctx(&t, &p->ctx, msg, sizeof(msg)) != KH_OK) {
-			set_msg(err, errsz, "slot %lu: %s", cfg->slot_id, msg);
-			free(p);
-			return NULL;
+			set_msg(err, errsz, "%s: %s", name, msg);
+			goto fail;
 		}
 		p->base.tls_ctx = p->ctx;
 	}
 	if (pthread_mutex_init(&p->mu, NULL) != 0) {
-		SSL_CTX_free(p->ctx);
-		free(p);
-		set_msg(err, errsz, "slot %lu: cannot make a mutex", cfg->slot_id);
-		return NULL;
+		set_msg(err, errsz, "%s: cannot make a mutex", name);
+		goto fail;
 	}
+	mu = true;
 	if (pthread_cond_init(&p->cv, NULL) != 0) {
-		pthread_mutex_destroy(&p->mu);
-		SSL_CTX_free(p->ctx);
-		free(p);
-		set_msg(err, errsz, "slot %lu: cannot make a condition variable", cfg->slot_id);
-		return NULL;
+		set_msg(err, errsz, "%s: cannot make a condition variable", name);
+		goto fail;
 	}
 	return p;
+fail:
+	if (mu)
+		pthread_mutex_destroy(&p->mu);
+	SSL_CTX_free(p->ctx);
+	free(p);
+	return NULL;
 }
 
-void p11_pool_free(struct p11_pool *p)
+void kh_pool_free(struct kh_pool *p)
 {
 	if (p == NULL)
 		return;
-	if (p11_pid() != p->pid) {
-		p11_pool_abandon(p);
+	if (kh_pid() != p->pid) {
+		kh_pool_abandon(p);
 		return;
 	}
 	for (size_t i = 0; i < p->naddr; i++) {
@@ -1022,7 +1040,7 @@ void p11_pool_free(struct p11_pool *p)
 	free(p);
 }
 
-void p11_pool_abandon(struct p11_pool *p)
+void kh_pool_abandon(struct kh_pool *p)
 {
 	if (p == NULL)
 		return;
@@ -1053,14 +1071,14 @@ void p11_pool_abandon(struct p11_pool *p)
 
 /* ---- monitoring ---- */
 
-size_t p11_pool_addresses_up(struct p11_pool *p)
+size_t kh_pool_addresses_up(struct kh_pool *p)
 {
 	struct kh_buf *req = kh_buf_new(64), *resp = kh_buf_new(POOL_LOGIN_RESP_MAX);
 	struct kh_frame *f = malloc(sizeof(*f));
 	char msg[POOL_MSG];
 	size_t up = 0;
 
-	if (req == NULL || resp == NULL || f == NULL || p11_pid() != p->pid ||
+	if (req == NULL || resp == NULL || f == NULL || kh_pid() != p->pid ||
 	    kh_msg_begin(req, "ECHO") != KH_OK || kh_msg_end(req) != KH_OK)
 		goto out;
 	for (size_t i = 0; i < p->naddr; i++) {
@@ -1096,7 +1114,7 @@ out:
 	return up;
 }
 
-void p11_pool_stats(struct p11_pool *p, struct p11_pool_stats *st)
+void kh_pool_stats(struct kh_pool *p, struct kh_pool_stats *st)
 {
 	pthread_mutex_lock(&p->mu);
 	*st = p->st;
@@ -1104,7 +1122,7 @@ void p11_pool_stats(struct p11_pool *p, struct p11_pool_stats *st)
 	pthread_mutex_unlock(&p->mu);
 }
 
-bool p11_pool_addr_stats(struct p11_pool *p, size_t i, struct p11_pool_addr_stats *st)
+bool kh_pool_addr_stats(struct kh_pool *p, size_t i, struct kh_pool_addr_stats *st)
 {
 	memset(st, 0, sizeof(*st));
 	if (i >= p->naddr)
@@ -1122,7 +1140,7 @@ bool p11_pool_addr_stats(struct p11_pool *p, size_t i, struct p11_pool_addr_stat
 	return true;
 }
 
-void p11_pool_last_error(struct p11_pool *p, char *out, size_t outsz)
+void kh_pool_last_error(struct kh_pool *p, char *out, size_t outsz)
 {
 	pthread_mutex_lock(&p->mu);
 	set_msg(out, outsz, "%s", p->last_err);
