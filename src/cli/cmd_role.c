@@ -71,6 +71,7 @@ static const struct {
 	{"Audit:View", "audit.view"},
 	{"Security:Settings", "security.settings"},
 	{"Time:Set", "time.set"},
+	{"Replication", "replication"},
 };
 
 static bool is_none(const char *v)

@@ -7,6 +7,7 @@
 #include "hsm/backup.h"
 #include "hsm/audit.h"
 #include "hsm/db.h"
+#include "hsm/dispatch.h"
 #include "hsm/hsm_core.h"
 #include "hsm/identity.h"
 #include "hsm/keystore.h"
@@ -444,7 +445,10 @@ static void patch_u32(struct lbuf *b, size_t at, uint32_t v)
 	b->p[at + 3] = (uint8_t)v;
 }
 
-static int write_config(struct kh_hsm *hsm, struct lbuf *b, struct kh_backup_counts *cnt)
+/* lockout: write each identity's failures and lock time (a backup), or
+ * zeros (a configuration for another member: lockout is this device's). */
+static int write_config(struct kh_hsm *hsm, struct lbuf *b, struct kh_backup_counts *cnt,
+                        bool lockout)
 {
 	sqlite3 *h = kh_db_sqlite(hsm->db);
 	sqlite3_stmt *q = NULL;
@@ -521,8 +525,8 @@ static int write_config(struct kh_hsm *hsm, struct lbuf *b, struct kh_backup_cou
 		put_lp(b, 16, sqlite3_column_blob(q, 4), (size_t)sqlite3_column_bytes(q, 4));
 		put_lp(b, 16, sqlite3_column_text(q, 5), (size_t)sqlite3_column_bytes(q, 5));
 		put_u8(b, sqlite3_column_int(q, 6) != 0);
-		put_u32(b, (uint32_t)sqlite3_column_int64(q, 7));
-		put_i64(b, sqlite3_column_int64(q, 8));
+		put_u32(b, lockout ? (uint32_t)sqlite3_column_int64(q, 7) : 0);
+		put_i64(b, lockout ? sqlite3_column_int64(q, 8) : 0);
 		put_u8(b, sqlite3_column_int(q, 9) != 0);
 		put_i64(b, sqlite3_column_int64(q, 10));
 		put_i64(b, sqlite3_column_int64(q, 11));
@@ -564,7 +568,7 @@ int kh_backup_create(struct kh_hsm *hsm, unsigned scope, const char *actor, uint
 	/* one consistent snapshot: every writer takes the database lock */
 	kh_db_lock(hsm->db);
 	if (scope & KH_BACKUP_CONFIG)
-		r = write_config(hsm, &b, &cnt);
+		r = write_config(hsm, &b, &cnt, true);
 	if (r == KH_OK && (scope & KH_BACKUP_KEYS)) {
 		size_t at = b.len;
 		put_u32(&b, 0);
@@ -1220,4 +1224,345 @@ void kh_backup_session_end(struct kh_hsm *hsm, struct kh_session *s)
 {
 	xfer_free(hsm, &s->bk_in);
 	xfer_free(hsm, &s->bk_out);
+}
+
+/* ---- configuration replication (CFEX / CFIM) ------------------------------------ */
+
+#define CFG_MAGIC "KHCF"
+#define CONFIG_INFO "keyhold config v1"
+
+int kh_config_parse_header(const uint8_t *p, size_t n, struct kh_backup_hdr *h)
+{
+	struct kh_rd r = {.p = p, .n = n};
+	const uint8_t *q;
+
+	memset(h, 0, sizeof(*h));
+	if (p == NULL || n < KH_CONFIG_HDR_LEN + KH_MK_SEAL_OVERHEAD || n > KH_CONFIG_MAX)
+		return KH_ERR_BAD_FIELD;
+	if ((q = kh_rd_take(&r, 4)) == NULL || memcmp(q, CFG_MAGIC, 4) != 0)
+		return KH_ERR_BAD_FIELD;
+	h->version = kh_rd_u8(&r);
+	h->scope = KH_BACKUP_CONFIG;
+	if ((q = kh_rd_take(&r, 6)) == NULL)
+		return KH_ERR_BAD_FIELD;
+	for (int i = 0; i < 6; i++) {
+		if (!is_uhex(q[i]))
+			return KH_ERR_BAD_FIELD;
+		h->kcv[i] = (char)q[i];
+	}
+	h->kcv[6] = '\0';
+	h->created = get_i64(&r);
+	if (r.bad || r.off != KH_CONFIG_HDR_LEN || h->version != KH_CONFIG_VERSION)
+		return KH_ERR_BAD_FIELD;
+	return KH_OK;
+}
+
+int kh_config_export(struct kh_hsm *hsm, const char *actor, uint8_t **out, size_t *outlen,
+                     struct kh_backup_counts *counts)
+{
+	struct kh_backup_counts cnt = {0};
+	struct kh_mk_info pmk;
+	struct lbuf b = {0};
+	uint8_t *blob = NULL;
+	size_t sealed = 0;
+	char text[160];
+	int r;
+
+	kh_mk_info(hsm, KH_MK_PMK, &pmk);
+	if (!pmk.loaded)
+		return KH_ERR_MAJOR_KEY_NOT_LOADED;
+	if ((r = lbuf_init(&b, KH_CONFIG_MAX - KH_CONFIG_HDR_LEN - KH_MK_SEAL_OVERHEAD, false)) != KH_OK)
+		return r;
+	put(&b, BODY_MAGIC, 4);
+	kh_db_lock(hsm->db);
+	r = write_config(hsm, &b, &cnt, false);
+	kh_db_unlock(hsm->db);
+	if (r == KH_OK)
+		r = b.err;
+	if (r != KH_OK)
+		goto out;
+	if ((blob = malloc(KH_CONFIG_HDR_LEN + b.len + KH_MK_SEAL_OVERHEAD)) == NULL) {
+		r = KH_ERR_NOMEM;
+		goto out;
+	}
+	{
+		struct lbuf hb = {.p = blob, .cap = KH_CONFIG_HDR_LEN};
+		put(&hb, CFG_MAGIC, 4);
+		put_u8(&hb, KH_CONFIG_VERSION);
+		put(&hb, pmk.kcv, 6);
+		put_i64(&hb, (int64_t)kh_hsm_now(hsm));
+		if (hb.err || hb.len != KH_CONFIG_HDR_LEN) {
+			r = KH_ERR_INTERNAL;
+			goto out;
+		}
+	}
+	if ((r = kh_mk_seal_ex(hsm, KH_MK_PMK, CONFIG_INFO, blob, KH_CONFIG_HDR_LEN, b.p, b.len,
+	                       blob + KH_CONFIG_HDR_LEN, &sealed)) != KH_OK)
+		goto out;
+	snprintf(text, sizeof(text), "%u settings, %u roles, %u identities; PMK KCV %s",
+	         cnt.settings, cnt.roles, cnt.identities, pmk.kcv);
+	if ((r = kh_audit_append(hsm, actor, "config.export", text)) != KH_OK)
+		goto out;
+	*out = blob;
+	*outlen = KH_CONFIG_HDR_LEN + sealed;
+	blob = NULL;
+	if (counts)
+		*counts = cnt;
+out:
+	free(blob);
+	lbuf_free(&b);
+	return r;
+}
+
+/* What an identity keeps of its own across an import: lockout state
+ * always; password and must-change when it is one of the importers. */
+struct keep {
+	char name[KH_NAME_MAX];
+	uint8_t hash[KH_PW_HASH_LEN], salt[KH_PW_SALT_LEN];
+	size_t hash_len, salt_len;
+	char params[TEXT_MAX + 1];
+	int must_change;
+	int64_t failures, locked_until;
+	bool importer;
+};
+
+static int keep_read(struct kh_hsm *hsm, const struct kh_config_importer *who, struct keep **out,
+                     size_t *n)
+{
+	sqlite3_stmt *q = NULL;
+	struct keep *k = NULL;
+	size_t cap = 0;
+	int rc, r;
+
+	*out = NULL;
+	*n = 0;
+	if ((r = prep(hsm,
+	              "SELECT name, pw_hash, pw_salt, pw_params, must_change, failures, locked_until "
+	              "FROM identities ORDER BY id",
+	              &q)) != KH_OK)
+		return r;
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(q, 0);
+		size_t nl = (size_t)sqlite3_column_bytes(q, 0);
+		size_t hl = (size_t)sqlite3_column_bytes(q, 1), sl = (size_t)sqlite3_column_bytes(q, 2);
+		size_t pl = (size_t)sqlite3_column_bytes(q, 3);
+		if (name == NULL || nl >= KH_NAME_MAX || hl > KH_PW_HASH_LEN || sl > KH_PW_SALT_LEN ||
+		    pl > TEXT_MAX)
+			continue; /* not an identity anyone could log in as */
+		if (*n == cap) {
+			size_t ncap = cap ? 2 * cap : 16;
+			struct keep *p = calloc(ncap, sizeof(*p));
+			if (p == NULL) {
+				r = KH_ERR_NOMEM;
+				goto out;
+			}
+			if (k) {
+				memcpy(p, k, *n * sizeof(*p));
+				kh_wipe(k, cap * sizeof(*k));
+				free(k);
+			}
+			k = p;
+			cap = ncap;
+		}
+		struct keep *e = &k[(*n)++];
+		memcpy(e->name, name, nl);
+		e->name[nl] = '\0';
+		if (hl)
+			memcpy(e->hash, sqlite3_column_blob(q, 1), hl);
+		if (sl)
+			memcpy(e->salt, sqlite3_column_blob(q, 2), sl);
+		if (pl)
+			memcpy(e->params, sqlite3_column_text(q, 3), pl);
+		e->params[pl] = '\0';
+		e->hash_len = hl;
+		e->salt_len = sl;
+		e->must_change = sqlite3_column_int(q, 4);
+		e->failures = sqlite3_column_int64(q, 5);
+		e->locked_until = sqlite3_column_int64(q, 6);
+		for (size_t i = 0; i < who->n; i++)
+			if (strcmp(who->names[i], e->name) == 0)
+				e->importer = true;
+	}
+	r = rc == SQLITE_DONE ? KH_OK : kh_db_err(hsm->db, rc);
+out:
+	sqlite3_finalize(q);
+	if (r != KH_OK) {
+		if (k)
+			kh_wipe(k, cap * sizeof(*k));
+		free(k);
+		*n = 0;
+		return r;
+	}
+	*out = k;
+	return KH_OK;
+}
+
+/* Put back what identities of the same name keep (keep_read). */
+static int keep_apply(struct kh_hsm *hsm, const struct keep *k, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		sqlite3_stmt *st;
+		int r = prep(hsm,
+		             k[i].importer
+		                 ? "UPDATE identities SET failures=?1, locked_until=?2, pw_hash=?3, "
+		                   "pw_salt=?4, pw_params=?5, must_change=?6 WHERE name=?7"
+		                 : "UPDATE identities SET failures=?1, locked_until=?2 WHERE name=?7",
+		             &st);
+		if (r != KH_OK)
+			return r;
+		sqlite3_bind_int64(st, 1, k[i].failures);
+		sqlite3_bind_int64(st, 2, k[i].locked_until);
+		if (k[i].importer) {
+			sqlite3_bind_blob(st, 3, k[i].hash, (int)k[i].hash_len, SQLITE_STATIC);
+			sqlite3_bind_blob(st, 4, k[i].salt, (int)k[i].salt_len, SQLITE_STATIC);
+			sqlite3_bind_text(st, 5, k[i].params, -1, SQLITE_STATIC);
+			sqlite3_bind_int(st, 6, k[i].must_change);
+		}
+		sqlite3_bind_text(st, 7, k[i].name, -1, SQLITE_STATIC);
+		if ((r = run(hsm, st)) != KH_OK)
+			return r;
+	}
+	return KH_OK;
+}
+
+/* Each importing identity must, in the new configuration, still be able to
+ * run CFIM on this connection: present, in a role that holds replication,
+ * enables CFIM, allows this port and source, and whose Logins Required its
+ * identities can reach. */
+static int importers_ok(struct kh_hsm *hsm, const struct kh_config_importer *who, char *detail,
+                        size_t detailsz)
+{
+	int cfim = kh_cmd_index("CFIM");
+	for (size_t i = 0; i < who->n; i++) {
+		sqlite3_stmt *q;
+		struct kh_role role;
+		int64_t role_id = 0, members = 0;
+		int r = prep(hsm, "SELECT role_id FROM identities WHERE name=?", &q), rc;
+		if (r != KH_OK)
+			return r;
+		sqlite3_bind_text(q, 1, who->names[i], -1, SQLITE_STATIC);
+		rc = sqlite3_step(q);
+		if (rc == SQLITE_ROW)
+			role_id = sqlite3_column_int64(q, 0);
+		sqlite3_finalize(q);
+		if (rc == SQLITE_DONE) {
+			snprintf(detail, detailsz, "the configuration lacks the importing identity %s",
+			         who->names[i]);
+			return KH_ERR_STATE;
+		}
+		if (rc != SQLITE_ROW)
+			return kh_db_err(hsm->db, rc);
+		if ((r = kh_role_load_by_id(hsm, role_id, &role)) != KH_OK ||
+		    (r = kh_db_int(hsm->db, "SELECT COUNT(*) FROM identities WHERE role_id=?",
+		                   &role_id, 1, &members)) != KH_OK)
+			return r;
+		if (!(role.perms & KH_PERM(KH_P_REPLICATION)) || cfim < 0 ||
+		    !kh_role_has_cmd(&role, cfim) || !kh_role_allows_conn(&role, who->port, who->source) ||
+		    members < role.logins_required) {
+			snprintf(detail, detailsz,
+			         "the configuration would lock out the importing identity %s (its role "
+			         "needs replication, CFIM, this port and source, and reachable logins)",
+			         who->names[i]);
+			return KH_ERR_STATE;
+		}
+	}
+	return KH_OK;
+}
+
+int kh_config_import(struct kh_hsm *hsm, const uint8_t *data, size_t len, const char *actor,
+                     const struct kh_config_importer *who, struct kh_backup_counts *counts,
+                     char *detail, size_t detailsz)
+{
+	static const struct kh_backup_visitor visitor = {
+	    .setting = restore_setting,
+	    .role = restore_role,
+	    .identity = restore_identity,
+	};
+	struct kh_backup_hdr hdr;
+	struct kh_backup_counts cnt = {0};
+	struct kh_mk_info pmk;
+	struct restore_ctx rc;
+	struct lbuf pt = {0};
+	struct keep *keep = NULL;
+	size_t nkeep = 0, ptlen = 0;
+	char dummy[8], text[160];
+	bool in_tx = false;
+	int r;
+
+	if (detail == NULL || detailsz == 0) {
+		detail = dummy;
+		detailsz = sizeof(dummy);
+	}
+	detail[0] = '\0';
+	if (kh_config_parse_header(data, len, &hdr) != KH_OK) {
+		snprintf(detail, detailsz, "not a keyhold configuration, or an unsupported version");
+		return KH_ERR_BAD_FIELD;
+	}
+	kh_mk_info(hsm, KH_MK_PMK, &pmk);
+	if (!pmk.loaded) {
+		snprintf(detail, detailsz, "PMK");
+		return KH_ERR_MAJOR_KEY_NOT_LOADED;
+	}
+	if (!kh_ct_equal(pmk.kcv, hdr.kcv, 6)) {
+		snprintf(detail, detailsz, "made under a PMK with KCV %s; the loaded PMK has KCV %s",
+		         hdr.kcv, pmk.kcv);
+		return KH_ERR_BAD_KCV;
+	}
+	if ((r = lbuf_init(&pt, len - KH_CONFIG_HDR_LEN - KH_MK_SEAL_OVERHEAD + 1, true)) != KH_OK)
+		return r;
+	if (kh_mk_open_ex(hsm, KH_MK_PMK, CONFIG_INFO, data, KH_CONFIG_HDR_LEN,
+	                  data + KH_CONFIG_HDR_LEN, len - KH_CONFIG_HDR_LEN, pt.p, &ptlen) != KH_OK) {
+		snprintf(detail, detailsz, "authentication failed: damaged, altered or another PMK");
+		r = KH_ERR_CRYPTO;
+		goto out;
+	}
+	if (kh_backup_decode(pt.p, ptlen, KH_BACKUP_CONFIG, NULL, NULL, &cnt) != KH_OK) {
+		snprintf(detail, detailsz, "contents are malformed");
+		r = KH_ERR_BAD_FIELD;
+		goto out;
+	}
+	rc.hsm = hsm;
+	rc.when = hdr.created > 0 ? hdr.created : 1;
+	rc.actor = actor;
+	rc.detail = detail;
+	rc.detailsz = detailsz;
+	if ((r = kh_db_begin(hsm->db)) != KH_OK)
+		goto out;
+	in_tx = true;
+	if ((r = keep_read(hsm, who, &keep, &nkeep)) != KH_OK ||
+	    (r = exec_sql(hsm, "DELETE FROM identities")) != KH_OK ||
+	    (r = exec_sql(hsm, "DELETE FROM roles")) != KH_OK || (r = clear_settings(hsm)) != KH_OK)
+		goto out;
+	if ((r = kh_backup_decode(pt.p, ptlen, KH_BACKUP_CONFIG, &visitor, &rc, &cnt)) != KH_OK) {
+		if (r == KH_ERR_BACKUP_INVALID)
+			r = KH_ERR_BAD_FIELD;
+		goto out;
+	}
+	if ((r = keep_apply(hsm, keep, nkeep)) != KH_OK)
+		goto out;
+	if ((r = config_invariants(hsm, detail, detailsz)) != KH_OK ||
+	    (r = importers_ok(hsm, who, detail, detailsz)) != KH_OK) {
+		if (r == KH_ERR_BACKUP_INVALID)
+			r = KH_ERR_STATE;
+		goto out;
+	}
+	snprintf(text, sizeof(text), "%u settings, %u roles, %u identities; PMK KCV %s",
+	         cnt.settings, cnt.roles, cnt.identities, pmk.kcv);
+	if ((r = kh_audit_append(hsm, actor, "config.import", text)) != KH_OK)
+		goto out;
+	in_tx = false;
+	if ((r = kh_db_commit(hsm->db)) != KH_OK)
+		goto out;
+	atomic_fetch_add(&hsm->role_gen, 1);
+	kh_hsm_reload_settings(hsm);
+	if (counts)
+		*counts = cnt;
+out:
+	if (in_tx)
+		kh_db_rollback(hsm->db);
+	if (keep)
+		kh_wipe(keep, nkeep * sizeof(*keep));
+	free(keep);
+	lbuf_free(&pt);
+	return r;
 }

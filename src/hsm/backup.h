@@ -205,4 +205,46 @@ void kh_backup_upload_drop(struct kh_hsm *hsm, struct kh_session *s);
 /* Drop both of s's transfers: called when the connection ends. */
 void kh_backup_session_end(struct kh_hsm *hsm, struct kh_session *s);
 
+/*
+ * Configuration replication between group members that share the PMK
+ * (CFEX / CFIM). Blob: header || nonce(12) || ciphertext || tag(16); the
+ * header is the GCM associated data:
+ *   "KHCF" | version u8 (=1) | PMK KCV (6 hex digits) | created (i64)
+ * under a key derived from the PMK (HKDF-SHA256, info "keyhold config v1",
+ * a label no other use of the PMK shares). Plaintext: the config scope of a
+ * backup body above ("KHBP", settings, roles, identities), with every
+ * identity's failures and locked_until zero: lockout is each device's own.
+ */
+#define KH_CONFIG_VERSION 1
+#define KH_CONFIG_HDR_LEN 19
+#define KH_CONFIG_MAX KH_BACKUP_MAX
+
+/* Who imports: the identities logged in on the importing connection, and
+ * that connection's port and source. */
+struct kh_config_importer {
+	const char (*names)[KH_NAME_MAX];
+	size_t n;
+	enum kh_port port;
+	enum kh_source source;
+};
+
+/* Parse a configuration blob's header (scope is set to KH_BACKUP_CONFIG);
+ * KH_ERR_BAD_FIELD on any deviation. Pure. */
+KH_MUST_CHECK int kh_config_parse_header(const uint8_t *p, size_t n, struct kh_backup_hdr *h);
+/* Seal roles, identities and the settings that replicate under the PMK
+ * (audited config.export). *out is malloc'd. */
+KH_MUST_CHECK int kh_config_export(struct kh_hsm *hsm, const char *actor, uint8_t **out,
+                                   size_t *outlen, struct kh_backup_counts *counts);
+/* Replace roles, identities and settings with the blob's, in one
+ * transaction (audited config.import). Refused, changing nothing: a header
+ * that is not one (BAD_FIELD), another PMK's KCV (BAD_KCV), a blob that
+ * does not open (CRYPTO), contents this firmware cannot use (BAD_FIELD), a
+ * result that breaks the role rules or locks out an importer (STATE; see
+ * docs/PROTOCOL.md, CFIM). Identities keep their lockout state by name;
+ * the importers keep their password and must-change as well. */
+KH_MUST_CHECK int kh_config_import(struct kh_hsm *hsm, const uint8_t *data, size_t len,
+                                   const char *actor, const struct kh_config_importer *who,
+                                   struct kh_backup_counts *counts, char *detail,
+                                   size_t detailsz);
+
 #endif

@@ -79,6 +79,13 @@ KH_ACT(kh_cmd_tprs);
 KH_ACT(kh_cmd_bkup);
 KH_ACT(kh_cmd_bkrs);
 
+/* cmd_replica.c: key table and configuration replication (group members) */
+KH_ACT(kh_cmd_ktex);
+KH_ACT(kh_cmd_ktim);
+KH_ACT(kh_cmd_ktck);
+KH_ACT(kh_cmd_cfex);
+KH_ACT(kh_cmd_cfim);
+
 /* The crypto service. Each command's plan runs first (the dispatcher
  * resolves and checks the keys it names), then its handler. */
 

@@ -65,6 +65,15 @@ const struct kh_cmd kh_cmd_table[] = {
 	{"ASYV", kh_cmd_asyv, XP, P(KEYS), "Verify a signature using a public key", kh_plan_asyv},
 	{"GPSV", kh_cmd_gpsv, XP, P(KEYS), "General-purpose data sign and verify", kh_plan_gpsv},
 
+	/* replication between group members holding the same major keys: the
+	 * whole key table, whatever the role's ranges (replication grants it),
+	 * and never a key in clear */
+	{"KTEX", kh_cmd_ktex, XP, P(REPLICATION), "Export key-table rows in their wrapped form", NULL},
+	{"KTIM", kh_cmd_ktim, XP, P(REPLICATION), "Import or delete replicated key-table rows", NULL},
+	{"KTCK", kh_cmd_ktck, XP, P(REPLICATION), "Key-table check value over a slot range", NULL},
+	{"CFEX", kh_cmd_cfex, XP, P(REPLICATION), "Export the configuration sealed under the PMK", NULL},
+	{"CFIM", kh_cmd_cfim, XP, P(REPLICATION), "Import a configuration sealed under the PMK", NULL},
+
 	/* session */
 	{"LOGN", kh_cmd_logn, PA | KH_CF_SESSION, 0, "Log in an identity", NULL},
 	{"LOGO", kh_cmd_logo, PA | KH_CF_SESSION, 0, "Log out", NULL},

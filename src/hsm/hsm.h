@@ -73,6 +73,7 @@ enum kh_perm {
 	KH_P_AUDIT_VIEW,
 	KH_P_SECURITY_SETTINGS,
 	KH_P_TIME_SET,
+	KH_P_REPLICATION,
 	KH_P_COUNT
 };
 #define KH_PERM(p) (UINT64_C(1) << (p))

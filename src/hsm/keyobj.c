@@ -767,6 +767,18 @@ static int attrs_from_row(const struct kh_key_row *row, struct kh_keyattr *a)
 	return KH_OK;
 }
 
+bool kh_key_row_change_allowed(const struct kh_key_row *was, const struct kh_key_row *now)
+{
+	struct kh_keyattr a, b;
+	if (attrs_from_row(was, &a) != KH_OK || attrs_from_row(now, &b) != KH_OK)
+		return false;
+	uint16_t gained = b.flags & ~a.flags, lost = a.flags & ~b.flags;
+	if ((gained & (KH_KF_EXPORTABLE | KH_KF_MODIFIABLE)) || (lost & KH_KF_SENSITIVE) ||
+	    ((gained | lost) & KH_KF_AUTHORIZED))
+		return false;
+	return b.usage == a.usage || (a.flags & KH_KF_MODIFIABLE);
+}
+
 /* Make a key object from its attributes and clear encoding. */
 static int key_from_material(const struct kh_keyattr *a, const uint8_t *m, size_t n,
                              struct kh_key **out)

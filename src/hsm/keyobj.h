@@ -272,6 +272,14 @@ KH_MUST_CHECK int kh_key_emit(struct kh_ctx *c, const struct kh_frame *req, stru
                               const char *slot_tag, const char *id_tag, const char *cg_tag,
                               struct kh_buf *resp);
 
+/* May the key-table row was become now (same key identifier: a change
+ * replicated from another member)? False when now would undo a one-way
+ * change of the bound attributes: add X or M, remove S, change A, or
+ * change the usage of a key that was not modifiable; and when either row's
+ * attributes cannot be read. */
+struct kh_key_row;
+bool kh_key_row_change_allowed(const struct kh_key_row *was, const struct kh_key_row *now);
+
 /* The key cache. Bounded; entries are dropped on any change to their slot
  * (kh_keystore calls kh_keycache_forget) and all at once on restore or
  * major-key change (kh_keycache_clear). */

@@ -776,8 +776,8 @@ out:
 	return r;
 }
 
-int kh_keystore_foreach(struct kh_hsm *hsm, int (*fn)(void *arg, const struct kh_key_row *row),
-                        void *arg)
+int kh_keystore_walk(struct kh_hsm *hsm, uint32_t lo, uint32_t hi,
+                     int (*fn)(void *arg, const struct kh_key_row *row), void *arg)
 {
 	sqlite3 *h = kh_db_sqlite(hsm->db);
 	sqlite3_stmt *q = NULL;
@@ -785,11 +785,13 @@ int kh_keystore_foreach(struct kh_hsm *hsm, int (*fn)(void *arg, const struct kh
 	int r, rc;
 
 	kh_db_lock(hsm->db);
-	if (sqlite3_prepare_v2(h, "SELECT " COLS " FROM keys ORDER BY slot", -1, &q, NULL) !=
-	    SQLITE_OK) {
+	if (sqlite3_prepare_v2(h, "SELECT " COLS " FROM keys WHERE slot BETWEEN ? AND ? ORDER BY slot",
+	                       -1, &q, NULL) != SQLITE_OK) {
 		r = kh_db_err(hsm->db, sqlite3_errcode(h));
 		goto out;
 	}
+	sqlite3_bind_int64(q, 1, lo);
+	sqlite3_bind_int64(q, 2, hi);
 	r = KH_OK;
 	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
 		if ((r = row_from(q, &row, false)) != KH_OK)
@@ -797,6 +799,10 @@ int kh_keystore_foreach(struct kh_hsm *hsm, int (*fn)(void *arg, const struct kh
 		row.mk_gen = kh_mk_generation(hsm, row.major);
 		r = fn(arg, &row);
 		kh_keystore_row_free(&row);
+		if (r == KH_KS_STOP) {
+			r = KH_OK;
+			goto out;
+		}
 		if (r != KH_OK)
 			goto out;
 	}
@@ -805,6 +811,157 @@ int kh_keystore_foreach(struct kh_hsm *hsm, int (*fn)(void *arg, const struct kh
 out:
 	sqlite3_finalize(q);
 	kh_db_unlock(hsm->db);
+	return r;
+}
+
+int kh_keystore_foreach(struct kh_hsm *hsm, int (*fn)(void *arg, const struct kh_key_row *row),
+                        void *arg)
+{
+	return kh_keystore_walk(hsm, 0, KH_SLOT_MAX, fn, arg);
+}
+
+/* ---- replication ------------------------------------------------------------ */
+
+static bool same_opt(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
+{
+	return an == bn && (an == 0 || memcmp(a, b, an) == 0);
+}
+
+/* Every stored column alike (created included): re-applying it is no change. */
+static bool same_row(const struct kh_key_row *a, const struct kh_key_row *b)
+{
+	return a->slot == b->slot && same_key_columns(a, b) && a->bits == b->bits &&
+	       same_opt(a->attrs, a->attrs_len, b->attrs, b->attrs_len) &&
+	       same_opt(a->wrapped, a->wrapped_len, b->wrapped, b->wrapped_len) &&
+	       same_opt(a->label, a->label_len, b->label, b->label_len) &&
+	       same_opt(a->ckaid, a->ckaid_len, b->ckaid, b->ckaid_len) &&
+	       same_opt(a->extra, a->extra_len, b->extra, b->extra_len) &&
+	       a->created == b->created;
+}
+
+static int repl_delete(struct kh_hsm *hsm, const struct kh_ks_del *d, const char *actor,
+                       struct kh_ks_repl_result *res)
+{
+	struct kh_key_row cur;
+	sqlite3_stmt *st = NULL;
+	char text[48];
+	int r = kh_keystore_get(hsm, d->slot, &cur);
+
+	if (r == KH_ERR_NOT_FOUND) {
+		res->absent++;
+		return KH_OK;
+	}
+	if (r != KH_OK)
+		return r;
+	bool mine = kh_ct_equal(cur.key_id, d->key_id, KH_KEY_ID_LEN);
+	kh_keystore_row_free(&cur);
+	if (!mine) {
+		res->absent++;
+		return KH_OK;
+	}
+	if ((r = kh_db_prepare(hsm->db, "DELETE FROM keys WHERE slot=?", &st)) != KH_OK)
+		return r;
+	sqlite3_bind_int64(st, 1, d->slot);
+	r = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (r != SQLITE_DONE)
+		return kh_db_err(hsm->db, r);
+	snprintf(text, sizeof(text), "slot %u (replication)", d->slot);
+	if ((r = kh_audit_append(hsm, actor, "key.delete", text)) != KH_OK)
+		return r;
+	res->deleted++;
+	return KH_OK;
+}
+
+static int repl_row(struct kh_hsm *hsm, const struct kh_key_row *row, bool replace,
+                    const char *actor, struct kh_ks_repl_result *res)
+{
+	struct kh_key_row cur;
+	uint8_t *m = NULL;
+	size_t mlen = 0;
+	const char *how = "new";
+	char text[160];
+	int r;
+
+	if ((r = validate(row)) != KH_OK)
+		return r;
+	/* a row made elsewhere is stored only if it opens here: same major
+	 * key, and not one bound column altered on the way */
+	if ((r = kh_keystore_unwrap(hsm, row, &m, &mlen)) != KH_OK)
+		return r;
+	kh_secure_free(m, mlen);
+	r = kh_keystore_get(hsm, row->slot, &cur);
+	if (r == KH_OK) {
+		bool same_id = kh_ct_equal(cur.key_id, row->key_id, KH_KEY_ID_LEN);
+		if (same_id && same_row(&cur, row)) {
+			kh_keystore_row_free(&cur);
+			res->unchanged++;
+			return KH_OK;
+		}
+		if (same_id && !replace && !kh_key_row_change_allowed(&cur, row))
+			r = KH_ERR_KEY_USAGE;
+		else if (!same_id && !replace)
+			r = KH_ERR_EXISTS;
+		how = same_id ? "updated" : "replaced";
+		kh_keystore_row_free(&cur);
+		if (r != KH_OK)
+			return r;
+	} else if (r != KH_ERR_NOT_FOUND) {
+		return r;
+	}
+	if ((r = store(hsm, row, row->wrapped, row->wrapped_len, KH_KS_REPLACE | KH_KS_QUIET, actor,
+	               NULL)) != KH_OK)
+		return r;
+	snprintf(text, sizeof(text), "slot %u %s %s-%u under %s (%s)", row->slot, row->cls,
+	         row->ktype, row->bits, kh_mk_name(row->major), how);
+	if ((r = kh_audit_append(hsm, actor, "key.replicate", text)) != KH_OK)
+		return r;
+	if (how[0] == 'n')
+		res->added++;
+	else if (how[0] == 'u')
+		res->updated++;
+	else
+		res->replaced++;
+	return KH_OK;
+}
+
+int kh_keystore_replicate(struct kh_hsm *hsm, const struct kh_key_row *rows, size_t nrows,
+                          const struct kh_ks_del *dels, size_t ndels, bool replace,
+                          const char *actor, struct kh_ks_repl_result *res)
+{
+	int r;
+
+	memset(res, 0, sizeof(*res));
+	/* one transaction under the database lock: a rotation cannot come
+	 * between a row's check and its write, and a failure leaves nothing */
+	if ((r = kh_db_begin(hsm->db)) != KH_OK)
+		return r;
+	for (size_t i = 0; i < ndels; i++) {
+		res->bad_slot = dels[i].slot;
+		if (dels[i].slot > KH_SLOT_MAX) {
+			r = KH_ERR_BAD_FIELD;
+			goto fail;
+		}
+		if ((r = repl_delete(hsm, &dels[i], actor, res)) != KH_OK)
+			goto fail;
+	}
+	for (size_t i = 0; i < nrows; i++) {
+		res->bad_slot = rows[i].slot;
+		if ((r = repl_row(hsm, &rows[i], replace, actor, res)) != KH_OK)
+			goto fail;
+	}
+	res->bad_slot = 0;
+	r = kh_db_commit(hsm->db);
+	/* after the commit, as in store(); on failure too: nothing changed,
+	 * and forgetting an entry only costs a re-read */
+	goto forget;
+fail:
+	kh_db_rollback(hsm->db);
+forget:
+	for (size_t i = 0; i < ndels; i++)
+		kh_keycache_forget(hsm, dels[i].slot);
+	for (size_t i = 0; i < nrows; i++)
+		kh_keycache_forget(hsm, rows[i].slot);
 	return r;
 }
 

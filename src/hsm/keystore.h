@@ -122,10 +122,46 @@ KH_MUST_CHECK int kh_keystore_count(struct kh_hsm *hsm, uint32_t lo, uint32_t hi
 KH_MUST_CHECK int kh_keystore_list(struct kh_hsm *hsm, uint32_t from, struct kh_key_summary *out,
                                    size_t max, size_t *n, bool *more);
 /* Call fn for every row in slot order (under the database lock: fn must
- * not start a transaction). A non-OK return from fn stops and is returned. */
+ * not start a transaction). A non-OK return from fn stops and is returned,
+ * except KH_KS_STOP, which stops the walk without an error (KH_OK). */
+#define KH_KS_STOP 1
 KH_MUST_CHECK int kh_keystore_foreach(struct kh_hsm *hsm,
                                       int (*fn)(void *arg, const struct kh_key_row *row),
                                       void *arg);
+/* As kh_keystore_foreach, over the rows with lo <= slot <= hi only. */
+KH_MUST_CHECK int kh_keystore_walk(struct kh_hsm *hsm, uint32_t lo, uint32_t hi,
+                                   int (*fn)(void *arg, const struct kh_key_row *row), void *arg);
+
+/* Replication (KTIM): a delete names the key it removes by slot and
+ * identifier, so a replayed delete never removes another key. */
+struct kh_ks_del {
+	uint32_t slot;
+	uint8_t key_id[KH_KEY_ID_LEN];
+};
+struct kh_ks_repl_result {
+	uint32_t added;     /* rows written to a free slot */
+	uint32_t updated;   /* same key identifier, other columns: written */
+	uint32_t replaced;  /* another key's slot, with replace: written */
+	uint32_t unchanged; /* the slot already held exactly this row */
+	uint32_t deleted;   /* deletes that removed their key */
+	uint32_t absent;    /* deletes whose slot was empty or held another key */
+	uint32_t bad_slot;  /* on failure: the slot of the row or delete refused */
+};
+/* Apply rows made elsewhere (a group member with the same major keys) and
+ * deletes, in ONE transaction under the database lock; nothing changes
+ * unless all of them apply. Deletes run first, in order, then rows. Every
+ * row must open here under its major key with its associated data
+ * (KH_ERR_CRYPTO; KH_ERR_MAJOR_KEY_NOT_LOADED); its slot must be free,
+ * hold the same key identifier (a byte-identical row is left alone, any
+ * other is an update, refused with KH_ERR_KEY_USAGE when it would undo a
+ * one-way attribute change: see kh_key_row_change_allowed), or hold
+ * another key, which only replace overwrites (KH_ERR_EXISTS otherwise, and
+ * when the identifier sits in another slot). Each change is audited
+ * (key.replicate, key.delete); the cache forgets every slot touched. */
+KH_MUST_CHECK int kh_keystore_replicate(struct kh_hsm *hsm, const struct kh_key_row *rows,
+                                        size_t nrows, const struct kh_ks_del *dels, size_t ndels,
+                                        bool replace, const char *actor,
+                                        struct kh_ks_repl_result *res);
 
 /* Re-wrap every row under major (a major-key rotation) inside the
  * transaction the caller holds: fn gets a row's associated data and wrapped

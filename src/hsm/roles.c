@@ -42,6 +42,7 @@ const struct kh_perm_desc kh_perm_table[KH_P_COUNT] = {
 	{KH_P_AUDIT_VIEW, "audit.view", "Audit:View"},
 	{KH_P_SECURITY_SETTINGS, "security.settings", "Security:Settings"},
 	{KH_P_TIME_SET, "time.set", "Time:Set"},
+	{KH_P_REPLICATION, "replication", "Replication"},
 };
 
 #define ALL_PERMS KH_PERMS_ALL

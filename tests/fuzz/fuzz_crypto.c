@@ -8,10 +8,13 @@
  *
  * Properties: one response frame per request, well formed, either the
  * command's own or ERRO; the parsers never accept what they cannot use.
+ * KTEX, KTIM and KTCK run too (Transaction Processing is given
+ * `replication`): KTIM with rows KTEX gave or the fuzzer made.
  * Key generation (GRSA, GECC) is left out: it is slow and parses little.
  * Requests with `*` for a slot store a key in the lowest free slot: the
  * table grows while the fuzzer runs (as with any SL it makes up).
  */
+#include "hsm/db.h"
 #include "hsm/dispatch.h"
 #include "hsm/hsm_core.h"
 #include "hsm/keyobj.h"
@@ -48,7 +51,7 @@ static _Noreturn void fail(int line, const char *what)
 static const char *const cmds[] = {
 	"GPGS", "GPKA", "GPKD", "GPGC", "ASYL", "LRSA", "APFP", "RPFP", "GPCA", "RDPK", "ADPK",
 	"GPKW", "GPWK", "GPKU", "GPUK", "GPDK", "GPSE", "GPSD", "GPMC", "HMAC", "GHSH", "GPSR",
-	"ASYS", "RSAS", "ASYV", "GPSV", "GPKM", "GPKS", "GPKR",
+	"ASYS", "RSAS", "ASYV", "GPSV", "GPKM", "GPKS", "GPKR", "KTEX", "KTIM", "KTCK",
 };
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
 
@@ -101,6 +104,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	sess.port = KH_PORT_PROD;
 	sess.source = KH_SRC_ETHERNET;
 	snprintf(sess.peer, sizeof(sess.peer), "fuzz");
+	/* replication for Transaction Processing, so that KTEX, KTIM and
+	 * KTCK reach the row layout's parser and the import's checks */
+	if (sqlite3_exec(kh_db_sqlite(hsm.db),
+	                 "UPDATE roles SET perms = perms || ',replication' "
+	                 "WHERE name = 'Transaction Processing'",
+	                 NULL, NULL, NULL) != SQLITE_OK)
+		abort();
+	atomic_fetch_add(&hsm.role_gen, 1);
 	/* one key of each kind, every usage, in slots 1..11, a modifiable
 	 * key in 12 and a data object in 13 (for GPKS's changes); Transaction
 	 * Processing out of the box reaches every slot */

@@ -24,6 +24,7 @@
 #define N_AUTHORIZED 0x02u
 #define N_IMPORT_PKI 0x04u
 #define N_NO_USAGE_WRAP 0x08u
+#define N_REPLICATION 0x10u
 
 /* The commands docs/PROTOCOL.md gives "port: prod" (or "session command",
  * any port) and the permissions their "perm:" line names. Every other
@@ -76,6 +77,12 @@ static const struct cmd_policy prod_cmds[] = {
     {"RSAS", false, N_KEYS},
     {"ASYV", false, N_KEYS},
     {"GPSV", false, N_KEYS},
+    /* replication (a group's guardian): in neither reference role */
+    {"KTEX", false, N_REPLICATION},
+    {"KTIM", false, N_REPLICATION},
+    {"KTCK", false, N_REPLICATION},
+    {"CFEX", false, N_REPLICATION},
+    {"CFIM", false, N_REPLICATION},
     /* session */
     {"LOGN", true, 0},
     {"LOGO", true, 0},
