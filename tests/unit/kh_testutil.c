@@ -8,10 +8,19 @@
 #include "common/kh_buf.h"
 #include "common/kh_log.h"
 #include "common/kh_mem.h"
+#include "hsm/server.h"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <openssl/x509.h>
 
@@ -299,4 +308,194 @@ int kh_test_fill_keys(struct kh_hsm *hsm, uint32_t first, uint32_t n)
 		}
 	}
 	return kh_db_commit(hsm->db) == KH_OK ? 0 : -1;
+}
+
+/* ---- real daemons ---- */
+
+#define KH_TEST_DAEMONS 32
+static pid_t live_daemons[KH_TEST_DAEMONS]; /* running: killed by kh_test_daemon_kill_all */
+
+static void live_forget(pid_t pid)
+{
+	for (size_t i = 0; i < KH_TEST_DAEMONS; i++)
+		if (live_daemons[i] == pid)
+			live_daemons[i] = 0;
+}
+
+bool kh_test_hsm_bin(char *out, size_t outsz)
+{
+	const char *env = getenv("KEYHOLD_HSM_BIN");
+	char self[PATH_MAX];
+	ssize_t n;
+
+	if (env && access(env, X_OK) == 0) {
+		snprintf(out, outsz, "%s", env);
+		return true;
+	}
+	if ((n = readlink("/proc/self/exe", self, sizeof(self) - 1)) <= 0)
+		return false;
+	self[n] = '\0';
+	char *slash = strrchr(self, '/');
+	if (slash == NULL)
+		return false;
+	*slash = '\0';
+	snprintf(out, outsz, "%.*s/../keyhold-hsm", (int)(PATH_MAX - 20), self);
+	return access(out, X_OK) == 0;
+}
+
+unsigned kh_test_free_port(void)
+{
+	struct sockaddr_in sin;
+	socklen_t l = sizeof(sin);
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(s >= 0);
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(s, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	assert_int_equal(getsockname(s, (struct sockaddr *)&sin, &l), 0);
+	close(s);
+	return ntohs(sin.sin_port);
+}
+
+bool kh_test_port_open(const char *addr, unsigned port)
+{
+	struct sockaddr_in sin;
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	if (s < 0)
+		return false;
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_port = htons((uint16_t)port);
+	inet_pton(AF_INET, addr, &sin.sin_addr);
+	bool ok = connect(s, (struct sockaddr *)&sin, sizeof(sin)) == 0;
+	close(s);
+	return ok;
+}
+
+void kh_test_daemon_init(struct kh_test_daemon *d, const char *src, const char *dir,
+                         const char *listen, bool admin)
+{
+	char cmd[800];
+	memset(d, 0, sizeof(*d));
+	snprintf(d->dir, sizeof(d->dir), "%s", dir);
+	snprintf(cmd, sizeof(cmd), "cp -a '%s' '%s'", src, d->dir);
+	assert_int_equal(system(cmd), 0);
+	snprintf(d->listen, sizeof(d->listen), "%s", listen ? listen : "127.0.0.1");
+	d->port = kh_test_free_port();
+	if (admin) {
+		do
+			d->admin_port = kh_test_free_port();
+		while (d->admin_port == d->port);
+	}
+}
+
+void kh_test_daemon_start(struct kh_test_daemon *d)
+{
+	char bin[PATH_MAX], port[16], aport[16], log[400], err[400], asan[500];
+	bool have_bin = kh_test_hsm_bin(bin, sizeof(bin));
+	snprintf(port, sizeof(port), "%u", d->port);
+	snprintf(aport, sizeof(aport), "%u", d->admin_port);
+	snprintf(log, sizeof(log), "%s/daemon.log", d->dir);
+	snprintf(err, sizeof(err), "%s/stderr", d->dir);
+	snprintf(asan, sizeof(asan), "log_path=%s/sanitizer", d->dir);
+	fflush(NULL);
+	d->pid = fork();
+	assert_true(d->pid >= 0);
+	if (d->pid == 0) {
+		int fd = open(err, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		setenv("ASAN_OPTIONS", asan, 1);
+		setenv("UBSAN_OPTIONS", asan, 1);
+		signal(SIGPIPE, SIG_IGN);
+		if (have_bin) {
+			const char *verbosity = getenv("KH_HSM_VERBOSE") ? "-v" : "-q";
+			execl(bin, bin, "-d", d->dir, "-l", d->listen, "--excrypt-port", port,
+			      "--admin-port", aport, "--console", "none", "-w", "2", "--log-file",
+			      log, verbosity, (char *)NULL);
+			_exit(127);
+		}
+		/* no binary: the same server code, in this child */
+		struct kh_hsm *hsm = calloc(1, sizeof(*hsm));
+		if (hsm == NULL || kh_hsm_open(hsm, d->dir, false) != KH_OK)
+			_exit(1);
+		struct kh_server_opts o = {.prod_addr = d->listen,
+		                           .admin_addr = d->listen,
+		                           .prod_port = (uint16_t)d->port,
+		                           .admin_port = (uint16_t)d->admin_port,
+		                           .workers = 2};
+		int r = kh_server_run(hsm, &o);
+		kh_hsm_close(hsm);
+		_exit(r == KH_OK ? 0 : 1);
+	}
+	for (size_t i = 0; i < KH_TEST_DAEMONS; i++) {
+		if (live_daemons[i] == 0) {
+			live_daemons[i] = d->pid;
+			break;
+		}
+	}
+	for (int i = 0; i < 400; i++) {
+		int st;
+		if (kh_test_port_open(d->listen, d->port) &&
+		    (d->admin_port == 0 || kh_test_port_open(d->listen, d->admin_port)))
+			return;
+		if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
+			live_forget(d->pid); /* reaped: its pid may come back */
+			d->pid = 0;
+			fail_msg("keyhold-hsm on port %u exited at start (see %s)", d->port, err);
+		}
+		usleep(25000);
+	}
+	fail_msg("keyhold-hsm on port %u did not start", d->port);
+}
+
+void kh_test_daemon_stop(struct kh_test_daemon *d, int sig)
+{
+	int st = 0;
+	char cmd[500];
+	if (d->pid <= 0)
+		return;
+	kill(d->pid, sig);
+	assert_int_equal(waitpid(d->pid, &st, 0), d->pid);
+	live_forget(d->pid);
+	d->pid = 0;
+	snprintf(cmd, sizeof(cmd), "cat %s/sanitizer.* 2>/dev/null | grep -q .", d->dir);
+	if (system(cmd) == 0)
+		fail_msg("sanitizer report from keyhold-hsm in %s", d->dir);
+}
+
+void kh_test_daemon_kill_all(void)
+{
+	for (size_t i = 0; i < KH_TEST_DAEMONS; i++) {
+		if (live_daemons[i] > 0) {
+			kill(live_daemons[i], SIGKILL);
+			waitpid(live_daemons[i], NULL, 0);
+			live_daemons[i] = 0;
+		}
+	}
+}
+
+void kh_test_write_file(const char *path, const void *data, size_t n)
+{
+	FILE *fp = fopen(path, "wb");
+	assert_non_null(fp);
+	assert_int_equal(fwrite(data, 1, n, fp), n);
+	assert_int_equal(fclose(fp), 0);
+}
+
+void kh_test_write_hex_field(struct kh_test_fx *x, const char *tag, const char *path)
+{
+	size_t n = 0;
+	uint8_t *d = kh_test_unhex_dup(kh_test_field(x->out, tag), &n);
+	assert_true(n > 0);
+	kh_test_write_file(path, d, n);
+	free(d);
+}
+
+char *kh_test_hexs(const char *s)
+{
+	return kh_test_hex((const uint8_t *)s, strlen(s));
 }

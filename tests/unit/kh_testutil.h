@@ -96,6 +96,13 @@ void kh_test_app_login(struct kh_test_fx *x, struct kh_session *p, const char *c
  * big-endian bytes. Wrapped under the PMK (load it first). 0 on success. */
 int kh_test_fill_keys(struct kh_hsm *hsm, uint32_t first, uint32_t n);
 
+/* Write n bytes to path (fails the test otherwise). */
+void kh_test_write_file(const char *path, const void *data, size_t n);
+/* The hex value of tag in x's last response, decoded, written to path. */
+void kh_test_write_hex_field(struct kh_test_fx *x, const char *tag, const char *path);
+/* Uppercase hex of the text s (malloc'd). */
+char *kh_test_hexs(const char *s);
+
 /* Uppercase hex of the n bytes d (malloc'd). */
 char *kh_test_hex(const uint8_t *d, size_t n);
 /* The hex text s decoded into out (at most max bytes; fails the test on bad hex): the count. */
@@ -108,5 +115,40 @@ char *kh_test_der_hex(int len, uint8_t **der);
 char *kh_test_pkcs8_hex(EVP_PKEY *pk);
 /* Hex (malloc'd) of pk's public key as SubjectPublicKeyInfo DER. */
 char *kh_test_spki_hex(EVP_PKEY *pk);
+
+/* ---- real daemons on loopback (the built keyhold-hsm, or the server code
+ * forked from the test when the binary is missing) ---- */
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+/* The keyhold-hsm binary: $KEYHOLD_HSM_BIN, else ../keyhold-hsm next to the
+ * test's directory (build/<x>/tests/test_y -> build/<x>/keyhold-hsm). */
+bool kh_test_hsm_bin(char *out, size_t outsz);
+/* A TCP port free on 127.0.0.1 now. */
+unsigned kh_test_free_port(void);
+/* Something accepts TCP connections on addr:port. */
+bool kh_test_port_open(const char *addr, unsigned port);
+
+struct kh_test_daemon {
+	pid_t pid;
+	char dir[300];       /* its own copy of the data dir */
+	char listen[32];     /* listen address */
+	unsigned port;       /* Excrypt port */
+	unsigned admin_port; /* 0: the Admin port is off */
+};
+/* A daemon on a fresh copy of the data dir src, made as dir (which must not
+ * exist), listening on listen (NULL: 127.0.0.1) with a free Excrypt port
+ * and, when admin, a free Admin port. Not started. */
+void kh_test_daemon_init(struct kh_test_daemon *d, const char *src, const char *dir,
+                         const char *listen, bool admin);
+/* Start it and wait until its Excrypt port accepts connections (fails the
+ * test if it exits or does not come up). Sanitizer logs go to its dir. */
+void kh_test_daemon_start(struct kh_test_daemon *d);
+/* Stop with sig (SIGTERM: clean; SIGKILL: a crash) and fail the test on a
+ * sanitizer report of the daemon. No-op when not running. */
+void kh_test_daemon_stop(struct kh_test_daemon *d, int sig);
+/* SIGKILL every daemon still running (for a group teardown after a failed test). */
+void kh_test_daemon_kill_all(void);
 
 #endif

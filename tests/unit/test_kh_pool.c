@@ -57,10 +57,7 @@ static struct {
 	char ca[300], cert[300], key[300], key_enc[300], p12[300], p12_nopass[300], other_ca[300];
 	X509 *other_ca_x; /* a CA the HSM does not know, and its key */
 	EVP_PKEY *other_ca_key;
-	char hsm_bin[PATH_MAX];
-	bool have_bin;
 	int ncopies;
-	pid_t live[32]; /* daemons running: stopped by the group teardown if a test failed */
 } G;
 
 static double now_s(void)
@@ -70,50 +67,9 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void write_file(const char *path, const void *data, size_t n)
-{
-	FILE *fp = fopen(path, "wb");
-	assert_non_null(fp);
-	assert_int_equal(fwrite(data, 1, n, fp), n);
-	assert_int_equal(fclose(fp), 0);
-}
 
-/* The hex value of tag in the last response, decoded, written to path. */
-static void write_hex_field(struct kh_test_fx *x, const char *tag, const char *path)
-{
-	size_t n = 0;
-	uint8_t *d = kh_test_unhex_dup(kh_test_field(x->out, tag), &n);
-	assert_true(n > 0);
-	write_file(path, d, n);
-	free(d);
-}
 
-static char *hexs(const char *s)
-{
-	return kh_test_hex((const uint8_t *)s, strlen(s));
-}
 
-static bool find_hsm_bin(void)
-{
-	const char *env = getenv("KEYHOLD_HSM_BIN");
-	char self[PATH_MAX];
-	ssize_t n;
-
-	if (env && access(env, X_OK) == 0) {
-		snprintf(G.hsm_bin, sizeof(G.hsm_bin), "%s", env);
-		return true;
-	}
-	if ((n = readlink("/proc/self/exe", self, sizeof(self) - 1)) <= 0)
-		return false;
-	self[n] = '\0';
-	char *slash = strrchr(self, '/');
-	if (slash == NULL)
-		return false;
-	*slash = '\0';
-	/* build/<x>/tests/test_kh_pool -> build/<x>/keyhold-hsm */
-	snprintf(G.hsm_bin, sizeof(G.hsm_bin), "%.*s/../keyhold-hsm", (int)(PATH_MAX - 20), self);
-	return access(G.hsm_bin, X_OK) == 0;
-}
 
 /* One device, set up through the real dispatcher: the PMK, an application
  * role (GHSH allowed) with appuser, a role that needs two logins, the
@@ -129,7 +85,7 @@ static void provision(void)
 	assert_int_equal(kh_test_fx_setup_pmk(&st), 0);
 	struct kh_test_fx *x = st;
 	kh_test_app_login(x, &prod, "ECHO,GHSH,STAT,HASH,RAND");
-	char *pw1 = hexs(DUAL_PW1), *pw2 = hexs(DUAL_PW2);
+	char *pw1 = kh_test_hexs(DUAL_PW1), *pw2 = kh_test_hexs(DUAL_PW2);
 	assert_int_equal(KH_CALLF(x, &x->admin, "[AORLAD;RNdual;LQ2;PMkeys;CMECHO,GHSH;]"), KH_OK);
 	assert_int_equal(KH_CALLF(x, &x->admin, "[AOIDAD;IDdual1;RNdual;PW%s;]", pw1), KH_OK);
 	assert_int_equal(KH_CALLF(x, &x->admin, "[AOIDAD;IDdual2;RNdual;PW%s;]", pw2), KH_OK);
@@ -138,11 +94,11 @@ static void provision(void)
 	assert_int_equal(KH_CALLF(x, &x->admin, "[AORLMD;RNAnonymous;CMECHO,STAT,HASH,RAND,TIME;]"),
 	                 KH_OK);
 
-	char *cn = hexs("Pool Test CA"), *scn = hexs("hsm.local");
-	char *san = hexs("IP:127.0.0.1,DNS:localhost");
+	char *cn = kh_test_hexs("Pool Test CA"), *scn = kh_test_hexs("hsm.local");
+	char *san = kh_test_hexs("IP:127.0.0.1,DNS:localhost");
 	if (KH_CALLF(x, &x->admin, "[AOTCAG;KTEC;CN%s;]", cn) != KH_OK)
 		fail_msg("TCAG: %s", x->out);
-	write_hex_field(x, "CE", G.ca);
+	kh_test_write_hex_field(x, "CE", G.ca);
 	if (KH_CALLF(x, &x->admin, "[AOTSRV;CN%s;SA%s;]", scn, san) != KH_OK)
 		fail_msg("TSRV: %s", x->out);
 	free(cn);
@@ -161,7 +117,7 @@ static void provision(void)
 	char *csrhex = kh_test_hex(pem, len);
 	if (KH_CALLF(x, &x->admin, "[AOTSGN;CR%s;]", csrhex) != KH_OK)
 		fail_msg("TSGN: %s", x->out);
-	write_hex_field(x, "CE", G.cert);
+	kh_test_write_hex_field(x, "CE", G.cert);
 	free(csrhex);
 	free(pem);
 	X509_REQ_free(csr);
@@ -205,7 +161,7 @@ static void provision(void)
 	assert_int_equal(kh_pki_ca_new(G.other_ca_key, "Other CA", 30, time(NULL), &G.other_ca_x),
 	                 KH_OK);
 	assert_int_equal(kh_pki_cert_pem(G.other_ca_x, &pem, &len), KH_OK);
-	write_file(G.other_ca, pem, len);
+	kh_test_write_file(G.other_ca, pem, len);
 	free(pem);
 
 	kh_hsm_close(&x->hsm);
@@ -239,8 +195,8 @@ static int group_setup(void **state)
 	snprintf(G.p12, sizeof(G.p12), "%s/client.p12", G.root);
 	snprintf(G.p12_nopass, sizeof(G.p12_nopass), "%s/client-nopass.pfx", G.root);
 	snprintf(G.other_ca, sizeof(G.other_ca), "%s/other-ca.pem", G.root);
-	G.have_bin = find_hsm_bin();
-	if (!G.have_bin)
+	char bin[PATH_MAX];
+	if (!kh_test_hsm_bin(bin, sizeof(bin)))
 		print_message(
 		    "keyhold-hsm binary not found: the daemons run forked from the test\n");
 	provision();
@@ -250,13 +206,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
 	char cmd[600];
-	for (size_t i = 0; i < sizeof(G.live) / sizeof(G.live[0]); i++) {
-		if (G.live[i] > 0) {
-			kill(G.live[i], SIGKILL);
-			waitpid(G.live[i], NULL, 0);
-			G.live[i] = 0;
-		}
-	}
+	kh_test_daemon_kill_all();
 	X509_free(G.other_ca_x);
 	EVP_PKEY_free(G.other_ca_key);
 	if (getenv("KH_KEEP")) {
@@ -269,129 +219,17 @@ static int group_teardown(void **state)
 
 /* ---- real daemons ---- */
 
-struct hsm {
-	pid_t pid;
+/* A daemon on a fresh copy of src, listening on listen (NULL: 127.0.0.1);
+ * the helpers are kh_testutil's. */
+static void hsm_init(struct kh_test_daemon *h, const char *src, const char *listen)
+{
 	char dir[300];
-	char listen[32];
-	unsigned port;
-};
-
-static unsigned free_port(void)
-{
-	struct sockaddr_in sin;
-	socklen_t l = sizeof(sin);
-	int s = socket(AF_INET, SOCK_STREAM, 0);
-	memset(&sin, 0, sizeof(sin));
-	sin.sin_family = AF_INET;
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(s, (struct sockaddr *)&sin, sizeof(sin)), 0);
-	assert_int_equal(getsockname(s, (struct sockaddr *)&sin, &l), 0);
-	close(s);
-	return ntohs(sin.sin_port);
+	snprintf(dir, sizeof(dir), "%s/hsm%d", G.root, G.ncopies++);
+	kh_test_daemon_init(h, src, dir, listen, false);
 }
 
-static bool port_open(const char *addr, unsigned port)
-{
-	struct sockaddr_in sin;
-	int s = socket(AF_INET, SOCK_STREAM, 0);
-	memset(&sin, 0, sizeof(sin));
-	sin.sin_family = AF_INET;
-	sin.sin_port = htons((uint16_t)port);
-	inet_pton(AF_INET, addr, &sin.sin_addr);
-	bool ok = connect(s, (struct sockaddr *)&sin, sizeof(sin)) == 0;
-	close(s);
-	return ok;
-}
-
-/* A daemon on a fresh copy of src, listening on listen (NULL: 127.0.0.1). */
-static void hsm_init(struct hsm *h, const char *src, const char *listen)
-{
-	char cmd[700];
-	memset(h, 0, sizeof(*h));
-	snprintf(h->dir, sizeof(h->dir), "%s/hsm%d", G.root, G.ncopies++);
-	snprintf(cmd, sizeof(cmd), "cp -a '%s' '%s'", src, h->dir);
-	assert_int_equal(system(cmd), 0);
-	snprintf(h->listen, sizeof(h->listen), "%s", listen ? listen : "127.0.0.1");
-	h->port = free_port();
-}
-
-static void hsm_start(struct hsm *h)
-{
-	char port[16], log[400], err[400], asan[500];
-	snprintf(port, sizeof(port), "%u", h->port);
-	snprintf(log, sizeof(log), "%s/daemon.log", h->dir);
-	snprintf(err, sizeof(err), "%s/stderr", h->dir);
-	snprintf(asan, sizeof(asan), "log_path=%s/sanitizer", h->dir);
-	fflush(NULL);
-	h->pid = fork();
-	assert_true(h->pid >= 0);
-	if (h->pid == 0) {
-		int fd = open(err, O_WRONLY | O_CREAT | O_APPEND, 0600);
-		if (fd >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-		}
-		setenv("ASAN_OPTIONS", asan, 1);
-		setenv("UBSAN_OPTIONS", asan, 1);
-		signal(SIGPIPE, SIG_IGN);
-		if (G.have_bin) {
-			execl(G.hsm_bin, G.hsm_bin, "-d", h->dir, "-l", h->listen, "--excrypt-port",
-			      port, "--admin-port", "0", "--console", "none", "-w", "2",
-			      "--log-file", log, getenv("KH_HSM_VERBOSE") ? "-v" : "-q",
-			      (char *)NULL);
-			_exit(127);
-		}
-		/* no binary: the same server code, in this child */
-		struct kh_hsm *hsm = calloc(1, sizeof(*hsm));
-		if (hsm == NULL || kh_hsm_open(hsm, h->dir, false) != KH_OK)
-			_exit(1);
-		struct kh_server_opts o = {.prod_addr = h->listen,
-		                           .admin_addr = h->listen,
-		                           .prod_port = (uint16_t)h->port,
-		                           .workers = 2};
-		int r = kh_server_run(hsm, &o);
-		kh_hsm_close(hsm);
-		_exit(r == KH_OK ? 0 : 1);
-	}
-	for (size_t i = 0; i < sizeof(G.live) / sizeof(G.live[0]); i++) {
-		if (G.live[i] == 0) {
-			G.live[i] = h->pid;
-			break;
-		}
-	}
-	for (int i = 0; i < 400; i++) {
-		int st;
-		if (port_open(h->listen, h->port))
-			return;
-		if (waitpid(h->pid, &st, WNOHANG) == h->pid) {
-			for (size_t j = 0; j < sizeof(G.live) / sizeof(G.live[0]); j++)
-				if (G.live[j] == h->pid)
-					G.live[j] = 0; /* reaped: its pid may come back */
-			fail_msg("keyhold-hsm on port %u exited at start (see %s)", h->port, err);
-		}
-		usleep(25000);
-	}
-	fail_msg("keyhold-hsm on port %u did not start", h->port);
-}
-
-/* Stop with sig (SIGTERM: a clean stop; SIGKILL: a crash). */
-static void hsm_stop(struct hsm *h, int sig)
-{
-	int st = 0;
-	if (h->pid <= 0)
-		return;
-	kill(h->pid, sig);
-	assert_int_equal(waitpid(h->pid, &st, 0), h->pid);
-	for (size_t i = 0; i < sizeof(G.live) / sizeof(G.live[0]); i++)
-		if (G.live[i] == h->pid)
-			G.live[i] = 0;
-	h->pid = 0;
-	/* any sanitizer report of the daemon fails the test */
-	char cmd[500];
-	snprintf(cmd, sizeof(cmd), "cat %s/sanitizer.* 2>/dev/null | grep -q .", h->dir);
-	if (system(cmd) == 0)
-		fail_msg("sanitizer report from keyhold-hsm in %s", h->dir);
-}
+#define hsm_start kh_test_daemon_start
+#define hsm_stop kh_test_daemon_stop
 
 /* ---- configuration and calls ---- */
 
@@ -548,7 +386,7 @@ static void run_load(struct kh_pool *p, unsigned flags, const char *text, int nt
 }
 
 /* STAT straight from a daemon (not through the pool): requests served. */
-static unsigned long hsm_requests(const struct hsm *h, bool tls)
+static unsigned long hsm_requests(const struct kh_test_daemon *h, bool tls)
 {
 	struct kh_client_opts o;
 	struct kh_buf *req = kh_buf_new(64), *resp = kh_buf_new(KH_FRAME_MAX);
@@ -855,7 +693,7 @@ static void test_config_errors(void **state)
 
 static void test_clear_tcp(void **state)
 {
-	struct hsm h;
+	struct kh_test_daemon h;
 	struct kh_pool_cfg c;
 	struct kh_pool_stats st;
 	char out[512], err[512];
@@ -902,7 +740,7 @@ static void test_clear_tcp(void **state)
 
 static void test_mutual_tls(void **state)
 {
-	struct hsm h;
+	struct kh_test_daemon h;
 	struct kh_pool_cfg c;
 	struct kh_pool_stats st;
 	char pass[64];
@@ -968,7 +806,7 @@ static void test_mutual_tls(void **state)
 
 static void test_tls_refusals(void **state)
 {
-	struct hsm h, h2;
+	struct kh_test_daemon h, h2;
 	struct kh_pool_cfg c;
 	char err[512], want[128];
 	int r;
@@ -1047,7 +885,7 @@ static void test_tls_refusals(void **state)
  * two identities; logout leaves no connection logged in. */
 static void test_login_replay_and_logout(void **state)
 {
-	struct hsm h;
+	struct kh_test_daemon h;
 	struct kh_pool_cfg c;
 	struct kh_pool_stats st, st2;
 
@@ -1104,7 +942,7 @@ static void test_login_replay_and_logout(void **state)
 
 	/* C_SetPIN: CHPW through the pool, then new connections use the new
 	 * password (here all of them, after a restart) */
-	char req[256], *oldhex = hexs(KH_TEST_APP_PW), *newhex = hexs("app-password-2");
+	char req[256], *oldhex = kh_test_hexs(KH_TEST_APP_PW), *newhex = kh_test_hexs("app-password-2");
 	snprintf(req, sizeof(req), "[AOCHPW;IDappuser;PW%s;NP%s;]", oldhex, newhex);
 	call_ok(p, KH_POOL_PRIMARY, req);
 	free(oldhex);
@@ -1126,7 +964,7 @@ static void test_login_replay_and_logout(void **state)
 
 static void test_balance_and_concurrency(void **state)
 {
-	struct hsm a, b;
+	struct kh_test_daemon a, b;
 	struct kh_pool_cfg c;
 	struct kh_pool_stats st;
 	struct kh_pool_addr_stats sa, sb;
@@ -1185,7 +1023,7 @@ static void test_balance_and_concurrency(void **state)
 
 static void test_failover(void **state)
 {
-	struct hsm a, b;
+	struct kh_test_daemon a, b;
 	struct kh_pool_cfg c;
 	struct kh_pool_stats st;
 	struct kh_pool_addr_stats sa, sb;
@@ -1402,7 +1240,7 @@ static void on_usr1(int sig)
  * timeout. The handler is installed without SA_RESTART. */
 static void test_signals(void **state)
 {
-	struct hsm h;
+	struct kh_test_daemon h;
 	struct kh_pool_cfg c;
 	struct sigaction sa, old;
 	pthread_t th[4];
@@ -1457,7 +1295,7 @@ static void test_signals(void **state)
 
 static void test_fork_abandon(void **state)
 {
-	struct hsm h;
+	struct kh_test_daemon h;
 	struct kh_pool_cfg c;
 	struct kh_pool_stats st, st2;
 	int status = 0;

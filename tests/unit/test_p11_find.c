@@ -6,13 +6,10 @@
  * search is one request per page of 1000. Counted with the pool's
  * statistics, not timed: a timing would flake, a request count does not.
  */
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,33 +31,6 @@ static struct {
 	CK_SESSION_HANDLE s;
 } G;
 
-static unsigned free_port(void)
-{
-	struct sockaddr_in sin;
-	socklen_t l = sizeof(sin);
-	int s = socket(AF_INET, SOCK_STREAM, 0);
-	memset(&sin, 0, sizeof(sin));
-	sin.sin_family = AF_INET;
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(s, (struct sockaddr *)&sin, sizeof(sin)), 0);
-	assert_int_equal(getsockname(s, (struct sockaddr *)&sin, &l), 0);
-	close(s);
-	return ntohs(sin.sin_port);
-}
-
-static bool port_open(unsigned port)
-{
-	struct sockaddr_in sin;
-	int s = socket(AF_INET, SOCK_STREAM, 0);
-	memset(&sin, 0, sizeof(sin));
-	sin.sin_family = AF_INET;
-	sin.sin_port = htons((uint16_t)port);
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	bool ok = connect(s, (struct sockaddr *)&sin, sizeof(sin)) == 0;
-	close(s);
-	return ok;
-}
-
 /* A device with a role whose mixed range covers the whole table, its
  * identity, a clear Excrypt port, and 100,000 keys; then the server. */
 static int group_setup(void **state)
@@ -78,7 +48,7 @@ static int group_setup(void **state)
 	assert_int_equal(kh_test_fill_keys(&x->hsm, 0, NKEYS), 0);
 	kh_hsm_close(&x->hsm);
 
-	G.port = free_port();
+	G.port = kh_test_free_port();
 	fflush(NULL);
 	G.server = fork();
 	assert_true(G.server >= 0);
@@ -92,9 +62,9 @@ static int group_setup(void **state)
 		kh_hsm_close(hsm);
 		_exit(r == KH_OK ? 0 : 1);
 	}
-	for (int i = 0; i < 400 && !port_open(G.port); i++)
+	for (int i = 0; i < 400 && !kh_test_port_open("127.0.0.1", G.port); i++)
 		usleep(25000);
-	assert_true(port_open(G.port));
+	assert_true(kh_test_port_open("127.0.0.1", G.port));
 
 	snprintf(G.cfg, sizeof(G.cfg), "%s/fxpkcs11.cfg", x->dir);
 	FILE *f = fopen(G.cfg, "w");
