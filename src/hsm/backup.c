@@ -868,6 +868,37 @@ static int clear_settings(struct kh_hsm *hsm)
 	return rc == SQLITE_DONE ? KH_OK : kh_db_err(hsm->db, rc);
 }
 
+/* Open a blob sealed under major key mk (info: its derivation label): the
+ * header (hdr_len bytes, the associated data) names the key's check value
+ * kcv. The plaintext goes into pt (locked, kept out of core dumps).
+ * MAJOR_KEY_NOT_LOADED, BAD_KCV (made under another key) or CRYPTO
+ * (damaged or altered), with detail set; pt is left for the caller to free. */
+static int open_sealed(struct kh_hsm *hsm, enum kh_mk_id mk, const char *info, const char *kcv,
+                       const uint8_t *data, size_t len, size_t hdr_len, struct lbuf *pt,
+                       size_t *ptlen, char *detail, size_t detailsz)
+{
+	struct kh_mk_info mi;
+	int r;
+	kh_mk_info(hsm, mk, &mi);
+	if (!mi.loaded) {
+		snprintf(detail, detailsz, "%s", kh_mk_name(mk));
+		return KH_ERR_MAJOR_KEY_NOT_LOADED;
+	}
+	if (!kh_ct_equal(mi.kcv, kcv, 6)) {
+		snprintf(detail, detailsz, "made under a %s with KCV %s; the loaded %s has KCV %s",
+		         kh_mk_name(mk), kcv, kh_mk_name(mk), mi.kcv);
+		return KH_ERR_BAD_KCV;
+	}
+	if ((r = lbuf_init(pt, len - hdr_len - KH_MK_SEAL_OVERHEAD + 1, true)) != KH_OK)
+		return r;
+	if (kh_mk_open_ex(hsm, mk, info, data, hdr_len, data + hdr_len, len - hdr_len, pt->p,
+	                  ptlen) != KH_OK) {
+		snprintf(detail, detailsz, "authentication failed: damaged or altered");
+		return KH_ERR_CRYPTO;
+	}
+	return KH_OK;
+}
+
 int kh_backup_restore(struct kh_hsm *hsm, const uint8_t *data, size_t len, const char *actor,
                       struct kh_backup_counts *counts, char *detail, size_t detailsz)
 {
@@ -879,7 +910,6 @@ int kh_backup_restore(struct kh_hsm *hsm, const uint8_t *data, size_t len, const
 	};
 	struct kh_backup_hdr hdr;
 	struct kh_backup_counts cnt = {0};
-	struct kh_mk_info bek;
 	struct restore_ctx rc;
 	struct lbuf pt = {0};
 	char dummy[8], text[200];
@@ -896,24 +926,10 @@ int kh_backup_restore(struct kh_hsm *hsm, const uint8_t *data, size_t len, const
 		snprintf(detail, detailsz, "not a keyhold backup, or an unsupported version");
 		return KH_ERR_BACKUP_INVALID;
 	}
-	kh_mk_info(hsm, KH_MK_BEK, &bek);
-	if (!bek.loaded) {
-		snprintf(detail, detailsz, "BEK");
-		return KH_ERR_MAJOR_KEY_NOT_LOADED;
-	}
-	if (!kh_ct_equal(bek.kcv, hdr.kcv, 6)) {
-		snprintf(detail, detailsz,
-		         "made under a BEK with KCV %s; the loaded BEK has KCV %s", hdr.kcv,
-		         bek.kcv);
-		return KH_ERR_BACKUP_INVALID;
-	}
-	if ((r = lbuf_init(&pt, len - KH_BACKUP_HDR_LEN - KH_MK_SEAL_OVERHEAD + 1, true)) != KH_OK)
-		return r;
-	if (kh_mk_open_ex(hsm, KH_MK_BEK, BACKUP_INFO, data, KH_BACKUP_HDR_LEN,
-	                  data + KH_BACKUP_HDR_LEN, len - KH_BACKUP_HDR_LEN, pt.p,
-	                  &ptlen) != KH_OK) {
-		snprintf(detail, detailsz, "authentication failed: damaged or altered");
-		r = KH_ERR_BACKUP_INVALID;
+	if ((r = open_sealed(hsm, KH_MK_BEK, BACKUP_INFO, hdr.kcv, data, len, KH_BACKUP_HDR_LEN, &pt,
+	                     &ptlen, detail, detailsz)) != KH_OK) {
+		if (r == KH_ERR_BAD_KCV || r == KH_ERR_CRYPTO)
+			r = KH_ERR_BACKUP_INVALID;
 		goto out;
 	}
 	/* validate everything before touching anything */
@@ -957,7 +973,7 @@ int kh_backup_restore(struct kh_hsm *hsm, const uint8_t *data, size_t len, const
 	         hdr.scope == KH_BACKUP_ALL      ? "all"
 	         : hdr.scope == KH_BACKUP_CONFIG ? "config"
 	                                         : "keys",
-	         cnt.settings, cnt.roles, cnt.identities, cnt.keys, bek.kcv);
+	         cnt.settings, cnt.roles, cnt.identities, cnt.keys, hdr.kcv);
 	if ((r = kh_audit_append(hsm, actor, "backup.restore", text)) != KH_OK)
 		goto out;
 	in_tx = false;
@@ -1480,7 +1496,6 @@ int kh_config_import(struct kh_hsm *hsm, const uint8_t *data, size_t len, const 
 	};
 	struct kh_backup_hdr hdr;
 	struct kh_backup_counts cnt = {0};
-	struct kh_mk_info pmk;
 	struct restore_ctx rc;
 	struct lbuf pt = {0};
 	struct keep *keep = NULL;
@@ -1498,24 +1513,9 @@ int kh_config_import(struct kh_hsm *hsm, const uint8_t *data, size_t len, const 
 		snprintf(detail, detailsz, "not a keyhold configuration, or an unsupported version");
 		return KH_ERR_BAD_FIELD;
 	}
-	kh_mk_info(hsm, KH_MK_PMK, &pmk);
-	if (!pmk.loaded) {
-		snprintf(detail, detailsz, "PMK");
-		return KH_ERR_MAJOR_KEY_NOT_LOADED;
-	}
-	if (!kh_ct_equal(pmk.kcv, hdr.kcv, 6)) {
-		snprintf(detail, detailsz, "made under a PMK with KCV %s; the loaded PMK has KCV %s",
-		         hdr.kcv, pmk.kcv);
-		return KH_ERR_BAD_KCV;
-	}
-	if ((r = lbuf_init(&pt, len - KH_CONFIG_HDR_LEN - KH_MK_SEAL_OVERHEAD + 1, true)) != KH_OK)
-		return r;
-	if (kh_mk_open_ex(hsm, KH_MK_PMK, CONFIG_INFO, data, KH_CONFIG_HDR_LEN,
-	                  data + KH_CONFIG_HDR_LEN, len - KH_CONFIG_HDR_LEN, pt.p, &ptlen) != KH_OK) {
-		snprintf(detail, detailsz, "authentication failed: damaged, altered or another PMK");
-		r = KH_ERR_CRYPTO;
+	if ((r = open_sealed(hsm, KH_MK_PMK, CONFIG_INFO, hdr.kcv, data, len, KH_CONFIG_HDR_LEN, &pt,
+	                     &ptlen, detail, detailsz)) != KH_OK)
 		goto out;
-	}
 	if (kh_backup_decode(pt.p, ptlen, KH_BACKUP_CONFIG, NULL, NULL, &cnt) != KH_OK) {
 		snprintf(detail, detailsz, "contents are malformed");
 		r = KH_ERR_BAD_FIELD;
@@ -1547,7 +1547,7 @@ int kh_config_import(struct kh_hsm *hsm, const uint8_t *data, size_t len, const 
 		goto out;
 	}
 	snprintf(text, sizeof(text), "%u settings, %u roles, %u identities; PMK KCV %s",
-	         cnt.settings, cnt.roles, cnt.identities, pmk.kcv);
+	         cnt.settings, cnt.roles, cnt.identities, hdr.kcv);
 	if ((r = kh_audit_append(hsm, actor, "config.import", text)) != KH_OK)
 		goto out;
 	in_tx = false;
