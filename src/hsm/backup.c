@@ -1330,6 +1330,35 @@ out:
 	return r;
 }
 
+int kh_config_digest(struct kh_hsm *hsm, uint8_t out[static KH_CONFIG_DIGEST_LEN])
+{
+	static const char label[] = "keyhold config digest v1";
+	struct kh_backup_counts cnt = {0};
+	struct lbuf b = {0};
+	unsigned int outlen = 0;
+	int r;
+
+	if ((r = lbuf_init(&b, KH_CONFIG_MAX, false)) != KH_OK)
+		return r;
+	put(&b, BODY_MAGIC, 4);
+	kh_db_lock(hsm->db);
+	r = write_config(hsm, &b, &cnt, false);
+	kh_db_unlock(hsm->db);
+	if (r == KH_OK)
+		r = b.err;
+	if (r == KH_OK) {
+		EVP_MD_CTX *md = EVP_MD_CTX_new();
+		if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+		    EVP_DigestUpdate(md, label, sizeof(label) - 1) != 1 ||
+		    EVP_DigestUpdate(md, b.p, b.len) != 1 || EVP_DigestFinal_ex(md, out, &outlen) != 1 ||
+		    outlen != KH_CONFIG_DIGEST_LEN)
+			r = KH_ERR_CRYPTO;
+		EVP_MD_CTX_free(md);
+	}
+	lbuf_free(&b);
+	return r;
+}
+
 /* What an identity keeps of its own across an import: lockout state
  * always; password and must-change when it is one of the importers. */
 struct keep {

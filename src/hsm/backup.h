@@ -247,4 +247,11 @@ KH_MUST_CHECK int kh_config_import(struct kh_hsm *hsm, const uint8_t *data, size
                                    struct kh_backup_counts *counts, char *detail,
                                    size_t detailsz);
 
+/* SHA-256 over "keyhold config digest v1" and the plaintext CFEX would seal
+ * (lockout state zeroed), for a group manager to see that the configuration
+ * changed without exporting it (KTCK CF). It reveals no more than that:
+ * password hashes inside it are salted scrypt. Needs no major key. */
+#define KH_CONFIG_DIGEST_LEN 32
+KH_MUST_CHECK int kh_config_digest(struct kh_hsm *hsm, uint8_t out[static KH_CONFIG_DIGEST_LEN]);
+
 #endif

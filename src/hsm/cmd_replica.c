@@ -311,8 +311,27 @@ KH_ACT(kh_cmd_ktck)
 {
 	uint8_t ck[KH_KTCK_LEN];
 	uint64_t lo, hi, count;
+	bool cf = false;
 	int r;
 
+	if (kh_frame_has(req, "CF")) {
+		if ((r = kh_frame_yn(req, "CF", &cf)) != KH_OK) {
+			kh_ctx_detail(c, "CF");
+			return r;
+		}
+	}
+	if (cf) {
+		uint8_t cd[KH_CONFIG_DIGEST_LEN];
+		if (kh_frame_has(req, "SL") || kh_frame_has(req, "SH")) {
+			kh_ctx_detail(c, kh_frame_has(req, "SL") ? "SL" : "SH");
+			return KH_ERR_BAD_FIELD;
+		}
+		if ((r = kh_config_digest(c->hsm, cd)) != KH_OK)
+			return r;
+		if ((r = kh_msg_put(resp, "BB", "Y")) == KH_OK)
+			r = kh_msg_put_hex(resp, "CD", cd, sizeof(cd));
+		return r;
+	}
 	if ((r = read_span(c, req, false, &lo, &hi)) != KH_OK)
 		return r;
 	if ((r = kh_ktck(c->hsm, (uint32_t)lo, (uint32_t)hi, ck, &count)) != KH_OK)

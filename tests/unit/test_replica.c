@@ -505,6 +505,35 @@ static void test_config(void **state)
 	free(cf);
 }
 
+/* KTCK CF: the configuration's digest moves with a change and not with a
+ * failed login, and is not audited. */
+static void test_config_digest(void **state)
+{
+	struct pair *p = *state;
+	struct kh_session ops;
+	char *d0, *d1;
+	int64_t audits = count_of(p->a, "SELECT COUNT(*) FROM audit");
+	assert_int_equal(KH_CALL(p->a, &p->ga, "[AOKTCK;CFY;]"), KH_OK);
+	d0 = kh_test_fx_field(p->a, "CD");
+	assert_int_equal(strlen(d0), 64);
+	assert_int_equal(KH_CALL(p->a, &p->ga, "[AOKTCK;CFY;]"), KH_OK);
+	assert_string_equal(kh_test_field(p->a->out, "CD"), d0);
+	assert_int_equal(count_of(p->a, "SELECT COUNT(*) FROM audit"), audits);
+	kh_test_session(&ops, KH_PORT_PROD);
+	assert_int_equal(KH_LOGN(p->a, &ops, "guardian", "wrong-password", NULL), KH_ERR_AUTH_FAILED);
+	assert_int_equal(KH_CALL(p->a, &p->ga, "[AOKTCK;CFY;]"), KH_OK);
+	assert_string_equal(kh_test_field(p->a->out, "CD"), d0);
+	assert_int_equal(KH_CALL(p->a, &p->a->admin, "[AOSETS;LT7;]"), KH_OK);
+	assert_int_equal(KH_CALL(p->a, &p->ga, "[AOKTCK;CFY;]"), KH_OK);
+	d1 = kh_test_fx_field(p->a, "CD");
+	assert_string_not_equal(d0, d1);
+	/* CF with a range, or not Y/N: refused */
+	assert_int_equal(KH_CALL(p->a, &p->ga, "[AOKTCK;CFY;SL1;]"), KH_ERR_BAD_FIELD);
+	assert_int_equal(KH_CALL(p->a, &p->ga, "[AOKTCK;CFX;]"), KH_ERR_BAD_FIELD);
+	free(d0);
+	free(d1);
+}
+
 static void test_config_lockout(void **state)
 {
 	struct pair *p = *state;
@@ -579,6 +608,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_permission, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_check_value, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_config, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_config_digest, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_config_lockout, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_row_layout_edges, setup, teardown),
 	};
