@@ -27,10 +27,14 @@ struct kg_core_cfg {
 	const char *listen;          /* address of the group endpoints (127.0.0.1) */
 	const char *ca_file;         /* CA(s) for HSM server certificates and for
 	                              * client certificates on group endpoints */
-	const char *cert_file;       /* the guardian's certificate: server side of
-	                              * group endpoints and HTTPS, client side
-	                              * toward members */
+	const char *cert_file;       /* the guardian's certificate: client side
+	                              * toward members, and server side unless
+	                              * server_cert_file is given */
 	const char *key_file;
+	const char *server_cert_file; /* server side of group endpoints and HTTPS, when
+	                               * another certificate than cert_file (a
+	                               * client-only one, as TSGN issues) */
+	const char *server_key_file;
 	const char *identity;        /* the guardian's identity on every member */
 	const char *password;        /* its password (wiped by main after start) */
 	size_t password_len;
