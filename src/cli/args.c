@@ -39,6 +39,8 @@ int cli_parse(struct cli *cli, const struct cli_cmd *cmd, int argc, char **argv,
 			if (a->npos == CLI_MAXPOS)
 				return cli_usage(cli, "too many arguments");
 			a->pos[a->npos++] = s;
+			if (cmd->flags & CLI_F_REST)
+				only_pos = true; /* the rest is another command's */
 			continue;
 		}
 		if (strcmp(s, "--") == 0) {

@@ -35,7 +35,7 @@ struct cli_optdef {
 
 #define CLI_MAXOPTS 32
 #define CLI_MAXMULTI 32
-#define CLI_MAXPOS 16
+#define CLI_MAXPOS 64
 
 struct cli_args {
 	const struct cli_optdef *defs;
@@ -54,6 +54,8 @@ struct cli;
 /* Command flags. */
 #define CLI_F_CONN 0x1      /* talks to the HSM (connects on first request) */
 #define CLI_F_POS 0x2       /* takes positional arguments */
+#define CLI_F_REST 0x4      /* the first positional ends the options: the rest,
+			     * options included, are positionals (another command) */
 
 struct cli_cmd {
 	const char *name;
@@ -63,6 +65,19 @@ struct cli_cmd {
 	const char *summary;
 	const struct cli_cmd *sub; /* a group: subcommands (table ends with name NULL) */
 	unsigned flags;
+};
+
+/* keyhold-guardian: where it is, who logs in, the session (guardian.c). */
+struct cli_guardian {
+	char *host;              /* NULL: no guardian given */
+	unsigned port;
+	char *ca;                /* NULL: the HSM's --ca */
+	char *user, *pw_fd, *pw_file;
+	char *user2, *pw2_fd, *pw2_file;
+	struct kh_client *conn;  /* the HTTPS connection, kept alive between requests */
+	char *session;           /* secure heap, GD_SESSION_MAX bytes; NULL: not logged in */
+	char role[64];
+	char login_user[128];
 };
 
 struct cli {
@@ -80,6 +95,7 @@ struct cli {
 	struct kh_frame *frame;
 	int req_err;             /* sticky error while building a request */
 	char req_errtag[3];
+	struct cli_guardian g;
 };
 
 /* main.c: top-level table and helpers shared by the command files. */
@@ -126,6 +142,16 @@ void out_end(struct cli *cli);
  * error. */
 int cli_fail(struct cli *cli, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int cli_usage(struct cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A failure reported by keyhold-guardian: its error name and reason as
+ * sent, with the HTTP status and the admit code of a refused device. */
+int cli_fail_guardian(struct cli *cli, int err, const char *name, int status, const char *reason,
+		      const char *admit);
+/* Set key to v (reference stolen) in the JSON output. */
+void out_json(struct cli *cli, const char *key, json_t *v);
+/* End a command whose result was printed but is a failure (a check that
+ * found disagreement): JSON mode prints the output object with "ok":false
+ * and the error; text mode the error on stderr. Returns the exit code. */
+int out_end_error(struct cli *cli, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Report a failure of a kh_client call (HSM refusal or connection). */
 int cli_client_fail(struct cli *cli, int err);
 int cli_rc_of(int err);
@@ -181,6 +207,43 @@ void secret_free(struct cli_secret *s);
 int cli_prompt_line(struct cli *cli, const char *prompt, char *out, size_t outsz);
 bool cli_have_tty(void);
 
+/* guardian.c: keyhold-guardian's REST API. */
+#define GD_SESSION_MAX 130
+#define GD_DEFAULT_PORT 8080
+/* jansson's memory wiped on free (login answers hold the session). Call
+ * before any jansson use. */
+void gd_json_init(void);
+/* The global --guardian, --guardian-ca, --user, --password-*, --user2,
+ * --password2-* options (and env KEYHOLD_GUARDIAN). */
+int gd_set_opts(struct cli *cli, struct cli_args *a);
+/* Log in (once per process) before a guardian command reads its own secrets. */
+int gd_begin(struct cli *cli);
+/* One API call: method, target ("/api/groups"), an optional JSON body
+ * (borrowed). On 2xx *out (when not NULL) gets the parsed answer (NULL for
+ * an empty body); anything else is reported (the server's error and reason)
+ * and its exit code returned. */
+int gd_call(struct cli *cli, const char *method, const char *target, json_t *body, json_t **out);
+/* Open a relay to device id's Admin port and run the HSM client's TLS and
+ * probe inside it: on success the HSM client becomes cli->client. */
+int gd_relay(struct cli *cli, long long id, const char *host, unsigned admin_port);
+/* Log out and drop the connection (at exit; failures are ignored). */
+void gd_end(struct cli *cli);
+/* Resolve --group (an id or a name) to an id. */
+int gd_group_id(struct cli *cli, const char *v, long long *id);
+/* An id option: a decimal from 1. */
+bool gd_id_arg(struct cli *cli, struct cli_args *a, const char *name, long long *id);
+/* Members of a JSON answer, with defaults. */
+long long gd_jint(json_t *o, const char *key, long long dflt);
+const char *gd_jstr(json_t *o, const char *key, const char *dflt);
+bool gd_jbool(json_t *o, const char *key);
+/* on|off (also yes|no, true|false) into *v (-1 when absent); false after
+ * a usage error. */
+bool gd_onoff_arg(struct cli *cli, struct cli_args *a, const char *name, int *v);
+/* A table of device objects (text mode). */
+void gd_print_devices(struct cli *cli, json_t *arr);
+/* "YYYY-MM-DD hh:mm:ss" (UTC) of a time in ms since the epoch. */
+void gd_time_text(long long ms, char *out, size_t outsz);
+
 /* Command groups. */
 extern const struct cli_cmd cli_session_cmds[];   /* login, logout, password */
 extern const struct cli_cmd cli_password_cmds[];
@@ -192,6 +255,13 @@ extern const struct cli_cmd cli_identity_cmds[];
 extern const struct cli_cmd cli_tls_cmds[];
 extern const struct cli_cmd cli_tlsports_cmds[];
 extern const struct cli_cmd cli_audit_cmds[];
+extern const struct cli_cmd cli_group_cmds[];    /* keyhold-guardian */
+extern const struct cli_cmd cli_device_cmds[];
+extern const struct cli_cmd cli_user_cmds[];
+int cmd_events(struct cli *cli, struct cli_args *a);
+int cmd_metrics(struct cli *cli, struct cli_args *a);
+int cmd_remote(struct cli *cli, struct cli_args *a);
+extern const struct cli_optdef cli_events_opts[], cli_metrics_opts[], cli_remote_opts[];
 
 int cmd_login(struct cli *cli, struct cli_args *a);
 int cmd_logout(struct cli *cli, struct cli_args *a);

@@ -32,6 +32,15 @@ static const struct cli_optdef global_opts[] = {
 	{"file", 'f', CLI_VALUE, "FILE", "run commands from FILE, one per line"},
 	{"keep-going", 0, CLI_FLAG, NULL, "in a script, go on after a failed command"},
 	{"timeout", 0, CLI_VALUE, "SEC", "connect timeout and I/O timeout (default 10 s connect, 30 s I/O)"},
+	{"guardian", 0, CLI_VALUE, "HOST[:PORT]",
+	 "keyhold-guardian's API (default port 8080; env KEYHOLD_GUARDIAN)"},
+	{"guardian-ca", 0, CLI_VALUE, "FILE", "PEM CA to verify the guardian with (default: --ca)"},
+	{"user", 0, CLI_VALUE, "NAME", "guardian user (asked on the terminal if absent)"},
+	{"password-fd", 0, CLI_VALUE, "N", "the guardian user's password from descriptor N"},
+	{"password-file", 0, CLI_VALUE, "FILE", "the guardian user's password from FILE"},
+	{"user2", 0, CLI_VALUE, "NAME", "second guardian user, for a role that needs 2 logins"},
+	{"password2-fd", 0, CLI_VALUE, "N", "the second user's password from descriptor N"},
+	{"password2-file", 0, CLI_VALUE, "FILE", "the second user's password from FILE"},
 	{"help", 'h', CLI_FLAG, NULL, "this help"},
 	{"version", 0, CLI_FLAG, NULL, "print the version"},
 	{NULL, 0, 0, NULL, NULL},
@@ -93,6 +102,20 @@ const struct cli_cmd cli_commands[] = {
 	 "back up configuration and keys under the BEK", NULL, CLI_F_CONN},
 	{"restore", cmd_restore, cli_restore_opts, "--in FILE", "restore a backup", NULL, CLI_F_CONN},
 	{"audit", NULL, NULL, NULL, "the audit log: show, verify", cli_audit_cmds, 0},
+	{"group", NULL, NULL, NULL, "keyhold-guardian: device groups", cli_group_cmds, 0},
+	{"device", NULL, NULL, NULL, "keyhold-guardian: the devices of a group", cli_device_cmds,
+	 0},
+	{"events", cmd_events, cli_events_opts,
+	 "[--group G] [--device ID] [--max N] [--skip N]",
+	 "keyhold-guardian: events, newest first", NULL, 0},
+	{"metrics", cmd_metrics, cli_metrics_opts,
+	 "--device ID [--res 10s|1m] [--from MS] [--to MS]",
+	 "keyhold-guardian: a device's request and latency metrics", NULL, 0},
+	{"user", NULL, NULL, NULL, "keyhold-guardian: its users and roles (the HSM's are 'identity')",
+	 cli_user_cmds, 0},
+	{"remote", cmd_remote, cli_remote_opts, "--device ID [COMMAND [OPTIONS...]]",
+	 "keyhold-guardian: reach a device's Admin port through the guardian (Remote Manage)",
+	 NULL, CLI_F_POS | CLI_F_REST},
 	{"send", cmd_send, cli_send_opts, "RAW_FRAME",
 	 "debugging: send a raw frame, print the raw answer", NULL, CLI_F_CONN | CLI_F_POS},
 	{"help", cmd_help, cli_none_opts, "[COMMAND...]", "help on commands", NULL, CLI_F_POS},
@@ -192,7 +215,10 @@ static void print_global_help(void)
 	}
 	printf("\nWith a command, run it; with -f FILE, or commands on a non-terminal stdin, run\n"
 	       "one command per line on one connection; otherwise prompt interactively.\n"
-	       "Exit codes: 0 ok, 1 refused by the HSM, 2 usage error, 3 connection/TLS error.\n");
+	       "The group, device, events, metrics, user and remote commands talk to\n"
+	       "keyhold-guardian (--guardian): the CLI logs in once, runs the commands, logs out.\n"
+	       "Exit codes: 0 ok, 1 refused by the HSM or the guardian, 2 usage error,\n"
+	       "3 connection/TLS error.\n");
 }
 
 /* Find a (sub)command by words; *used gets the words consumed. */
@@ -279,7 +305,8 @@ int cli_run_argv(struct cli *cli, int argc, char **argv)
 		cli->out_done = true;
 		return used == argc ? CLI_USAGE : CLI_OK;
 	}
-	for (int i = used; i < argc; i++) {
+	/* a command that carries another (remote) looks at its own options only */
+	for (int i = used; i < argc && !(c->flags & CLI_F_REST); i++) {
 		if (strcmp(argv[i], "--") == 0)
 			break;
 		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -393,6 +420,7 @@ static int run_interactive(struct cli *cli)
 static void cli_cleanup(struct cli *cli)
 {
 	kh_client_free(cli->client);
+	gd_end(cli);
 	kh_buf_free(cli->req);
 	kh_buf_free(cli->resp);
 	free(cli->frame);
@@ -416,6 +444,7 @@ int main(int argc, char **argv)
 	uint64_t timeout = 0;
 
 	signal(SIGPIPE, SIG_IGN);
+	gd_json_init();
 	kh_mem_init(1 << 16);
 	kh_mem_harden_process();
 	memset(&cli, 0, sizeof(cli));
@@ -469,7 +498,7 @@ int main(int argc, char **argv)
 		rc = CLI_USAGE;
 		goto out;
 	}
-	if ((rc = cli_set_conn_opts(&cli, &a)) != CLI_OK)
+	if ((rc = cli_set_conn_opts(&cli, &a)) != CLI_OK || (rc = gd_set_opts(&cli, &a)) != CLI_OK)
 		goto out;
 	if (cli.console)
 		cli.copts.unix_path = cli.console;

@@ -119,9 +119,13 @@ void out_append(struct cli *cli, const char *key, json_t *v)
 static void print_json(json_t *o)
 {
 	char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_malloc_t m;
+	json_free_t f;
 	if (s) {
 		puts(s);
-		free(s);
+		/* jansson's own allocator (gd_json_init sets one), not free() */
+		json_get_alloc_funcs(&m, &f);
+		f(s);
 	}
 	fflush(stdout);
 }
@@ -212,4 +216,78 @@ int cli_client_fail(struct cli *cli, int err)
 	if (m == NULL || *m == '\0')
 		m = kh_strerror(err);
 	return report(cli, err, m);
+}
+
+void out_json(struct cli *cli, const char *key, json_t *v)
+{
+	if (v == NULL)
+		return;
+	if (!cli->json || cli->out == NULL) {
+		json_decref(v);
+		return;
+	}
+	json_object_set_new(cli->out, key, v);
+}
+
+int cli_fail_guardian(struct cli *cli, int err, const char *name, int status, const char *reason,
+		      const char *admit)
+{
+	int rc = cli_rc_of(err);
+
+	if (cli->out_done)
+		return rc;
+	cli->out_done = true;
+	if (cli->json) {
+		json_t *o = json_object();
+		json_object_set_new(o, "command", json_string(cli->cmdname));
+		json_object_set_new(o, "ok", json_false());
+		json_object_set_new(o, "code", json_integer(kh_err_to_wire(err)));
+		json_object_set_new(o, "error", json_string(name));
+		json_object_set_new(o, "message", json_string(reason));
+		json_object_set_new(o, "http_status", json_integer(status));
+		if (admit && *admit)
+			json_object_set_new(o, "admit", json_string(admit));
+		if (cli->lineno)
+			json_object_set_new(o, "line", json_integer(cli->lineno));
+		print_json(o);
+		json_decref(o);
+	} else {
+		fflush(stdout);
+		if (cli->lineno)
+			fprintf(stderr, "keyhold: line %u: ", cli->lineno);
+		else
+			fprintf(stderr, "keyhold: ");
+		if (cli->cmdname[0])
+			fprintf(stderr, "%s: ", cli->cmdname);
+		fprintf(stderr, "%s: %s", name, reason);
+		if (admit && *admit)
+			fprintf(stderr, " (admit %s)", admit);
+		fprintf(stderr, "\n");
+	}
+	return rc;
+}
+
+int out_end_error(struct cli *cli, int err, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (!cli->json || cli->out == NULL || cli->out_done)
+		return report(cli, err, msg);
+	cli->out_done = true;
+	json_t *o = json_object();
+	json_object_set(o, "command", json_object_get(cli->out, "command"));
+	json_object_set_new(o, "ok", json_false());
+	json_object_set_new(o, "code", json_integer(kh_err_to_wire(err)));
+	json_object_set_new(o, "error", json_string(kh_errname(err)));
+	json_object_set_new(o, "message", json_string(msg));
+	if (cli->lineno)
+		json_object_set_new(o, "line", json_integer(cli->lineno));
+	json_object_update_missing(o, cli->out);
+	print_json(o);
+	json_decref(o);
+	return cli_rc_of(err);
 }

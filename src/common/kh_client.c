@@ -42,6 +42,9 @@ struct kh_client {
 	SSL_CTX *ctx;             /* built from the files for this connection */
 	SSL_CTX *shared_ctx;      /* o.tls_ctx, referenced for the client's life */
 	SSL *ssl;
+	/* kh_client_connect_over: the carrying connection's TLS, read and
+	 * written by ssl through a BIO_f_ssl (NULL: ssl is on fd) */
+	SSL *outer_ssl;
 	struct kh_buf *rbuf;      /* bytes received, not yet returned */
 	char peer[320];
 	char err[800];
@@ -126,6 +129,11 @@ void kh_client_disconnect(struct kh_client *c)
 		(void)SSL_shutdown(c->ssl);
 		SSL_free(c->ssl);
 		c->ssl = NULL;
+	}
+	if (c->outer_ssl) {
+		(void)SSL_shutdown(c->outer_ssl);
+		SSL_free(c->outer_ssl);
+		c->outer_ssl = NULL;
 	}
 	if (c->ctx) {
 		SSL_CTX_free(c->ctx);
@@ -542,6 +550,18 @@ static int nsbio_attach(SSL *ssl, int fd)
 	return KH_OK;
 }
 
+/* TLS in TLS: ssl reads and writes through outer (which stays ours to free). */
+static int sslbio_attach(SSL *ssl, SSL *outer)
+{
+	BIO *b = BIO_new(BIO_f_ssl());
+
+	if (b == NULL)
+		return KH_ERR_NOMEM;
+	BIO_set_ssl(b, outer, BIO_NOCLOSE);
+	SSL_set_bio(ssl, b, b);
+	return KH_OK;
+}
+
 static struct nsbio *nsbio_of(SSL *ssl)
 {
 	BIO *b = SSL_get_rbio(ssl);
@@ -811,7 +831,8 @@ static int tls_setup(struct kh_client *c)
 	if (c->shared_ctx == NULL && (r = tls_own_ctx(c)) != KH_OK)
 		return r;
 	c->ssl = SSL_new(c->shared_ctx ? c->shared_ctx : c->ctx);
-	if (c->ssl == NULL || nsbio_attach(c->ssl, c->fd) != KH_OK)
+	if (c->ssl == NULL ||
+	    (c->outer_ssl ? sslbio_attach(c->ssl, c->outer_ssl) : nsbio_attach(c->ssl, c->fd)) != KH_OK)
 		return fail(c, KH_ERR_NOMEM, "TLS setup", "%s", ssl_reason_text(ERR_get_error()));
 	if (!is_ip_literal(c->host)) {
 		/* SNI only makes sense for names */
@@ -877,6 +898,43 @@ static int write_all(struct kh_client *c, const uint8_t *p, size_t n)
 	return KH_OK;
 }
 
+/* Read at least one byte, at most want, into p. */
+static int read_raw(struct kh_client *c, uint8_t *p, size_t want, size_t *got)
+{
+	*got = 0;
+	for (;;) {
+		if (c->ssl) {
+			ERR_clear_error();
+			errno = 0;
+			int sr = SSL_read_ex(c->ssl, p, want, got);
+			if (sr == 1)
+				return KH_OK;
+			int se = SSL_get_error(c->ssl, sr);
+			if (se == SSL_ERROR_ZERO_RETURN)
+				return fail(c, KH_ERR_CLOSED, "receive", "connection closed by the server");
+			if (se == SSL_ERROR_WANT_READ || se == SSL_ERROR_WANT_WRITE)
+				return fail(c, KH_ERR_TIMEOUT, "receive", "timed out");
+			if (ERR_peek_last_error() != 0)
+				return tls_failure(c, se, errno);
+			return fail(c, KH_ERR_CLOSED, "receive", "%s",
+				    errno ? strerror(errno) : "connection closed by the server");
+		}
+		ssize_t n = recv(c->fd, p, want, 0);
+		if (n > 0) {
+			*got = (size_t)n;
+			return KH_OK;
+		}
+		if (n == 0)
+			return fail(c, KH_ERR_CLOSED, "receive", "connection closed by the server");
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return fail(c, KH_ERR_TIMEOUT, "receive", "timed out");
+		return fail(c, errno == ECONNRESET ? KH_ERR_CLOSED : KH_ERR_IO, "receive", "%s",
+			    strerror(errno));
+	}
+}
+
 /* Read some bytes into rbuf. */
 static int read_some(struct kh_client *c)
 {
@@ -890,39 +948,38 @@ static int read_some(struct kh_client *c)
 		return fail(c, KH_ERR_PROTOCOL, "receive", "response exceeds the maximum frame size");
 	if ((r = kh_buf_reserve(c->rbuf, want, &p)) != KH_OK)
 		return fail(c, r, "receive", "%s", kh_strerror(r));
-	for (;;) {
-		if (c->ssl) {
-			ERR_clear_error();
-			errno = 0;
-			int sr = SSL_read_ex(c->ssl, p, want, &got);
-			if (sr == 1)
-				break;
-			int se = SSL_get_error(c->ssl, sr);
-			if (se == SSL_ERROR_ZERO_RETURN)
-				return fail(c, KH_ERR_CLOSED, "receive", "connection closed by the server");
-			if (se == SSL_ERROR_WANT_READ || se == SSL_ERROR_WANT_WRITE)
-				return fail(c, KH_ERR_TIMEOUT, "receive", "timed out");
-			if (ERR_peek_last_error() != 0)
-				return tls_failure(c, se, errno);
-			return fail(c, KH_ERR_CLOSED, "receive", "%s",
-				    errno ? strerror(errno) : "connection closed by the server");
-		}
-		ssize_t n = recv(c->fd, p, want, 0);
-		if (n > 0) {
-			got = (size_t)n;
-			break;
-		}
-		if (n == 0)
-			return fail(c, KH_ERR_CLOSED, "receive", "connection closed by the server");
-		if (errno == EINTR)
-			continue;
-		if (errno == EAGAIN || errno == EWOULDBLOCK)
-			return fail(c, KH_ERR_TIMEOUT, "receive", "timed out");
-		return fail(c, errno == ECONNRESET ? KH_ERR_CLOSED : KH_ERR_IO, "receive", "%s",
-			    strerror(errno));
-	}
+	if ((r = read_raw(c, p, want, &got)) != KH_OK)
+		return r;
 	kh_buf_commit(c->rbuf, got);
 	return KH_OK;
+}
+
+int kh_client_write(struct kh_client *c, const void *p, size_t n)
+{
+	c->err[0] = '\0';
+	if (c->fd < 0)
+		return fail(c, KH_ERR_CLOSED, "send", "not connected");
+	return write_all(c, p, n);
+}
+
+int kh_client_read(struct kh_client *c, void *p, size_t max, size_t *got)
+{
+	size_t held;
+
+	*got = 0;
+	c->err[0] = '\0';
+	if (c->fd < 0)
+		return fail(c, KH_ERR_CLOSED, "receive", "not connected");
+	if (max == 0)
+		return fail(c, KH_ERR_INTERNAL, "receive", "no room to read into");
+	if ((held = kh_buf_len(c->rbuf)) > 0) {
+		/* bytes a frame read took in beyond its frame */
+		*got = held < max ? held : max;
+		memcpy(p, kh_buf_ptr(c->rbuf), *got);
+		kh_buf_consume(c->rbuf, *got);
+		return KH_OK;
+	}
+	return read_raw(c, p, max, got);
 }
 
 int kh_client_send(struct kh_client *c, const struct kh_buf *req)
@@ -1034,18 +1091,14 @@ out:
 	return r;
 }
 
-int kh_client_connect(struct kh_client *c)
+/* TLS (when tls) and the probe on a connected fd. */
+static int connect_finish(struct kh_client *c, bool tls)
 {
 	int r, hs;
 
-	kh_client_disconnect(c);
-	c->err[0] = '\0';
-	r = c->unix_path ? connect_unix(c) : connect_tcp(c);
-	if (r != KH_OK)
-		goto fail;
 	hs = c->o.handshake_timeout_ms > 0 ? c->o.handshake_timeout_ms : c->o.io_timeout_ms;
 	set_io_timeout(c->fd, hs);
-	if (!c->unix_path && c->o.tls) {
+	if (tls) {
 		if ((r = tls_setup(c)) != KH_OK || (r = tls_handshake(c)) != KH_OK)
 			goto fail;
 	}
@@ -1057,6 +1110,39 @@ int kh_client_connect(struct kh_client *c)
 fail:
 	kh_client_disconnect(c);
 	return r;
+}
+
+int kh_client_connect(struct kh_client *c)
+{
+	int r;
+
+	kh_client_disconnect(c);
+	c->err[0] = '\0';
+	r = c->unix_path ? connect_unix(c) : connect_tcp(c);
+	if (r != KH_OK) {
+		kh_client_disconnect(c);
+		return r;
+	}
+	return connect_finish(c, !c->unix_path && c->o.tls);
+}
+
+int kh_client_connect_over(struct kh_client *c, struct kh_client *outer)
+{
+	kh_client_disconnect(c);
+	c->err[0] = '\0';
+	if (outer->fd < 0)
+		return fail(c, KH_ERR_CLOSED, "relay", "the carrying connection is closed");
+	if (kh_buf_len(outer->rbuf) > 0) {
+		/* those bytes belong to c's stream, which starts with c's hello */
+		kh_client_disconnect(outer);
+		return fail(c, KH_ERR_PROTOCOL, "relay", "bytes arrived before the relayed stream began");
+	}
+	c->fd = outer->fd;
+	outer->fd = -1;
+	c->outer_ssl = outer->ssl; /* it holds its own reference to outer's SSL_CTX */
+	outer->ssl = NULL;
+	kh_client_disconnect(outer);
+	return connect_finish(c, c->o.tls);
 }
 
 int kh_client_attach_fd(struct kh_client *c, int fd)
@@ -1074,16 +1160,19 @@ void kh_client_abandon(struct kh_client *c)
 {
 	if (c == NULL)
 		return;
-	if (c->ssl) {
-		struct nsbio *d = nsbio_of(c->ssl);
+	for (int i = 0; i < 2; i++) {
+		SSL **sp = i == 0 ? &c->ssl : &c->outer_ssl;
+		if (*sp == NULL)
+			continue;
+		struct nsbio *d = nsbio_of(*sp);
 		/* Nothing below writes, but make sure: the BIO loses the
 		 * descriptor, and the SSL believes the close is done. */
 		if (d)
 			d->fd = -1;
-		SSL_set_quiet_shutdown(c->ssl, 1);
-		SSL_set_shutdown(c->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
-		SSL_free(c->ssl);
-		c->ssl = NULL;
+		SSL_set_quiet_shutdown(*sp, 1);
+		SSL_set_shutdown(*sp, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+		SSL_free(*sp);
+		*sp = NULL;
 	}
 	if (c->fd >= 0) {
 		close(c->fd); /* never shutdown(2): that would end the parent's stream too */
@@ -1108,7 +1197,8 @@ bool kh_client_stale(struct kh_client *c)
 	do
 		n = poll(&p, 1, 0);
 	while (n < 0 && errno == EINTR);
-	if (n == 0)
+	/* TLS in TLS: the carrying TLS may hold records read ahead */
+	if (n == 0 && !(c->outer_ssl && SSL_has_pending(c->outer_ssl)))
 		return false;
 	if (n < 0 || (p.revents & (POLLERR | POLLNVAL)))
 		return true;
@@ -1117,7 +1207,7 @@ bool kh_client_stale(struct kh_client *c)
 	/* TLS: a record may be a post-handshake message (a session ticket, a
 	 * key update), which is fine; application data, an alert or an EOF is
 	 * not. Read what is there without waiting for more. */
-	if ((d = nsbio_of(c->ssl)) == NULL)
+	if ((d = nsbio_of(c->outer_ssl ? c->outer_ssl : c->ssl)) == NULL)
 		return true;
 	d->dontwait = true;
 	ERR_clear_error();

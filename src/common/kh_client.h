@@ -125,6 +125,26 @@ KH_MUST_CHECK int kh_client_call(struct kh_client *c, const struct kh_buf *req,
  * values, so never a secret. */
 const char *kh_client_error(const struct kh_client *c);
 
+/* ---- the connection as a byte stream (an HTTPS client such as kh_http, a
+ * relay) instead of frames. Mixing them with frame calls on one connection is
+ * the caller's business. ---- */
+
+/* Write all n bytes. Errors as kh_client_send. */
+KH_MUST_CHECK int kh_client_write(struct kh_client *c, const void *p, size_t n);
+/* Read at least one byte, at most max, into p; *got is the count. The
+ * peer's orderly close is KH_ERR_CLOSED with *got 0; other errors as
+ * kh_client_recv. */
+KH_MUST_CHECK int kh_client_read(struct kh_client *c, void *p, size_t max, size_t *got);
+
+/* Connect c through outer's connection instead of its own socket: c's TLS
+ * (when c's options ask for it, with its own CA, client certificate and name
+ * check) runs inside outer's stream, TLS in TLS when outer uses TLS, so that
+ * whatever relays outer's bytes sees only c's ciphertext; then c's probe.
+ * outer's connection moves into c (outer is left disconnected, also on
+ * failure); c's own host and port only name the peer in messages. outer must
+ * hold no bytes read but not returned. Errors as kh_client_connect. */
+KH_MUST_CHECK int kh_client_connect_over(struct kh_client *c, struct kh_client *outer);
+
 /* The default port name for messages (9100 "Excrypt", 9009 "Admin", else
  * "Excrypt" for other ports). */
 const char *kh_client_port_name(unsigned port);
