@@ -269,6 +269,7 @@ struct sendctx {
 	struct client *cl;
 	struct kh_buf *tmp;
 	struct kh_frame *tf;
+	bool login_failed; /* the last send_on failed replaying the client's login */
 };
 
 /* One request on d over the client's connection. A login dropped by the
@@ -289,9 +290,12 @@ static int send_on(void *arg, struct kg_dev *d, const struct kh_buf *req, struct
 		return KH_ERR_CONNECT;
 	atomic_fetch_add(&d->in_flight, 1);
 	uint64_t t0 = now_us();
+	sx->login_failed = false;
 	for (int attempt = 0;; attempt++) {
-		if ((r = mconn_get(cl, d, j, sx->tmp, sx->tf, &m)) != KH_OK)
+		if ((r = mconn_get(cl, d, j, sx->tmp, sx->tf, &m)) != KH_OK) {
+			sx->login_failed = !transport_err(r);
 			break;
+		}
 		r = kh_client_call(m->kc, req, resp, f);
 		if (transport_err(r)) {
 			mconn_close(m);
@@ -343,7 +347,7 @@ static int balanced(struct client *cl, const struct kh_buf *req, struct kh_buf *
                     struct kh_frame *f, struct sendctx *sx, struct kg_dev **used)
 {
 	uint32_t tried = 0;
-	int r = KH_ERR_CONNECT;
+	int r = KH_ERR_CONNECT, login_err = KH_OK;
 	struct kg_dev *d;
 	while ((d = pick(cl, tried)) != NULL) {
 		pthread_rwlock_rdlock(&cl->ep->c->mu);
@@ -354,6 +358,12 @@ static int balanced(struct client *cl, const struct kh_buf *req, struct kh_buf *
 		tried |= 1u << j;
 		kh_buf_reset(resp);
 		r = send_on(sx, d, req, resp, f);
+		if (sx->login_failed) {
+			/* the member refused the client's login (its configuration
+			 * lags, or it locked the identity): another may take it */
+			login_err = r;
+			continue;
+		}
 		if (!transport_err(r)) {
 			if (used)
 				*used = d;
@@ -361,6 +371,12 @@ static int balanced(struct client *cl, const struct kh_buf *req, struct kh_buf *
 		}
 		log_debug("group %lld: %s on device %lld failed (%s), trying another",
 		          (long long)cl->ep->g->g.id, f->cmd, (long long)d->d.id, kh_errname(r));
+	}
+	if (login_err != KH_OK) {
+		kh_buf_reset(resp);
+		KH_IGNORE(kh_msg_error(resp, "LOGN", login_err,
+		                       "the login could not be replayed on a member"));
+		return login_err;
 	}
 	return r;
 }
