@@ -127,8 +127,9 @@ int kg_repl_key_change(struct kg_core *c, struct kg_group *g, const struct kh_bu
 int kg_repl_join(struct kg_core *c, struct kg_group *g, struct kg_dev *d, char *why, size_t whysz);
 /* Apply d's due journal entries in order (change_mu taken). */
 int kg_repl_catch_up(struct kg_core *c, struct kg_group *g, struct kg_dev *d);
-/* Configuration: when the Primary's digest moved, export, journal, apply. */
-int kg_repl_config(struct kg_core *c, struct kg_group *g, bool force);
+/* Configuration: when the Primary's digest moved, export, journal, apply.
+ * wait false: give up at once when the group's change lock is taken. */
+int kg_repl_config(struct kg_core *c, struct kg_group *g, bool wait);
 /* KTCK of the whole table on d through the guardian's identity. */
 int kg_repl_ktck(struct kg_core *c, struct kg_dev *d, char ck[65], uint64_t *rows, char *why, size_t whysz);
 void *kg_replicator_main(void *arg);

@@ -508,7 +508,7 @@ static int route(struct client *cl, const struct kh_buf *req, const struct kh_fr
 		if (r == KH_OK && used)
 			remember_login(cl, used, rf);
 		if (r == KH_OK && change)
-			(void)kg_repl_config(c, cl->ep->g, false);
+			(void)kg_repl_config(c, cl->ep->g, true);
 		if (transport_err(r) || r == KH_ERR_STATE) {
 			kh_buf_reset(resp);
 			return kh_msg_error(resp, rf->cmd, r, "no device of the group answered");

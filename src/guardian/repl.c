@@ -460,14 +460,20 @@ static int config_entry(struct kg_core *c, struct kg_dev *prim, struct kh_buf **
 	return r;
 }
 
-int kg_repl_config(struct kg_core *c, struct kg_group *g, bool force)
+int kg_repl_config(struct kg_core *c, struct kg_group *g, bool wait)
 {
 	char cd[65], why[KG_WHY_MAX] = "";
 	struct kh_buf *entry = NULL;
 	struct kg_dev *prim;
 	int r;
 
-	pthread_mutex_lock(&g->change_mu);
+	if (!wait) {
+		/* the monitor's poll: never held up by a join in progress */
+		if (pthread_mutex_trylock(&g->change_mu) != 0)
+			return KH_OK;
+	} else {
+		pthread_mutex_lock(&g->change_mu);
+	}
 	pthread_rwlock_rdlock(&c->mu);
 	prim = kg_group_primary(g);
 	bool on = g->g.opt_configuration && prim;
@@ -479,7 +485,7 @@ int kg_repl_config(struct kg_core *c, struct kg_group *g, bool force)
 	}
 	if ((r = config_digest(c, prim, cd, why, sizeof(why))) != KH_OK)
 		goto out;
-	if (!force && strcmp(cd, g->last_cd) == 0)
+	if (strcmp(cd, g->last_cd) == 0)
 		goto out;
 	if ((r = config_entry(c, prim, &entry, why, sizeof(why))) != KH_OK)
 		goto out;

@@ -442,6 +442,34 @@ static void test_primary_down(void **state)
 	app_close(&a);
 }
 
+/* A password change through the group runs on the Primary and reaches
+ * every member before the answer: new connections log in anywhere. */
+static void test_password_change(void **state)
+{
+	(void)state;
+	struct app a;
+	char *old = kh_test_hexs(APP_PW), *nw = kh_test_hexs("app-secret-2");
+	app_open(&a, G.port, true);
+	if (app_call(&a, "[AOCHPW;IDapp1;PW%s;NP%s;]", old, nw) != KH_OK)
+		fail_msg("CHPW through the group: %s", a.out);
+	/* this client's own login is replayed with the new password */
+	assert_int_equal(app_call(&a, "[AOGECC;RA2;]"), KH_OK);
+	app_close(&a);
+	for (int i = 0; i < 3; i++) {
+		struct app d;
+		app_open(&d, G.hsm[i].port, false);
+		if (app_call(&d, "[AOLOGN;IDapp1;PW%s;]", nw) != KH_OK)
+			fail_msg("new password on member %d: %s", i, d.out);
+		app_close(&d);
+	}
+	/* and back, for the tests after this one */
+	app_open(&a, G.port, false);
+	assert_int_equal(app_call(&a, "[AOLOGN;IDapp1;PW%s;NP%s;]", nw, old), KH_OK);
+	app_close(&a);
+	free(old);
+	free(nw);
+}
+
 static void test_restart_keeps_state(void **state)
 {
 	(void)state;
@@ -464,6 +492,7 @@ int main(void)
 	    cmocka_unit_test(test_keys_replicate),
 	    cmocka_unit_test(test_failover),
 	    cmocka_unit_test(test_primary_down),
+	    cmocka_unit_test(test_password_change),
 	    cmocka_unit_test(test_restart_keeps_state),
 	};
 	kh_mem_init(1u << 20);
