@@ -9,6 +9,7 @@
  */
 #include "guardian/store.h"
 #include "common/kh_log.h"
+#include "common/kh_mem.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -111,6 +112,28 @@ static const char *const migrations[] = {
 	"  requests INTEGER NOT NULL, errors INTEGER NOT NULL,"
 	"  lat_sum INTEGER NOT NULL, lat_max INTEGER NOT NULL,"
 	"  PRIMARY KEY (device_id, bucket)) WITHOUT ROWID;",
+	/* 1 -> 2: the guardian's own users and roles. Permissions are the bits
+	 * of enum kh_gstore_perm; the built-in roles come with the table. */
+	"CREATE TABLE roles ("
+	"  name TEXT PRIMARY KEY COLLATE NOCASE,"
+	"  perms INTEGER NOT NULL CHECK (perms BETWEEN 0 AND 63),"
+	"  logins_required INTEGER NOT NULL CHECK (logins_required IN (1, 2)),"
+	"  builtin INTEGER NOT NULL) WITHOUT ROWID;"
+	"INSERT INTO roles VALUES ('Administrator', 63, 1, 1);"
+	"INSERT INTO roles VALUES ('Operator', 25, 1, 1);" /* view, devices.operate, remote */
+	"INSERT INTO roles VALUES ('Auditor', 1, 1, 1);"
+	"CREATE TABLE users ("
+	"  id INTEGER PRIMARY KEY,"
+	"  name TEXT NOT NULL UNIQUE COLLATE NOCASE,"
+	"  role TEXT NOT NULL REFERENCES roles(name),"
+	"  pw_hash BLOB NOT NULL,"
+	"  pw_salt BLOB NOT NULL,"
+	"  pw_params TEXT NOT NULL,"
+	"  must_change INTEGER NOT NULL DEFAULT 0,"
+	"  failures INTEGER NOT NULL DEFAULT 0,"
+	"  locked_until INTEGER NOT NULL DEFAULT 0,"
+	"  created INTEGER NOT NULL,"
+	"  changed INTEGER NOT NULL);",
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -1480,5 +1503,363 @@ int kh_gstore_metric_prune(struct kh_gstore *st, int64_t now, struct kh_gstore_w
 		     now - KH_GSTORE_KEEP_10S_MS)) == KH_OK)
 		r = run(st, why, NULL, "DELETE FROM metrics_1m WHERE bucket < ?", "i",
 			now - KH_GSTORE_KEEP_1M_MS);
+	return end(st, r, why);
+}
+
+/* ---- users and roles ---------------------------------------------------- */
+
+static const char *const perm_names[] = {"view",           "groups.manage", "devices.manage",
+					 "devices.operate", "remote",        "users.manage"};
+_Static_assert(sizeof(perm_names) / sizeof(perm_names[0]) == KH_GPERM_COUNT,
+	       "permission names out of sync");
+
+const char *kh_gstore_perm_name(unsigned index) { return NAMEOF(perm_names, index); }
+
+/* User names: 1-64 of letters, digits . _ -, starting with a letter or
+ * digit (so a user name is also a valid group owner). */
+static bool valid_user(const char *s)
+{
+	size_t n = s ? strnlen(s, KH_GSTORE_USER_MAX + 1) : 0;
+	if (n == 0 || n > KH_GSTORE_USER_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+		bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+		if (!alnum && (i == 0 || (c != '.' && c != '_' && c != '-')))
+			return false;
+	}
+	return true;
+}
+
+static void read_role(sqlite3_stmt *s, void *rec)
+{
+	struct kh_gstore_role_rec *r = rec;
+	memset(r, 0, sizeof(*r));
+	copy_col(r->name, sizeof(r->name), s, 0);
+	r->perms = (unsigned)sqlite3_column_int(s, 1) & KH_GPERM_ALL;
+	r->logins_required = sqlite3_column_int(s, 2);
+	r->builtin = sqlite3_column_int(s, 3) != 0;
+}
+
+#define ROLE_COLS "name, perms, logins_required, builtin"
+
+int kh_gstore_role_get(struct kh_gstore *st, const char *name, struct kh_gstore_role_rec *out,
+		       struct kh_gstore_why *why)
+{
+	size_t n;
+	if (!valid_user(name))
+		return refuse(why, KH_ERR_NOT_FOUND, "no such role");
+	int r = rows(st, why, read_role, out, sizeof(*out), 1, &n,
+		     "SELECT " ROLE_COLS " FROM roles WHERE name = ?", "t", name);
+	if (r == KH_OK && n == 0)
+		r = refuse(why, KH_ERR_NOT_FOUND, "no role \"%s\"", name);
+	return r;
+}
+
+int kh_gstore_role_list(struct kh_gstore *st, struct kh_gstore_role_rec *out, size_t max,
+			size_t *n, struct kh_gstore_why *why)
+{
+	return rows(st, why, read_role, out, sizeof(*out), max, n,
+		    "SELECT " ROLE_COLS " FROM roles ORDER BY builtin DESC, name", "");
+}
+
+int kh_gstore_role_set_logins(struct kh_gstore *st, const char *name, int logins,
+			      struct kh_gstore_why *why)
+{
+	int64_t users = 0, changes = 0;
+	int r;
+	if (logins != 1 && logins != 2)
+		return refuse(why, KH_ERR_BAD_FIELD, "logins_required: 1 or 2");
+	if (!valid_user(name))
+		return refuse(why, KH_ERR_NOT_FOUND, "no such role");
+	if ((r = begin(st, why)) != KH_OK)
+		return r;
+	if ((r = q1(st, why, &users, "SELECT COUNT(*) FROM users WHERE role = ?", "t", name)) !=
+	    KH_OK)
+		goto out;
+	if (logins == 2 && users < 2) {
+		r = refuse(why, KH_ERR_STATE,
+			   "role \"%s\" has %lld user(s): add a second before requiring two logins",
+			   name, (long long)users);
+		goto out;
+	}
+	r = run(st, why, &changes, "UPDATE roles SET logins_required = ? WHERE name = ?", "it",
+		(int64_t)logins, name);
+	if (r == KH_OK && changes == 0)
+		r = refuse(why, KH_ERR_NOT_FOUND, "no role \"%s\"", name);
+out:
+	return end(st, r, why);
+}
+
+#define USER_COLS "id, name, role, must_change, failures, locked_until, created, changed"
+
+static void read_user(sqlite3_stmt *s, void *rec)
+{
+	struct kh_gstore_user *u = rec;
+	memset(u, 0, sizeof(*u));
+	u->id = sqlite3_column_int64(s, 0);
+	copy_col(u->name, sizeof(u->name), s, 1);
+	copy_col(u->role, sizeof(u->role), s, 2);
+	u->must_change = sqlite3_column_int(s, 3) != 0;
+	u->failures = sqlite3_column_int64(s, 4);
+	u->locked_until_ms = sqlite3_column_int64(s, 5);
+	u->created_ms = sqlite3_column_int64(s, 6);
+	u->changed_ms = sqlite3_column_int64(s, 7);
+}
+
+/* Parameters as users.c writes them: "scrypt:N:r:p". */
+static bool valid_params(const char *p)
+{
+	size_t n = strnlen(p, KH_GSTORE_PW_PARAMS_MAX + 1);
+	if (n < 8 || n > KH_GSTORE_PW_PARAMS_MAX || strncmp(p, "scrypt:", 7) != 0)
+		return false;
+	for (size_t i = 7; i < n; i++)
+		if (!((p[i] >= '0' && p[i] <= '9') || p[i] == ':'))
+			return false;
+	return true;
+}
+
+int kh_gstore_user_add(struct kh_gstore *st, const struct kh_gstore_user *u,
+		       const struct kh_gstore_pwhash *h, bool only_first, int64_t *id,
+		       struct kh_gstore_why *why)
+{
+	int64_t x = 0, t = now_ms();
+	int r;
+	if (!valid_user(u->name))
+		return refuse(why, KH_ERR_BAD_FIELD,
+			      "user name: 1-64 letters, digits . _ -, starting with a letter or "
+			      "digit");
+	if (!valid_user(u->role))
+		return refuse(why, KH_ERR_BAD_FIELD, "role: no such role");
+	if (!valid_params(h->params))
+		return refuse(why, KH_ERR_BAD_FIELD, "password verifier: bad parameters");
+	if ((r = begin(st, why)) != KH_OK)
+		return r;
+	if (only_first && (r = q1(st, why, &x, "SELECT COUNT(*) FROM users", "")) == KH_OK &&
+	    x > 0) {
+		r = refuse(why, KH_ERR_EXISTS, "the guardian has users already");
+		goto out;
+	}
+	if (r != KH_OK)
+		goto out;
+	r = q1(st, why, &x, "SELECT 1 FROM roles WHERE name = ?", "t", u->role);
+	if (r == KH_ERR_NOT_FOUND)
+		r = refuse(why, KH_ERR_BAD_FIELD, "role: no role \"%s\"", u->role);
+	if (r != KH_OK)
+		goto out;
+	r = q1(st, why, &x, "SELECT id FROM users WHERE name = ?", "t", u->name);
+	if (r == KH_OK) {
+		r = refuse(why, KH_ERR_EXISTS, "a user named \"%s\" exists", u->name);
+		goto out;
+	}
+	if (r != KH_ERR_NOT_FOUND)
+		goto out;
+	/* the role's stored spelling, so listings show "Administrator" however
+	 * it was typed */
+	r = run(st, why, NULL,
+		"INSERT INTO users (name, role, pw_hash, pw_salt, pw_params, must_change, created,"
+		" changed) VALUES (?, (SELECT name FROM roles WHERE name = ?), ?, ?, ?, ?, ?, ?)",
+		"ttbbtiii", u->name, u->role, (const void *)h->hash, sizeof(h->hash),
+		(const void *)h->salt, sizeof(h->salt), h->params, (int64_t)u->must_change, t, t);
+	if (r == KH_OK && id)
+		*id = sqlite3_last_insert_rowid(st->h);
+out:
+	return end(st, r, why);
+}
+
+int kh_gstore_user_get(struct kh_gstore *st, const char *name, struct kh_gstore_user *out,
+		       struct kh_gstore_why *why)
+{
+	size_t n;
+	if (!valid_user(name))
+		return refuse(why, KH_ERR_NOT_FOUND, "no such user");
+	int r = rows(st, why, read_user, out, sizeof(*out), 1, &n,
+		     "SELECT " USER_COLS " FROM users WHERE name = ?", "t", name);
+	if (r == KH_OK && n == 0)
+		r = refuse(why, KH_ERR_NOT_FOUND, "no user \"%s\"", name);
+	return r;
+}
+
+struct verifier_rec {
+	struct kh_gstore_pwhash h;
+	bool ok;
+};
+
+static void read_verifier(sqlite3_stmt *s, void *rec)
+{
+	struct verifier_rec *v = rec;
+	const unsigned char *params = sqlite3_column_text(s, 2);
+	memset(v, 0, sizeof(*v));
+	if (sqlite3_column_bytes(s, 0) != KH_GSTORE_PW_HASH_LEN ||
+	    sqlite3_column_bytes(s, 1) != KH_GSTORE_PW_SALT_LEN || params == NULL ||
+	    !valid_params((const char *)params))
+		return;
+	memcpy(v->h.hash, sqlite3_column_blob(s, 0), KH_GSTORE_PW_HASH_LEN);
+	memcpy(v->h.salt, sqlite3_column_blob(s, 1), KH_GSTORE_PW_SALT_LEN);
+	snprintf(v->h.params, sizeof(v->h.params), "%s", (const char *)params);
+	v->ok = true;
+}
+
+int kh_gstore_user_verifier(struct kh_gstore *st, const char *name, struct kh_gstore_pwhash *out,
+			    struct kh_gstore_why *why)
+{
+	struct verifier_rec v;
+	size_t n;
+	if (!valid_user(name))
+		return refuse(why, KH_ERR_NOT_FOUND, "no such user");
+	int r = rows(st, why, read_verifier, &v, sizeof(v), 1, &n,
+		     "SELECT pw_hash, pw_salt, pw_params FROM users WHERE name = ?", "t", name);
+	if (r == KH_OK && n == 0)
+		r = refuse(why, KH_ERR_NOT_FOUND, "no user \"%s\"", name);
+	else if (r == KH_OK && !v.ok) {
+		log_warnx("guardian store: user %s has a malformed password verifier", name);
+		r = refuse(why, KH_ERR_STORAGE, "the stored password verifier is malformed");
+	}
+	if (r == KH_OK)
+		*out = v.h;
+	kh_wipe(&v, sizeof(v));
+	return r;
+}
+
+int kh_gstore_user_list(struct kh_gstore *st, struct kh_gstore_user *out, size_t max, size_t *n,
+			struct kh_gstore_why *why)
+{
+	return rows(st, why, read_user, out, sizeof(*out), max, n,
+		    "SELECT " USER_COLS " FROM users ORDER BY name", "");
+}
+
+int kh_gstore_user_count(struct kh_gstore *st, int64_t *n, struct kh_gstore_why *why)
+{
+	pthread_mutex_lock(&st->mu);
+	int r = q1(st, why, n, "SELECT COUNT(*) FROM users", "");
+	pthread_mutex_unlock(&st->mu);
+	return r;
+}
+
+int kh_gstore_user_remove(struct kh_gstore *st, const char *name, struct kh_gstore_why *why)
+{
+	struct kh_gstore_role_rec role;
+	sqlite3_stmt *s = NULL;
+	int64_t left = 0, admins = 0;
+	size_t n = 0;
+	int r;
+	if (!valid_user(name))
+		return refuse(why, KH_ERR_NOT_FOUND, "no such user");
+	if ((r = begin(st, why)) != KH_OK)
+		return r;
+	/* re-read inside the transaction: the role may have changed since */
+	if ((r = q1(st, why, &left, "SELECT COUNT(*) FROM users WHERE role ="
+				    " (SELECT role FROM users WHERE name = ?) AND name != ?",
+		    "tt", name, name)) != KH_OK ||
+	    (r = q1(st, why, &admins,
+		    "SELECT COUNT(*) FROM users WHERE role = 'Administrator' AND name != ?", "t",
+		    name)) != KH_OK)
+		goto out;
+	if (sqlite3_prepare_v2(st->h, "SELECT " ROLE_COLS " FROM roles WHERE name = "
+				      "(SELECT role FROM users WHERE name = ?)",
+			       -1, &s, NULL) != SQLITE_OK) {
+		r = sqlerr(st, sqlite3_errcode(st->h), why);
+		goto out;
+	}
+	sqlite3_bind_text(s, 1, name, -1, SQLITE_TRANSIENT);
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		read_role(s, &role);
+		n = 1;
+	}
+	sqlite3_finalize(s);
+	if (n == 0) {
+		r = refuse(why, KH_ERR_NOT_FOUND, "no user \"%s\"", name);
+		goto out;
+	}
+	if (admins == 0) {
+		r = refuse(why, KH_ERR_STATE, "\"%s\" is the last Administrator", name);
+		goto out;
+	}
+	/* an empty role is fine; one user alone in a two-login role is stuck */
+	if (left > 0 && left < role.logins_required) {
+		r = refuse(why, KH_ERR_STATE,
+			   "role \"%s\" needs %d logins: it would keep %lld user(s)", role.name,
+			   role.logins_required, (long long)left);
+		goto out;
+	}
+	r = run(st, why, NULL, "DELETE FROM users WHERE name = ?", "t", name);
+out:
+	return end(st, r, why);
+}
+
+int kh_gstore_user_set_password(struct kh_gstore *st, const char *name,
+				const struct kh_gstore_pwhash *h, bool must_change,
+				struct kh_gstore_why *why)
+{
+	int64_t changes = 0;
+	int r;
+	if (!valid_user(name))
+		return refuse(why, KH_ERR_NOT_FOUND, "no such user");
+	if (!valid_params(h->params))
+		return refuse(why, KH_ERR_BAD_FIELD, "password verifier: bad parameters");
+	if ((r = begin(st, why)) != KH_OK)
+		return r;
+	r = run(st, why, &changes,
+		"UPDATE users SET pw_hash = ?, pw_salt = ?, pw_params = ?, must_change = ?,"
+		" failures = 0, locked_until = 0, changed = ? WHERE name = ?",
+		"bbtiit", (const void *)h->hash, sizeof(h->hash), (const void *)h->salt,
+		sizeof(h->salt), h->params, (int64_t)must_change, now_ms(), name);
+	if (r == KH_OK && changes == 0)
+		r = refuse(why, KH_ERR_NOT_FOUND, "no user \"%s\"", name);
+	return end(st, r, why);
+}
+
+int kh_gstore_user_login_failed(struct kh_gstore *st, const char *name, int64_t now, int threshold,
+				int64_t lock_ms, bool *locked, struct kh_gstore_why *why)
+{
+	int64_t changes = 0, until = 0;
+	int r;
+	if (locked)
+		*locked = false;
+	if (threshold < 1 || lock_ms < 1)
+		return refuse(why, KH_ERR_BAD_FIELD, "lockout: threshold and time at least 1");
+	if (!valid_user(name))
+		return refuse(why, KH_ERR_NOT_FOUND, "no such user");
+	if ((r = begin(st, why)) != KH_OK)
+		return r;
+	/* SQLite evaluates every right-hand side on the row as it was */
+	r = run(st, why, &changes,
+		"UPDATE users SET"
+		" locked_until = CASE WHEN failures + 1 >= ?1 THEN ?2 ELSE locked_until END,"
+		" failures = CASE WHEN failures + 1 >= ?1 THEN 0 ELSE failures + 1 END"
+		" WHERE name = ?3 AND locked_until <= ?4",
+		"iiti", (int64_t)threshold, now + lock_ms, name, now);
+	if (r != KH_OK)
+		goto out;
+	if (changes == 0) {
+		r = q1(st, why, &until, "SELECT locked_until FROM users WHERE name = ?", "t", name);
+		r = r == KH_OK ? refuse(why, KH_ERR_LOCKED, "user \"%s\" is locked", name)
+			       : refuse(why, KH_ERR_NOT_FOUND, "no user \"%s\"", name);
+		goto out;
+	}
+	if (locked && (r = q1(st, why, &until, "SELECT locked_until FROM users WHERE name = ?",
+			      "t", name)) == KH_OK)
+		*locked = until > now;
+out:
+	return end(st, r, why);
+}
+
+int kh_gstore_user_login_ok(struct kh_gstore *st, const char *name, int64_t now,
+			    struct kh_gstore_why *why)
+{
+	int64_t changes = 0, x = 0;
+	int r;
+	if (!valid_user(name))
+		return refuse(why, KH_ERR_NOT_FOUND, "no such user");
+	if ((r = begin(st, why)) != KH_OK)
+		return r;
+	r = run(st, why, &changes,
+		"UPDATE users SET failures = 0 WHERE name = ? AND locked_until <= ?", "ti", name,
+		now);
+	if (r == KH_OK && changes == 0) {
+		r = q1(st, why, &x, "SELECT id FROM users WHERE name = ?", "t", name);
+		r = r == KH_OK ? refuse(why, KH_ERR_LOCKED, "user \"%s\" is locked", name)
+			       : refuse(why, KH_ERR_NOT_FOUND, "no user \"%s\"", name);
+	}
 	return end(st, r, why);
 }

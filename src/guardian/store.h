@@ -275,4 +275,110 @@ KH_MUST_CHECK int kh_gstore_metric_sum(struct kh_gstore *st, int64_t device_id,
 KH_MUST_CHECK int kh_gstore_metric_prune(struct kh_gstore *st, int64_t now_ms,
 					 struct kh_gstore_why *why);
 
+/* ---- users and roles (schema 2) ---------------------------------------- */
+
+/* The guardian's own users (REST API, console, CLI through the API). The
+ * store keeps names, roles, password verifiers and lockout state; hashing
+ * and checking passwords is users.c's, so a password never reaches here. */
+
+#define KH_GSTORE_USER_MAX 64        /* user and role names */
+#define KH_GSTORE_PW_HASH_LEN 32
+#define KH_GSTORE_PW_SALT_LEN 16
+#define KH_GSTORE_PW_PARAMS_MAX 31   /* "scrypt:32768:8:1" */
+
+/* Permissions, a bit each. */
+enum kh_gstore_perm {
+	KH_GPERM_VIEW = 1u << 0,            /* every GET */
+	KH_GPERM_GROUPS_MANAGE = 1u << 1,   /* group add / modify / remove */
+	KH_GPERM_DEVICES_MANAGE = 1u << 2,  /* device add / modify / remove / promote */
+	KH_GPERM_DEVICES_OPERATE = 1u << 3, /* enable / disable, sync, diagnose, check */
+	KH_GPERM_REMOTE = 1u << 4,          /* the Remote Manage relay */
+	KH_GPERM_USERS_MANAGE = 1u << 5,
+};
+#define KH_GPERM_COUNT 6
+#define KH_GPERM_ALL ((1u << KH_GPERM_COUNT) - 1)
+/* "view", "groups.manage", ...; bit i of KH_GPERM_ALL is perm_name(i). */
+const char *kh_gstore_perm_name(unsigned index);
+
+/* The built-in roles, made by the migration: Administrator (every
+ * permission), Operator (view, devices.operate, remote), Auditor (view). */
+#define KH_GSTORE_ROLE_ADMIN "Administrator"
+#define KH_GSTORE_ROLE_OPERATOR "Operator"
+#define KH_GSTORE_ROLE_AUDITOR "Auditor"
+
+struct kh_gstore_role_rec {
+	char name[KH_GSTORE_USER_MAX + 1];
+	unsigned perms;          /* enum kh_gstore_perm bits */
+	int logins_required;     /* 1 or 2 */
+	bool builtin;
+};
+
+/* Case-insensitive name. */
+KH_MUST_CHECK int kh_gstore_role_get(struct kh_gstore *st, const char *name,
+				     struct kh_gstore_role_rec *out, struct kh_gstore_why *why);
+/* By name; KH_ERR_TOO_LARGE if more than max. */
+KH_MUST_CHECK int kh_gstore_role_list(struct kh_gstore *st, struct kh_gstore_role_rec *out,
+				      size_t max, size_t *n, struct kh_gstore_why *why);
+/* 1 or 2. Two is refused (KH_ERR_STATE) while the role has fewer than two
+ * users: nobody could log in with it. */
+KH_MUST_CHECK int kh_gstore_role_set_logins(struct kh_gstore *st, const char *name, int logins,
+					    struct kh_gstore_why *why);
+
+/* A password verifier: salted scrypt, parameters stored with it so they
+ * can change. Never logged; wipe after use (it is not the password, but
+ * it is what a guesser works against). */
+struct kh_gstore_pwhash {
+	uint8_t hash[KH_GSTORE_PW_HASH_LEN];
+	uint8_t salt[KH_GSTORE_PW_SALT_LEN];
+	char params[KH_GSTORE_PW_PARAMS_MAX + 1];
+};
+
+struct kh_gstore_user {
+	int64_t id;                            /* set by the store */
+	char name[KH_GSTORE_USER_MAX + 1];     /* letters, digits . _ -, unique
+	                                        * case-insensitively */
+	char role[KH_GSTORE_USER_MAX + 1];     /* an existing role */
+	bool must_change;                      /* password set by someone else */
+	int64_t failures;                      /* failed logins since the last success */
+	int64_t locked_until_ms;               /* 0: not locked */
+	int64_t created_ms, changed_ms;        /* read only */
+};
+
+/* Adds u (name, role, must_change) with verifier h. only_first: refused
+ * (KH_ERR_EXISTS) unless the store has no user yet, decided in the same
+ * transaction (the bootstrap of the first Administrator). */
+KH_MUST_CHECK int kh_gstore_user_add(struct kh_gstore *st, const struct kh_gstore_user *u,
+				     const struct kh_gstore_pwhash *h, bool only_first,
+				     int64_t *id, struct kh_gstore_why *why);
+KH_MUST_CHECK int kh_gstore_user_get(struct kh_gstore *st, const char *name,
+				     struct kh_gstore_user *out, struct kh_gstore_why *why);
+/* The stored verifier (KH_ERR_STORAGE if it is malformed). */
+KH_MUST_CHECK int kh_gstore_user_verifier(struct kh_gstore *st, const char *name,
+					  struct kh_gstore_pwhash *out, struct kh_gstore_why *why);
+/* By name; KH_ERR_TOO_LARGE if more than max. */
+KH_MUST_CHECK int kh_gstore_user_list(struct kh_gstore *st, struct kh_gstore_user *out,
+				      size_t max, size_t *n, struct kh_gstore_why *why);
+KH_MUST_CHECK int kh_gstore_user_count(struct kh_gstore *st, int64_t *n,
+				       struct kh_gstore_why *why);
+/* Refused (KH_ERR_STATE) when it would leave no Administrator, or its role
+ * with fewer users than its logins required. */
+KH_MUST_CHECK int kh_gstore_user_remove(struct kh_gstore *st, const char *name,
+					struct kh_gstore_why *why);
+/* New verifier; failures and lock are cleared. */
+KH_MUST_CHECK int kh_gstore_user_set_password(struct kh_gstore *st, const char *name,
+					      const struct kh_gstore_pwhash *h, bool must_change,
+					      struct kh_gstore_why *why);
+/* A failed login at now_ms: one more failure, and at threshold a lock
+ * until now_ms + lock_ms (the count then starts again). One statement that
+ * only matches while the user is not locked, so parallel guesses cannot
+ * count past a lock or move it. *locked (may be NULL): this call set the
+ * lock. KH_ERR_LOCKED when the user was locked already. */
+KH_MUST_CHECK int kh_gstore_user_login_failed(struct kh_gstore *st, const char *name,
+					      int64_t now_ms, int threshold, int64_t lock_ms,
+					      bool *locked, struct kh_gstore_why *why);
+/* A successful login: failures cleared; KH_ERR_LOCKED if a lock was set
+ * meanwhile (parallel wrong guesses), KH_ERR_NOT_FOUND if the user went. */
+KH_MUST_CHECK int kh_gstore_user_login_ok(struct kh_gstore *st, const char *name, int64_t now_ms,
+					  struct kh_gstore_why *why);
+
 #endif

@@ -115,7 +115,7 @@ static void test_open(void **state)
 	snprintf(p, sizeof(p), "%s/guardian.db", f->dir);
 	assert_int_equal(stat(p, &sb), 0);
 	assert_int_equal(sb.st_mode & 0777, 0600);
-	assert_int_equal(kh_gstore_schema_version(f->st), 1);
+	assert_int_equal(kh_gstore_schema_version(f->st), 2);
 
 	/* a dir open to others is refused, not used */
 	assert_int_equal(chmod(f->dir, 0755), 0);
@@ -142,7 +142,7 @@ static void test_open(void **state)
 	int64_t n = 0;
 	assert_int_equal(kh_gstore_journal_count_pending(f->st, d, &n, &f->why), KH_OK);
 	assert_int_equal(n, 1);
-	assert_int_equal(kh_gstore_schema_version(f->st), 1);
+	assert_int_equal(kh_gstore_schema_version(f->st), 2);
 }
 
 static void test_enums(void **state)
