@@ -379,9 +379,10 @@ enum kg_admit kg_member_admit(const struct kg_member_facts *primary, enum kg_mem
 	}
 	if (primary != NULL && role == KG_ROLE_PRIMARY) {
 		msgf(why, whysz,
-		     "the group has a Primary already (serial %s): add this device as "
+		     "the group has a Primary already%s%s%s: add this device as "
 		     "Production or Backup, or promote it later",
-		     primary->serial);
+		     primary->serial[0] ? " (serial " : "", primary->serial,
+		     primary->serial[0] ? ")" : "");
 		return KG_ADMIT_SECOND_PRIMARY;
 	}
 	if (dev == NULL || dev->err != KH_OK || dev->facts == NULL) {
