@@ -186,7 +186,9 @@ static void relay_end(struct relay *r)
 	free(r);
 }
 
-/* Bytes both ways until either side closes or fails. */
+/* Bytes both ways until either side closes or fails, or nothing moves for
+ * RELAY_IDLE_MS. */
+#define RELAY_IDLE_MS (10 * 60 * 1000)
 static void *pump(void *arg)
 {
 	struct relay *r = arg;
@@ -199,9 +201,16 @@ static void *pump(void *arg)
 	for (;;) {
 		p[0].events = p[1].events = POLLIN;
 		p[0].revents = p[1].revents = 0;
-		if (poll(p, 2, -1) < 0) {
+		int n = poll(p, 2, RELAY_IDLE_MS);
+		if (n < 0) {
 			if (errno == EINTR)
 				continue;
+			break;
+		}
+		if (n == 0) {
+			/* nothing either way for so long: a client that went away
+			 * without a close MHD passes on (TLS) must not hold a slot */
+			log_info("guardian http: a relay idle for %d s ended", RELAY_IDLE_MS / 1000);
 			break;
 		}
 		for (int i = 0; i < 2; i++) {
