@@ -647,6 +647,27 @@ static bool has_key(const struct keylist *l, uint32_t slot, const char *id)
 	return lo < l->n && l->k[lo].slot == slot && strcmp(l->k[lo].id, id) == 0;
 }
 
+/* The FTK, PMK and BEK check values d reports now (STAT FT / PM / BK; "N"
+ * when not loaded). */
+static int major_kcvs(struct kg_core *c, struct kg_dev *d, char kcv[3][20], char *why,
+                      size_t whysz)
+{
+	static const char *const tags[3] = {"FT", "PM", "BK"};
+	struct kh_buf *resp = kh_buf_new(4096);
+	struct kh_frame f;
+	int r;
+	if (resp == NULL)
+		return KH_ERR_NOMEM;
+	if ((r = call_text(c, d, "[AOSTAT;]", resp, &f, why, whysz)) == KH_OK)
+		for (int i = 0; i < 3 && r == KH_OK; i++)
+			if (kh_frame_str(&f, tags[i], kcv[i], 20) != KH_OK) {
+				whyf(why, whysz, "%s port %u: STAT: no %s", d->d.host, d->d.port, tags[i]);
+				r = KH_ERR_PROTOCOL;
+			}
+	kh_buf_free(resp);
+	return r;
+}
+
 int kg_repl_join(struct kg_core *c, struct kg_group *g, struct kg_dev *d, char *why, size_t whysz)
 {
 	struct keylist mine = {0}, theirs = {0};
@@ -675,6 +696,22 @@ int kg_repl_join(struct kg_core *c, struct kg_group *g, struct kg_dev *d, char *
 	if (req == NULL || resp == NULL) {
 		r = KH_ERR_NOMEM;
 		goto out;
+	}
+	/* the member must hold the Primary's major keys now (they may have
+	 * changed since it was admitted) */
+	{
+		static const char *const names[3] = {"FTK", "PMK", "BEK"};
+		char kp[3][20], kd[3][20];
+		if ((r = major_kcvs(c, prim, kp, why, whysz)) != KH_OK ||
+		    (r = major_kcvs(c, d, kd, why, whysz)) != KH_OK)
+			goto out;
+		for (int i = 0; i < 3; i++)
+			if (strcmp(kp[i], kd[i]) != 0) {
+				whyf(why, whysz, "%s check value differs: Primary %s, device %s: members must "
+				                 "hold the same major keys", names[i], kp[i], kd[i]);
+				r = KH_ERR_BAD_KCV;
+				goto out;
+			}
 	}
 	/* the journal head now: everything after it reaches d as usual */
 	if ((r = kh_gstore_group_get(c->st, g->g.id, &row, &w)) != KH_OK) {

@@ -213,12 +213,31 @@ EOF
 ) || fail "remote manage of C: $out"
 grep -q "FTK: loaded" <<<"$out" || fail "remote manage: no major-key status from C: $out"
 echo "ok: majorkey status of C through the relay"
+# the reference's "Configure the HSM through the Guardian": load the FTK
+# from its two components on a member (C's is erased first, then loaded
+# again: the same check value as A's)
+ftk_a=$(grep -o 'FTK: loaded, AES-256, KCV [0-9A-F]*' "$W/setup.log" | awk '{print $NF}' | head -n 1)
+out=$(g --ca "$T/hsm-cas.pem" --cert "$W/client.pem" --key "$W/client.key" -f - 2>&1 <<EOF
+remote --device $DC
+$ADMIN_LOGIN
+majorkey erase --ftk
+majorkey load --ftk --alg AES --bits 256 --parts 2 --component-file $W/ftk.components
+majorkey status
+EOF
+) || fail "FTK load on C through the guardian: $out"
+grep -q "FTK: loaded, AES-256, KCV $ftk_a" <<<"$out" || fail "C's FTK after the remote load is not A's ($ftk_a): $out"
+echo "ok: FTK loaded on C through the guardian from its components, KCV $ftk_a"
 # the administrators' passwords went through the guardian inside TLS to the
 # HSM: the guardian's memory must not hold them
 : >"$T/needles"
 for f in "$W/admin1.pw" "$W/admin2.pw"; do xxd -p "$f" | tr -d '\n' >>"$T/needles"; echo >>"$T/needles"; done
+# ... nor the FTK components (as the CLI sends them, hex text, or as bytes)
+while read -r comp; do
+  printf '%s' "$comp" | xxd -p | tr -d '\n' >>"$T/needles"; echo >>"$T/needles"
+  echo "$comp" >>"$T/needles"
+done <"$W/ftk.components"
 /usr/bin/python3 "$KH_SRC/tests/integration/memscan.py" "$(cat "$T/guardian.pid")" "$T/needles" \
-  || fail "an administrator's password is in the guardian's memory"
+  || fail "an administrator's password or an FTK component is in the guardian's memory"
 
 # ---- PKCS#11 through the guardian --------------------------------------
 
