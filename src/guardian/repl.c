@@ -118,11 +118,22 @@ static int ktex_slot(struct kg_core *c, struct kg_dev *d, uint32_t slot, char **
 		r = KH_OK;
 	} else if (r == KH_OK) {
 		const struct kh_field *rw = kh_frame_get(&f, "RW");
+		const char *base = (const char *)kh_buf_ptr(resp);
 		if (rw == NULL || rw->len < ROW_HEX_ID_AT + ROW_HEX_ID_LEN) {
 			whyf(why, whysz, "%s port %u: KTEX: no row in the answer", d->d.host, d->d.port);
 			r = KH_ERR_PROTOCOL;
-		} else if ((*row = strndup(rw->val, rw->len)) == NULL) {
+		} else if (rw->val < base || rw->len > kh_buf_len(resp) ||
+		           (size_t)(rw->val - base) > kh_buf_len(resp) - rw->len) {
+			/* the parsed answer must lie in resp: never copy from elsewhere */
+			log_warnx("KTEX answer from %s port %u: a field outside the answer (%zu bytes)",
+			          d->d.host, d->d.port, kh_buf_len(resp));
+			whyf(why, whysz, "%s port %u: KTEX: answer out of step", d->d.host, d->d.port);
+			r = KH_ERR_PROTOCOL;
+		} else if ((*row = malloc(rw->len + 1)) == NULL) {
 			r = KH_ERR_NOMEM;
+		} else {
+			memcpy(*row, rw->val, rw->len);
+			(*row)[rw->len] = '\0';
 		}
 	}
 	kh_buf_free(resp);
