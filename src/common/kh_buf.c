@@ -101,7 +101,8 @@ void kh_buf_truncate(struct kh_buf *b, size_t len)
 	check(b);
 	if (len > b->len)
 		abort();
-	kh_wipe(b->d + b->off + len, b->len - len);
+	if (len < b->len) /* (a buffer never written to has no memory yet) */
+		kh_wipe(b->d + b->off + len, b->len - len);
 	b->len = len;
 }
 

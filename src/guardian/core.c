@@ -1107,3 +1107,41 @@ int kg_core_device_admin_addr(struct kg_core *c, int64_t id, char *host, size_t 
 	pthread_rwlock_unlock(&c->mu);
 	return r;
 }
+
+/* The console's relay: the guardian's own mutual-TLS context, the
+ * device's Admin port, the usual name check and probe. The connection
+ * carries only what the browser sealed to the HSM (RMKX, RMSG). */
+int kg_core_device_admin_client(struct kg_core *c, int64_t id, struct kh_client **out, char *why,
+                                size_t whysz)
+{
+	char host[KH_GSTORE_HOST_MAX + 1];
+	struct kh_client_opts o;
+	struct kh_client *cl;
+	unsigned port = 0;
+	int r;
+
+	*out = NULL;
+	if ((r = kg_core_device_admin_addr(c, id, host, sizeof(host), &port)) != KH_OK) {
+		snprintf(why, whysz, "device %lld: no such device", (long long)id);
+		return r;
+	}
+	kh_client_opts_init(&o);
+	o.host = host;
+	o.port = port;
+	o.port_name = "Admin";
+	o.tls = true;
+	o.tls_ctx = c->cli_ctx;
+	o.connect_timeout_ms = 5000;
+	o.handshake_timeout_ms = 10000;
+	if ((cl = kh_client_new(&o)) == NULL) {
+		snprintf(why, whysz, "out of memory");
+		return KH_ERR_NOMEM;
+	}
+	if ((r = kh_client_connect(cl)) != KH_OK) {
+		snprintf(why, whysz, "%s %s", host, kh_client_error(cl));
+		kh_client_free(cl);
+		return r;
+	}
+	*out = cl;
+	return KH_OK;
+}

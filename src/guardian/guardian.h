@@ -115,6 +115,14 @@ KH_MUST_CHECK int kg_core_device_live(struct kg_core *c, int64_t id, struct kg_l
 KH_MUST_CHECK int kg_core_device_admin_addr(struct kg_core *c, int64_t id, char *host,
                                             size_t hostsz, unsigned *port);
 
+/* For the console's sealed-channel relay: a client connected to the
+ * device's Admin port with the guardian's client certificate (mutual TLS,
+ * the server's name checked, an ECHO probe). KH_ERR_NOT_FOUND for an
+ * unknown device; a connection failure names the port and step in why. */
+struct kh_client;
+KH_MUST_CHECK int kg_core_device_admin_client(struct kg_core *c, int64_t id,
+                                              struct kh_client **out, char *why, size_t whysz);
+
 /* ---- the HTTP listener (http.c) -------------------------------------- */
 
 struct kg_http;

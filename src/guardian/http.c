@@ -22,6 +22,7 @@ static const struct kg_http_ops core_ops = {
 	.device_diagnose = kg_core_device_diagnose,
 	.device_live = kg_core_device_live,
 	.device_admin_addr = kg_core_device_admin_addr,
+	.device_admin_client = kg_core_device_admin_client,
 };
 
 int kg_http_start(struct kg_core *c, const struct kg_http_cfg *cfg, struct kg_http **out,

@@ -7,9 +7,12 @@
  * (but the login answer's own).
  */
 #include "guardian/http_router.h"
+#include "guardian/http_admin.h"
 #include "guardian/http_json.h"
 #include "guardian/http_session.h"
 #include "guardian/users.h"
+#include "common/kh_buf.h"
+#include "common/kh_frame.h"
 #include "common/kh_log.h"
 #include "common/kh_mem.h"
 
@@ -37,6 +40,7 @@ struct kg_router {
 	bool secure_cookie;
 	pthread_mutex_t mu;
 	unsigned relays;
+	struct kg_admin *admin;  /* the console's connections to devices */
 };
 
 /* What a route needs before its handler runs. */
@@ -366,6 +370,7 @@ static void h_login(struct call *c)
 
 static void h_logout(struct call *c)
 {
+	kg_admin_close(c->rt->admin, c->s.token, 0);
 	kg_sess_end(c->rt->sess, c->s.token);
 	set_cookie(c, NULL);
 	answer(c, 204, NULL);
@@ -1096,6 +1101,96 @@ void kg_router_relay_done(struct kg_router *rt)
 	pthread_mutex_unlock(&rt->mu);
 }
 
+/* ---- the console's sealed admin channel ---------------------------------- */
+
+/* One RMKX or RMSG to the device's Admin port over this session's own
+ * connection, and the HSM's answer as it came. Nothing inside CT is read:
+ * it is sealed to the HSM (PROTOCOL.md, RMSG). */
+static void h_admin(struct call *c)
+{
+	static const char *const keys[] = {"frame", NULL};
+	char why[KG_WHY_MAX] = "";
+	const char *text;
+	size_t n = 0, flen = 0;
+	struct kh_frame *f = calloc(1, sizeof(*f));
+	struct kh_buf *req = kh_buf_new(KG_BODY_MAX), *resp = kh_buf_new(KH_FRAME_MAX);
+	bool answered = false, opened = false, open;
+	int r;
+
+	if (f == NULL || req == NULL || resp == NULL) {
+		fail(c, KH_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((r = kg_json_only(c->body, keys, NULL, why, sizeof(why))) != KH_OK ||
+	    (r = kg_json_str(c->body, "frame", true, KG_BODY_MAX, &text, &n, why, sizeof(why))) !=
+		KH_OK) {
+		fail_why(c, r, why);
+		goto out;
+	}
+	if (kh_frame_find((const uint8_t *)text, n, KG_BODY_MAX, &flen) != 1 || flen != n ||
+	    kh_frame_parse((const uint8_t *)text, n, KH_FIELDS_MAX, f) != KH_OK ||
+	    (strcmp(f->cmd, "RMKX") != 0 && strcmp(f->cmd, "RMSG") != 0)) {
+		fail(c, KH_ERR_BAD_FIELD, "frame: only RMKX and RMSG pass through the console's relay");
+		goto out;
+	}
+	open = strcmp(f->cmd, "RMKX") == 0;
+	if ((r = kh_buf_put(req, text, n)) != KH_OK) {
+		fail(c, r, "%s", kh_strerror(r));
+		goto out;
+	}
+	r = kg_admin_call(c->rt->admin, c->s.token, c->id, open, req, resp, f, &answered, &opened,
+			  why, sizeof(why));
+	if (opened) {
+		event(c, 0, c->id, KH_GEV_CONFIG, "console remote manage of device %lld by %s",
+		      (long long)c->id, c->s.logins[0]);
+		log_info("guardian api: console remote manage of device %lld by %s",
+			 (long long)c->id, c->s.logins[0]);
+	}
+	if (!answered) {
+		fail(c, r, "%s", why);
+		goto out;
+	}
+	/* the HSM's answer, an ERRO too: it is the HSM's to give */
+	answer(c, 200,
+	       json_pack("{s:s%}", "frame", (const char *)kh_buf_ptr(resp), kh_buf_len(resp)));
+out:
+	kh_buf_free(resp);
+	kh_buf_free(req);
+	free(f);
+}
+
+static void h_admin_close(struct call *c)
+{
+	kg_admin_close(c->rt->admin, c->s.token, c->id);
+	answer(c, 204, NULL);
+}
+
+static bool admin_live(void *arg, const char *token)
+{
+	struct kg_router *rt = arg;
+	return kg_sess_live(rt->sess, token, wall_ms());
+}
+
+static int admin_open(struct kg_core *core, int64_t id, struct kh_client **out, char *why,
+		      size_t whysz)
+{
+	(void)core;
+	(void)id;
+	*out = NULL;
+	snprintf(why, whysz, "this guardian cannot open device connections");
+	return KH_ERR_UNSUPPORTED;
+}
+
+void kg_router_sweep(struct kg_router *rt, int64_t now_ms)
+{
+	kg_admin_sweep(rt->admin, now_ms);
+}
+
+unsigned kg_router_admin_count(struct kg_router *rt)
+{
+	return kg_admin_count(rt->admin);
+}
+
 /* ---- the table ---------------------------------------------------------- */
 
 #define V KH_GPERM_VIEW
@@ -1135,6 +1230,8 @@ static const struct route routes[] = {
 	{"POST", "/api/devices/#/diagnose", h_device_diagnose, NEED_AUTH, DO},
 	{"GET", "/api/devices/#/metrics", h_device_metrics, NEED_AUTH, V},
 	{"POST", "/api/devices/#/relay", h_relay, NEED_AUTH, RM},
+	{"POST", "/api/devices/#/admin", h_admin, NEED_AUTH, RM},
+	{"DELETE", "/api/devices/#/admin", h_admin_close, NEED_AUTH, RM},
 	{"GET", "/api/events", h_events, NEED_AUTH, V},
 };
 
@@ -1254,6 +1351,13 @@ int kg_router_new(const struct kg_http_ops *ops, struct kg_core *core, unsigned 
 	rt->ops = ops;
 	rt->core = core;
 	rt->secure_cookie = secure_cookie;
+	if ((r = kg_admin_new(ops->device_admin_client ? ops->device_admin_client : admin_open, core,
+			      admin_live, rt, KG_ADMIN_IDLE_MS, 0, &rt->admin)) != KH_OK) {
+		pthread_mutex_destroy(&rt->mu);
+		kg_sess_table_free(rt->sess);
+		free(rt);
+		return r;
+	}
 	*out = rt;
 	return KH_OK;
 }
@@ -1262,6 +1366,7 @@ void kg_router_free(struct kg_router *rt)
 {
 	if (rt == NULL)
 		return;
+	kg_admin_free(rt->admin); /* before the sessions its sweeper asks about */
 	kg_sess_table_free(rt->sess);
 	pthread_mutex_destroy(&rt->mu);
 	free(rt);

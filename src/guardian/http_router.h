@@ -15,6 +15,8 @@
 #include "common/kh_err.h"
 #include "guardian/guardian.h"
 
+struct kh_client;
+
 /* The core's actions the API uses (signatures of guardian.h). */
 struct kg_http_ops {
 	struct kh_gstore *(*store)(struct kg_core *c);
@@ -33,6 +35,8 @@ struct kg_http_ops {
 	int (*device_diagnose)(struct kg_core *, int64_t, struct kg_diag *, char *, size_t);
 	int (*device_live)(struct kg_core *, int64_t, struct kg_live *);
 	int (*device_admin_addr)(struct kg_core *, int64_t, char *, size_t, unsigned *);
+	/* a connected client to the device's Admin port (the console's relay) */
+	int (*device_admin_client)(struct kg_core *, int64_t, struct kh_client **, char *, size_t);
 };
 
 /* One request as the server read it. Strings may be NULL when absent. */
@@ -71,6 +75,12 @@ void kg_router_free(struct kg_router *rt);
 void kg_router_handle(struct kg_router *rt, const struct kg_req *req, struct kg_resp *resp);
 /* A relay the router granted (status 101) has ended. */
 void kg_router_relay_done(struct kg_router *rt);
+
+/* One sweep of the console's device connections at now_ms (idle ones and
+ * those of ended sessions close); a thread does it every few seconds. */
+void kg_router_sweep(struct kg_router *rt, int64_t now_ms);
+/* Console connections to devices open now. */
+unsigned kg_router_admin_count(struct kg_router *rt);
 
 /* The HTTP status of a kh_err (the API's table). */
 int kg_http_status(int err);

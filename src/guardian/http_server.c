@@ -181,8 +181,9 @@ static void relay_end(struct relay *r)
 		kh_wipe(r->extra, r->extra_len);
 		free(r->extra);
 	}
+	/* the router first: once the relay is untracked, kg_http_stop may free
+	 * h and its router at any moment */
 	kg_router_relay_done(h->rt);
-	/* the last touch of h: once r is off the list, kg_http_stop may free h */
 	relay_track(h, r, false);
 	free(r);
 }

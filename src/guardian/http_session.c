@@ -152,6 +152,15 @@ int kg_sess_find(struct kg_sessions *t, const char *token, int64_t now, struct k
 	return r;
 }
 
+bool kg_sess_live(struct kg_sessions *t, const char *token, int64_t now)
+{
+	bool r;
+	pthread_mutex_lock(&t->mu);
+	r = live(t, token, now) != NULL; /* its idle time does not restart */
+	pthread_mutex_unlock(&t->mu);
+	return r;
+}
+
 static void say(char *why, size_t whysz, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void say(char *why, size_t whysz, const char *fmt, ...)
 {

@@ -50,6 +50,9 @@ KH_MUST_CHECK int kg_sess_find(struct kg_sessions *t, const char *token, int64_t
 KH_MUST_CHECK int kg_sess_add_login(struct kg_sessions *t, const char *token, const char *user,
                                     const char *role, int64_t now_ms, struct kg_sess *out,
                                     char *why, size_t whysz);
+/* Is the session of token still live at now_ms? Unlike kg_sess_find, its
+ * idle time does not restart (for sweeping what belongs to sessions). */
+bool kg_sess_live(struct kg_sessions *t, const char *token, int64_t now_ms);
 void kg_sess_end(struct kg_sessions *t, const char *token);
 /* Ends every session user is logged in to (removed user, new password). */
 void kg_sess_end_user(struct kg_sessions *t, const char *user);

@@ -34,6 +34,10 @@ KH_ACT(kh_cmd_logn);
 KH_ACT(kh_cmd_logo);
 KH_ACT(kh_cmd_chpw);
 
+/* cmd_remote.c: the sealed admin channel (remote.h) */
+KH_ACT(kh_cmd_rmkx);
+KH_ACT(kh_cmd_rmsg);
+
 /* cmd_role.c / cmd_identity.c */
 KH_ACT(kh_cmd_rlad);
 KH_ACT(kh_cmd_rlmd);

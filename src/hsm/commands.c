@@ -115,6 +115,10 @@ const struct kh_cmd kh_cmd_table[] = {
 	{"SETG", kh_cmd_setg, AD, P(SECURITY_SETTINGS), "Get device settings", NULL},
 	{"SETS", kh_cmd_sets, AD, P(SECURITY_SETTINGS), "Change device settings", NULL},
 	{"SLFT", kh_cmd_slft, AD, P(SECURITY_SETTINGS), "Run the self-tests", NULL},
+	/* the sealed admin channel (remote.h): session commands, so that a
+	 * console's logins travel sealed too; Admin port and console only */
+	{"RMKX", kh_cmd_rmkx, AD | KH_CF_SESSION | CR, 0, "Open a sealed admin channel", NULL},
+	{"RMSG", kh_cmd_rmsg, AD | KH_CF_SESSION | CR, 0, "One request over the sealed admin channel", NULL},
 };
 
 const size_t kh_cmd_count = sizeof(kh_cmd_table) / sizeof(kh_cmd_table[0]);

@@ -25,6 +25,7 @@ struct kh_mk_ceremony;
 struct kh_backup_xfer;
 struct kh_keycache;
 struct kh_op;
+struct kh_remote;
 
 #define KH_MODEL "Keyhold KH-1"
 #define KH_NAME_MAX 64          /* role and identity names, NUL included */
@@ -111,6 +112,7 @@ struct kh_session {
 	struct kh_mk_ceremony *ceremony;      /* major-key ceremony in progress */
 	struct kh_backup_xfer *bk_out;        /* BKUP export being fetched in pages */
 	struct kh_backup_xfer *bk_in;         /* BKRS upload being staged in pages */
+	struct kh_remote *remote;             /* sealed admin channel (RMKX), secure heap */
 	struct kh_role tp;                    /* Transaction Processing role, cached */
 	uint64_t tp_gen;                      /* hsm->role_gen + 1 when tp was read; 0 = none */
 	char detail[160];                     /* error detail for the current reply; no secrets */

@@ -9,6 +9,7 @@
 #include "hsm/backup.h"
 #include "hsm/dispatch.h"
 #include "hsm/majorkey.h"
+#include "hsm/remote.h"
 #include "hsm/tls.h"
 #include "common/kh_buf.h"
 #include "common/kh_log.h"
@@ -142,6 +143,7 @@ static void conn_free(struct conn *c)
 	kh_buf_free(c->out);
 	kh_mk_ceremony_free(c->s.ceremony);
 	kh_backup_session_end(w->hsm, &c->s); /* a dropped transfer leaves nothing behind */
+	kh_remote_end(&c->s);                 /* the sealed channel's keys */
 	kh_wipe(&c->s, sizeof(c->s));
 	atomic_fetch_sub(&w->hsm->n_conn_open, 1);
 	free(c);

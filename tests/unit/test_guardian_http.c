@@ -10,16 +10,20 @@
 #include "guardian/http_router.h"
 #include "guardian/http_server.h"
 #include "guardian/users.h"
+#include "common/kh_client.h"
 #include "common/kh_err.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/ssl.h>
@@ -444,6 +448,75 @@ static int t_device_admin_addr(struct kg_core *c, int64_t id, char *host, size_t
 	return KH_OK;
 }
 
+/* The console's relay: each connection is one end of a socketpair, and a
+ * thread on the other end plays the HSM's Admin port. It answers every
+ * frame "[AO<cmd>;BBY;CN<connection>;RQ<request on it>;]", an RMSG whose CT
+ * is BAD with the ERRO an HSM gives, and counts the connections it saw
+ * close. */
+static atomic_int admin_opened, admin_closed;
+static atomic_bool admin_down;
+
+static void *fake_admin_port(void *arg)
+{
+	int fd = (int)(intptr_t)arg, cn = atomic_fetch_add(&admin_opened, 1) + 1, rq = 0;
+	char buf[70000];
+	size_t len = 0;
+	for (;;) {
+		ssize_t k = read(fd, buf + len, sizeof(buf) - 1 - len);
+		if (k <= 0)
+			break;
+		len += (size_t)k;
+		buf[len] = '\0';
+		char *end;
+		while ((end = strchr(buf, ']')) != NULL) {
+			char ans[200], cmd[5] = "";
+			size_t flen = (size_t)(end - buf) + 1;
+			if (flen >= 8)
+				memcpy(cmd, buf + 3, 4);
+			rq++;
+			if (strstr(buf, "CTBAD;") && strstr(buf, "CTBAD;") < end)
+				snprintf(ans, sizeof(ans), "[AOERRO;CMRMSG;EC%d;ETdecrypt failed;]",
+					 kh_err_to_wire(KH_ERR_DECRYPT_FAILED));
+			else
+				snprintf(ans, sizeof(ans), "[AO%s;BBY;CN%d;RQ%d;]", cmd, cn, rq);
+			if (write(fd, ans, strlen(ans)) < 0)
+				break;
+			memmove(buf, end + 1, len - flen + 1);
+			len -= flen;
+		}
+	}
+	close(fd);
+	atomic_fetch_add(&admin_closed, 1);
+	return NULL;
+}
+
+static int t_device_admin_client(struct kg_core *c, int64_t id, struct kh_client **out, char *why,
+				 size_t n)
+{
+	struct kh_gstore_device d;
+	int sv[2];
+	pthread_t th;
+	*out = NULL;
+	if (kh_gstore_device_get(ST(c), id, &d, NULL) != KH_OK) {
+		snprintf(why, n, "no such device");
+		return KH_ERR_NOT_FOUND;
+	}
+	if (atomic_load(&admin_down)) {
+		snprintf(why, n, "127.0.0.1 port 9009 (Admin): TCP connect: Connection refused");
+		return KH_ERR_CONNECT;
+	}
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	assert_int_equal(pthread_create(&th, NULL, fake_admin_port, (void *)(intptr_t)sv[1]), 0);
+	pthread_detach(th);
+	struct kh_client_opts o;
+	kh_client_opts_init(&o);
+	o.tls = false;
+	*out = kh_client_new(&o);
+	assert_non_null(*out);
+	assert_int_equal(kh_client_attach_fd(*out, sv[0]), KH_OK);
+	return KH_OK;
+}
+
 static const struct kg_http_ops test_ops = {
 	.store = t_store,
 	.group_add = t_group_add,
@@ -458,6 +531,7 @@ static const struct kg_http_ops test_ops = {
 	.device_diagnose = t_device_diagnose,
 	.device_live = t_device_live,
 	.device_admin_addr = t_device_admin_addr,
+	.device_admin_client = t_device_admin_client,
 };
 
 /* ---- the router --------------------------------------------------------- */
@@ -1217,6 +1291,170 @@ static void end_to_end(struct fx *f, bool tls)
 	free(buf);
 }
 
+/* ---- the console's sealed-channel relay ---------------------------------- */
+
+static const char *frame_of(struct fx *f)
+{
+	return js(f, "frame");
+}
+
+static void admin_post(struct fx *f, const char *tok, const char *frame, int status)
+{
+	char body[512];
+	snprintf(body, sizeof(body), "{\"frame\":\"%s\"}", frame);
+	int got = req(f, "POST", "/api/devices/1/admin", tok, body);
+	if (got != status)
+		fail_msg("%s: %d, not %d (%s)", frame, got, status,
+			 f->resp.body ? f->resp.body : "");
+}
+
+static bool event_seen(struct fx *f, const char *text)
+{
+	struct kh_gstore_event ev[32];
+	struct kh_gstore_why w;
+	size_t n = 0;
+	assert_int_equal(kh_gstore_event_list(f->st, 0, 1, 0, ev, 32, &n, &w), KH_OK);
+	for (size_t i = 0; i < n; i++)
+		if (strstr(ev[i].text, text))
+			return true;
+	return false;
+}
+
+static int64_t now_wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void test_router_admin(void **state)
+{
+	struct fx *f = *state;
+	char tok[65], csrf[65];
+	int opened0 = atomic_load(&admin_opened), closed0 = atomic_load(&admin_closed);
+
+	login(f, "admin", "admin-secret", tok);
+	snprintf(csrf, sizeof(csrf), "%s", js(f, "csrf"));
+	login(f, "op", "op-secret-1", f->op_tok);
+	login(f, "aud", "aud-secret-1", f->aud_tok);
+	assert_int_equal(req(f, "POST", "/api/groups", tok, "{\"name\":\"g\",\"port\":9300}"), 201);
+	assert_int_equal(req(f, "POST", "/api/groups/1/devices", tok, "{\"host\":\"127.0.0.1\"}"),
+			 201);
+
+	/* permission, CSRF, the route's methods */
+	admin_post(f, f->aud_tok, "[AORMKX;PK04;]", 403);
+	HAS(js(f, "reason"), "remote");
+	assert_int_equal(req(f, "DELETE", "/api/devices/1/admin", f->aud_tok, NULL), 403);
+	assert_int_equal(req_full(f, "POST", "/api/devices/1/admin", tok, true, NULL, NULL,
+				  "{\"frame\":\"[AORMKX;PK04;]\"}"),
+			 403);
+	HAS(js(f, "reason"), "X-CSRF-Token");
+	assert_int_equal(req_full(f, "DELETE", "/api/devices/1/admin", tok, true, NULL, NULL, NULL),
+			 403);
+	assert_int_equal(req(f, "GET", "/api/devices/1/admin", tok, NULL), 405);
+	assert_int_equal(atomic_load(&admin_opened), opened0);
+
+	/* only RMKX and RMSG pass, as one whole frame */
+	static const char *const refused[] = {
+		"{\"frame\":\"[AOLOGN;IDAdmin1;PW00;]\"}", "{\"frame\":\"[AOECHO;]\"}",
+		"{\"frame\":\"[AOMKLC;CM00;]\"}", "{\"frame\":\"RMKX\"}",
+		"{\"frame\":\"[AORMKX;PK04;][AOECHO;]\"}", "{\"frame\":\"[AORMKX;PK04;\"}",
+		"{\"frame\":\"[AORMKX;PK04;]x\"}",
+	};
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+		if (req(f, "POST", "/api/devices/1/admin", tok, refused[i]) != 400)
+			fail_msg("%s: not refused", refused[i]);
+		assert_string_equal(js(f, "error"), "BAD_FIELD");
+		HAS(js(f, "reason"), "only RMKX and RMSG pass through the console's relay");
+	}
+	assert_int_equal(req(f, "POST", "/api/devices/1/admin", tok, "{}"), 400);
+	HAS(js(f, "reason"), "frame: required");
+	assert_int_equal(req(f, "POST", "/api/devices/1/admin", tok,
+			     "{\"frame\":\"[AORMKX;]\",\"x\":1}"),
+			 400);
+	assert_int_equal(req(f, "POST", "/api/devices/1/admin", tok, "{\"frame\":7}"), 400);
+	assert_int_equal(atomic_load(&admin_opened), opened0);
+
+	/* RMSG first: no connection to carry it */
+	admin_post(f, tok, "[AORMSG;CT00;]", 409);
+	assert_string_equal(js(f, "error"), "STATE");
+	/* no such device */
+	assert_int_equal(req(f, "POST", "/api/devices/9/admin", tok, "{\"frame\":\"[AORMKX;]\"}"),
+			 404);
+	assert_int_equal(kg_router_admin_count(f->rt), 0);
+
+	/* RMKX opens the session's connection; RMSG and a new RMKX reuse it */
+	assert_int_equal(req_full(f, "POST", "/api/devices/1/admin", tok, true, csrf, NULL,
+				  "{\"frame\":\"[AORMKX;PK04;]\"}"),
+			 200);
+	int cn = atomic_load(&admin_opened);
+	char want[64];
+	snprintf(want, sizeof(want), "[AORMKX;BBY;CN%d;RQ1;]", cn);
+	assert_string_equal(frame_of(f), want);
+	assert_int_equal(kg_router_admin_count(f->rt), 1);
+	assert_true(event_seen(f, "console remote manage of device 1 by admin"));
+	admin_post(f, tok, "[AORMSG;CT0011;]", 200);
+	snprintf(want, sizeof(want), "[AORMSG;BBY;CN%d;RQ2;]", cn);
+	assert_string_equal(frame_of(f), want);
+	/* the HSM's ERRO is its answer, passed on as it came */
+	admin_post(f, tok, "[AORMSG;CTBAD;]", 200);
+	HAS(frame_of(f), "[AOERRO;CMRMSG;");
+	HAS(frame_of(f), "ETdecrypt failed;");
+	admin_post(f, tok, "[AORMKX;PK04;]", 200);
+	snprintf(want, sizeof(want), "[AORMKX;BBY;CN%d;RQ4;]", cn);
+	assert_string_equal(frame_of(f), want);
+	assert_int_equal(atomic_load(&admin_opened), cn);
+
+	/* another session has a connection of its own */
+	admin_post(f, f->op_tok, "[AORMKX;PK04;]", 200);
+	assert_int_equal(atomic_load(&admin_opened), cn + 1);
+	assert_int_equal(kg_router_admin_count(f->rt), 2);
+	assert_true(event_seen(f, "console remote manage of device 1 by op"));
+
+	/* DELETE closes this session's connection only */
+	assert_int_equal(req_full(f, "DELETE", "/api/devices/1/admin", tok, true, csrf, NULL, NULL),
+			 204);
+	assert_int_equal(kg_router_admin_count(f->rt), 1);
+	admin_post(f, tok, "[AORMSG;CT0011;]", 409);
+	assert_int_equal(req(f, "DELETE", "/api/devices/1/admin", tok, NULL), 204); /* again: 204 */
+	admin_post(f, f->op_tok, "[AORMSG;CT0011;]", 200);
+
+	/* logout closes the session's connections */
+	assert_int_equal(req(f, "POST", "/api/logout", f->op_tok, NULL), 204);
+	assert_int_equal(kg_router_admin_count(f->rt), 0);
+
+	/* ten idle minutes close one */
+	admin_post(f, tok, "[AORMKX;PK04;]", 200);
+	assert_int_equal(kg_router_admin_count(f->rt), 1);
+	kg_router_sweep(f->rt, now_wall_ms() + 60 * 1000);
+	assert_int_equal(kg_router_admin_count(f->rt), 1);
+	kg_router_sweep(f->rt, now_wall_ms() + 10 * 60 * 1000 + 1000);
+	assert_int_equal(kg_router_admin_count(f->rt), 0);
+
+	/* a session that ends (its user removed) loses its connections */
+	login(f, "op", "op-secret-1", f->op_tok);
+	admin_post(f, f->op_tok, "[AORMKX;PK04;]", 200);
+	assert_int_equal(kg_router_admin_count(f->rt), 1);
+	assert_int_equal(req(f, "DELETE", "/api/users/op", tok, NULL), 204);
+	kg_router_sweep(f->rt, now_wall_ms());
+	assert_int_equal(kg_router_admin_count(f->rt), 0);
+
+	/* an Admin port that does not answer */
+	atomic_store(&admin_down, true);
+	admin_post(f, tok, "[AORMKX;PK04;]", 502);
+	assert_string_equal(js(f, "error"), "CONNECT");
+	HAS(js(f, "reason"), "port 9009 (Admin)");
+	atomic_store(&admin_down, false);
+	assert_int_equal(kg_router_admin_count(f->rt), 0);
+
+	/* every fake Admin port saw its connection close */
+	for (int i = 0; i < 200 && atomic_load(&admin_closed) - closed0 <
+				       atomic_load(&admin_opened) - opened0;
+	     i++)
+		usleep(10000);
+	assert_int_equal(atomic_load(&admin_closed) - closed0, atomic_load(&admin_opened) - opened0);
+}
+
 static void test_http_clear(void **state)
 {
 	end_to_end(*state, false);
@@ -1238,6 +1476,7 @@ int main(void)
 		cmocka_unit_test(test_json_out),
 		cmocka_unit_test_setup_teardown(test_router_sessions, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_router_groups_devices, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_router_admin, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_http_clear, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_http_tls, setup, teardown),
 	};
