@@ -1191,6 +1191,20 @@ unsigned kg_router_admin_count(struct kg_router *rt)
 	return kg_admin_count(rt->admin);
 }
 
+/* ---- the web console ---------------------------------------------------- */
+
+/* GET / and GET /console/<file>: the files compiled in, no login needed
+ * (the page logs in through the API). Unknown names are 404 as JSON. */
+static void h_console(struct call *c)
+{
+	const struct kg_asset *a = kg_static_find(c->name[0] ? c->name : "index.html");
+	if (a == NULL)
+		return fail(c, KH_ERR_NOT_FOUND, "no such console file");
+	c->resp->asset = a;
+	c->resp->status =
+		c->req->if_none_match && strcmp(c->req->if_none_match, a->etag) == 0 ? 304 : 200;
+}
+
 /* ---- the table ---------------------------------------------------------- */
 
 #define V KH_GPERM_VIEW
@@ -1201,6 +1215,8 @@ unsigned kg_router_admin_count(struct kg_router *rt)
 #define UM KH_GPERM_USERS_MANAGE
 
 static const struct route routes[] = {
+	{"GET", "/", h_console, NEED_NONE, 0},
+	{"GET", "/console/*", h_console, NEED_NONE, 0},
 	{"POST", "/api/login", h_login, NEED_NONE, 0},
 	{"POST", "/api/logout", h_logout, NEED_SESSION, 0},
 	{"GET", "/api/session", h_session, NEED_SESSION, 0},

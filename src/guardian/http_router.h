@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include "common/kh_err.h"
 #include "guardian/guardian.h"
+#include "guardian/http_static.h"
 
 struct kh_client;
 
@@ -52,6 +53,7 @@ struct kg_req {
 	const char *body;
 	size_t body_len;
 	bool body_too_large;
+	const char *if_none_match; /* a console file's ETag the browser holds */
 };
 
 #define KG_RELAY_MAX 16
@@ -63,6 +65,7 @@ struct kg_resp {
 	char set_cookie[256];
 	char allow[64];            /* for 405 */
 	int relay_fd;              /* >= 0 with status 101: connected to the Admin port */
+	const struct kg_asset *asset; /* a console file (status 200, or 304 without body) */
 };
 void kg_resp_clear(struct kg_resp *r);
 

@@ -18,6 +18,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,6 +118,29 @@ static enum MHD_Result send_json(struct MHD_Connection *conn, const struct kg_re
 		return MHD_NO;
 	}
 	add_headers(r, rs);
+	ok = MHD_queue_response(conn, (unsigned)rs->status, r);
+	MHD_destroy_response(r);
+	return ok;
+}
+
+/* A console file: the bytes compiled in (never freed), revalidated on
+ * each load by its ETag (no-cache), with the page's security headers. */
+static enum MHD_Result send_asset(struct MHD_Connection *conn, const struct kg_resp *rs)
+{
+	const struct kg_asset *a = rs->asset;
+	struct MHD_Response *r;
+	enum MHD_Result ok;
+	r = MHD_create_response_from_buffer(rs->status == 200 ? a->len : 0, (void *)(uintptr_t)a->data,
+					    MHD_RESPMEM_PERSISTENT);
+	if (r == NULL)
+		return MHD_NO;
+	KH_IGNORE(MHD_add_response_header(r, "Content-Type", kg_static_type(a)) != MHD_YES);
+	KH_IGNORE(MHD_add_response_header(r, "Cache-Control", "no-cache") != MHD_YES);
+	KH_IGNORE(MHD_add_response_header(r, "ETag", a->etag) != MHD_YES);
+	KH_IGNORE(MHD_add_response_header(r, "Content-Security-Policy", KG_STATIC_CSP) != MHD_YES);
+	KH_IGNORE(MHD_add_response_header(r, "X-Content-Type-Options", "nosniff") != MHD_YES);
+	KH_IGNORE(MHD_add_response_header(r, "Referrer-Policy", "no-referrer") != MHD_YES);
+	KH_IGNORE(MHD_add_response_header(r, "X-Frame-Options", "DENY") != MHD_YES);
 	ok = MHD_queue_response(conn, (unsigned)rs->status, r);
 	MHD_destroy_response(r);
 	return ok;
@@ -392,9 +416,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	req.body = rc->buf;
 	req.body_len = rc->len;
 	req.body_too_large = rc->too_large;
+	req.if_none_match = header(conn, "If-None-Match");
 	kg_router_handle(h->rt, &req, &rs);
 	if (rs.status == 101 && rs.relay_fd >= 0)
 		ok = send_upgrade(h, conn, &rs);
+	else if (rs.asset)
+		ok = send_asset(conn, &rs);
 	else
 		ok = send_json(conn, &rs);
 	kg_resp_clear(&rs);

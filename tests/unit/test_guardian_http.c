@@ -9,6 +9,7 @@
 #include "guardian/http_json.h"
 #include "guardian/http_router.h"
 #include "guardian/http_server.h"
+#include "guardian/http_static.h"
 #include "guardian/users.h"
 #include "common/kh_client.h"
 #include "common/kh_err.h"
@@ -651,6 +652,63 @@ static void login(struct fx *f, const char *user, const char *pw, char tok[65])
 	assert_int_equal(strlen(tok), 64);
 }
 
+/* The web console: the files compiled in, no login needed, only names in
+ * the table, ETag revalidation; never an API route's session checks. */
+static void test_router_console(void **state)
+{
+	struct fx *f = *state;
+	struct kg_req r;
+	const char *names[] = {"index.html", "app.js", "style.css", "chart.js"};
+
+	assert_int_equal(req(f, "GET", "/", NULL, NULL), 200);
+	assert_non_null(f->resp.asset);
+	assert_string_equal(f->resp.asset->name, "index.html");
+	assert_string_equal(kg_static_type(f->resp.asset), "text/html; charset=utf-8");
+	assert_non_null(strstr((const char *)f->resp.asset->data, "/console/app.js"));
+	assert_null(f->resp.body); /* the server sends the asset's bytes */
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		char path[64];
+		snprintf(path, sizeof(path), "/console/%s", names[i]);
+		assert_int_equal(req(f, "GET", path, NULL, NULL), 200);
+		assert_string_equal(f->resp.asset->name, names[i]);
+		assert_true(f->resp.asset->len > 100);
+		assert_int_equal(strlen(f->resp.asset->etag), 18); /* quotes + 16 hex */
+	}
+	assert_string_equal(kg_static_type(kg_static_find("app.js")), "text/javascript; charset=utf-8");
+	assert_string_equal(kg_static_type(kg_static_find("style.css")), "text/css; charset=utf-8");
+	/* Chart.js is Debian's, compiled in */
+	assert_non_null(strstr((const char *)kg_static_find("chart.js")->data, "Chart.js v"));
+
+	/* unknown names, traversal, directories: 404 as JSON, no asset */
+	static const char *const bad[] = {"/console/nope.js", "/console/../store.c", "/console/",
+					  "/console", "/console/app.js/x", "/index.html",
+					  "/console/%2e%2e"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(req(f, "GET", bad[i], NULL, NULL), 404);
+		assert_null(f->resp.asset);
+		HAS(js(f, "error"), "NOT_FOUND");
+	}
+	/* GET only */
+	assert_int_equal(req(f, "POST", "/", NULL, NULL), 405);
+	assert_string_equal(f->resp.allow, "GET");
+	assert_int_equal(req(f, "DELETE", "/console/app.js", NULL, NULL), 405);
+	assert_null(f->resp.asset);
+
+	/* the browser's copy is still good: 304 */
+	memset(&r, 0, sizeof(r));
+	r.method = "GET";
+	r.path = "/console/app.js";
+	r.if_none_match = kg_static_find("app.js")->etag;
+	kg_resp_clear(&f->resp);
+	kg_router_handle(f->rt, &r, &f->resp);
+	assert_int_equal(f->resp.status, 304);
+	assert_ptr_equal(f->resp.asset, kg_static_find("app.js"));
+	r.if_none_match = "\"0000000000000000\"";
+	kg_resp_clear(&f->resp);
+	kg_router_handle(f->rt, &r, &f->resp);
+	assert_int_equal(f->resp.status, 200);
+}
+
 static void test_router_sessions(void **state)
 {
 	struct fx *f = *state;
@@ -1178,6 +1236,22 @@ static void end_to_end(struct fx *f, bool tls)
 	assert_int_equal(http(port, tls, "GET", "/api/groups", NULL, NULL, buf, 1 << 17), 401);
 	HAS(buf, "Content-Type: application/json");
 	HAS(buf, "{\"error\":\"NOT_LOGGED_IN\"");
+
+	/* the web console, with its security headers; revalidated by ETag */
+	assert_int_equal(http(port, tls, "GET", "/", NULL, NULL, buf, 1 << 17), 200);
+	HAS(buf, "Content-Type: text/html; charset=utf-8");
+	HAS(buf, "Content-Security-Policy: default-src 'self'; img-src 'self' data:; "
+		 "style-src 'self'; script-src 'self';");
+	HAS(buf, "frame-ancestors 'none'");
+	HAS(buf, "X-Content-Type-Options: nosniff");
+	HAS(buf, "Referrer-Policy: no-referrer");
+	HAS(buf, "Cache-Control: no-cache");
+	HAS(buf, "<script type=\"module\" src=\"/console/app.js\">");
+	snprintf(hdr, sizeof(hdr), "If-None-Match: %s\r\n", kg_static_find("style.css")->etag);
+	assert_int_equal(http(port, tls, "GET", "/console/style.css", hdr, NULL, buf, 1 << 17), 304);
+	assert_int_equal(http(port, tls, "GET", "/console/style.css", NULL, NULL, buf, 1 << 17), 200);
+	HAS(buf, "Content-Type: text/css; charset=utf-8");
+	HAS(buf, kg_static_find("style.css")->etag);
 	assert_int_equal(http(port, tls, "POST", "/api/login", NULL,
 			      "{\"user\":\"admin\",\"password\":\"admin-secret\"}", buf, 1 << 17),
 			 200);
@@ -1474,6 +1548,7 @@ int main(void)
 		cmocka_unit_test(test_json_device),
 		cmocka_unit_test(test_json_body),
 		cmocka_unit_test(test_json_out),
+		cmocka_unit_test_setup_teardown(test_router_console, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_router_sessions, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_router_groups_devices, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_router_admin, setup, teardown),
