@@ -54,6 +54,7 @@ struct kg_group {
 	struct kg_dev *dev[KG_DEVICES_MAX]; /* under core mu; NULL: free */
 	unsigned prod_target;        /* Production devices the group should have in service */
 	atomic_uint gen;             /* bumped on every membership or state change */
+	atomic_uint rr;              /* turns among equally loaded serving devices */
 	char last_cd[65];            /* the Primary's configuration digest last replicated */
 	struct kg_endpoint *ep;      /* NULL when the group is disabled */
 	bool removed;

@@ -74,7 +74,6 @@ struct client {
 	struct mconn m[KG_DEVICES_MAX];
 	struct cred cred[CRED_MAX];
 	size_t ncred;
-	unsigned rr; /* round-robin start among equals */
 	char peer[64];
 };
 
@@ -318,29 +317,32 @@ static struct kg_dev *pick(struct client *cl, uint32_t tried)
 {
 	struct kg_core *c = cl->ep->c;
 	struct kg_group *g = cl->ep->g;
-	struct kg_dev *best = NULL, *spare = NULL;
-	unsigned best_load = 0;
+	struct kg_dev *best[KG_DEVICES_MAX], *spare = NULL;
+	unsigned best_load = 0, nbest = 0;
 
 	pthread_rwlock_rdlock(&c->mu);
-	cl->rr++;
-	for (unsigned k = 0; k < KG_DEVICES_MAX; k++) {
-		unsigned j = (k + cl->rr) % KG_DEVICES_MAX;
+	for (unsigned j = 0; j < KG_DEVICES_MAX; j++) {
 		struct kg_dev *d = g->dev[j];
 		if (d == NULL || (tried & (1u << j)))
 			continue;
 		if (kg_dev_serving(g, d)) {
 			unsigned load = atomic_load(&d->in_flight);
-			if (best == NULL || load < best_load) {
-				best = d;
+			if (nbest == 0 || load < best_load) {
+				nbest = 0;
 				best_load = load;
 			}
+			if (load == best_load)
+				best[nbest++] = d;
 		} else if (spare == NULL && d->d.enabled && atomic_load(&d->joined) &&
 		           atomic_load(&d->pending) == 0 && d->d.state != KH_GSTATE_DISABLED) {
 			spare = d;
 		}
 	}
 	pthread_rwlock_unlock(&c->mu);
-	return best ? best : spare;
+	if (nbest == 0)
+		return spare;
+	/* equals in turn, over all clients: one client alone alternates too */
+	return best[atomic_fetch_add(&g->rr, 1) % nbest];
 }
 
 static int balanced(struct client *cl, const struct kh_buf *req, struct kh_buf *resp,
