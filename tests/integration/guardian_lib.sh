@@ -17,58 +17,29 @@ PY=/usr/bin/python3
 kh_put_secret "$T/guardian.pw" "Guardian-Identity-Secret-1"
 kh_put_secret "$T/gadmin.pw" "Guardian-Admin-Secret-1"
 
-guardian_identity() { # NAME: the Guardian role and identity, as Admin1+Admin2 of NAME
+source "$KH_SRC/scripts/lib/guardian-setup.sh"
+
+guardian_identity() { # NAME LOGIN: the Guardian role and identity on HSM NAME
   local out
-  out=$(console "$1" -f - 2>&1 <<EOF
-$2
-role add --name Guardian --logins-required 1 --ports prod --sources ethernet --dual-factor never --permissions Replication --key-ranges none --commands ECHO,PRMD,STAT,HASH,KTEX,KTIM,KTCK,CFEX,CFIM
-identity add --name guardian --role Guardian --password-file $T/guardian.pw
-EOF
-) || fail "Guardian role on $1: $out"
+  out=$(kh_guardian_identity "$CLI_BIN" "$T/$1/console.sock" "$2" "$T/guardian.pw" 2>&1) \
+    || fail "Guardian role on $1: $out"
 }
 
 # member NAME FTK_COMPONENTS: a fresh HSM with A's PMK and BEK (from A's
-# fragments), the FTK from the component file, its own CA and server
-# certificate, A's CA trusted for client certificates, the Guardian identity
+# fragments), the FTK from the component file, its own CA ($T/NAME-ca.pem)
+# and server certificate, A's CA trusted for client certificates, its
+# administrators' passwords in $T/NAME.a1 / .a2, the Guardian identity
 member() {
-  local name=$1 comps=$2 out login
+  local name=$1 comps=$2 login
   start_hsm "$name"
-  kh_put_secret "$T/$name.a1" "$name-admin1-password"
-  kh_put_secret "$T/$name.a2" "$name-admin2-password"
-  login="login --user Admin1 --password-file $T/$name.a1
-login --user Admin2 --password-file $T/$name.a2"
-  out=$(console "$name" -f - 2>&1 <<EOF
-login --user Admin1 --password-file $W/default.pw --new-password-file $T/$name.a1
-login --user Admin2 --password-file $W/default.pw --new-password-file $T/$name.a2
-majorkey recombine --bek --fragment $W/bek/BEK-fragment-1-of-2.khf --fragment $W/bek/BEK-fragment-2-of-2.khf --passphrase-file $W/bek1.pp --passphrase-file $W/bek2.pp
-majorkey recombine --pmk --fragment $W/pmk/PMK-fragment-2-of-3.khf --fragment $W/pmk/PMK-fragment-3-of-3.khf --passphrase-file $W/pmk2.pp --passphrase-file $W/pmk3.pp
-majorkey load --ftk --alg AES --bits 256 --parts 2 --component-file $comps
-tls ca generate --type ec --curve P-256 --cn "Keyhold $name CA" --out $T/$name-ca.pem
-tls server issue --cn keyhold-hsm-$name --san IP:127.0.0.1,DNS:localhost
-tls ca import --cert $W/ca.pem
-EOF
-) || fail "set-up of $name: $out"
+  login=$(kh_group_member "$CLI_BIN" "$T/$name/console.sock" "$W" "$name" "$comps" "$T") \
+    || fail "set-up of $name (see $T/$name-setup.log)"
   guardian_identity "$name" "$login"
 }
 
 guardian_certs() {
-  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-    -keyout "$T/g-client.key" -out "$T/g-client.csr" -subj "/CN=guardian" 2>/dev/null
-  local out
-  out=$(console A -f - 2>&1 <<EOF
-$ADMIN_LOGIN
-tls sign --csr $T/g-client.csr --out $T/g-client.pem --days 30
-EOF
-) || fail "guardian client certificate: $out"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
-    -keyout "$T/g-ca.key" -out "$T/g-ca.pem" -subj "/CN=Guardian Test CA" \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
-  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-    -keyout "$T/g-srv.key" -out "$T/g-srv.csr" -subj "/CN=guardian" 2>/dev/null
-  openssl x509 -req -in "$T/g-srv.csr" -CA "$T/g-ca.pem" -CAkey "$T/g-ca.key" -CAcreateserial \
-    -days 30 -out "$T/g-srv.pem" \
-    -extfile <(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n') 2>/dev/null
-  chmod 600 "$T"/*.key
+  kh_guardian_certs "$CLI_BIN" "$T/A/console.sock" "$ADMIN_LOGIN" "$W" "$T" \
+    || fail "the guardian's certificates"
 }
 
 start_guardian() {
