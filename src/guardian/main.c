@@ -4,17 +4,16 @@
  * listener until SIGTERM or SIGINT. It must never print or log a secret.
  */
 #include "guardian/guardian.h"
+#include "common/kh_daemon.h"
 #include "common/kh_log.h"
 #include "common/kh_mem.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -219,64 +218,6 @@ static int init_admin(const struct opts *o)
 	return 0;
 }
 
-static int pidfd = -1;
-static int ready_fd = -1;
-
-static void pidfile_lock(const char *path)
-{
-	pidfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-	if (pidfd < 0)
-		fatal("pid file %s", path);
-	if (flock(pidfd, LOCK_EX | LOCK_NB) != 0)
-		fatalx("pid file %s is locked: another keyhold-guardian is running", path);
-}
-
-static void ready(void)
-{
-	char buf[32];
-	if (pidfd >= 0) {
-		int n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
-		if (ftruncate(pidfd, 0) != 0 || pwrite(pidfd, buf, (size_t)n, 0) != n)
-			log_warn("pid file");
-	}
-	log_info("keyhold-guardian %s ready", KH_VERSION);
-	if (ready_fd >= 0) {
-		char c = 1;
-		if (write(ready_fd, &c, 1) != 1)
-			log_warn("ready pipe");
-		close(ready_fd);
-		ready_fd = -1;
-		int nul = open("/dev/null", O_RDWR);
-		if (nul >= 0) {
-			dup2(nul, 0);
-			dup2(nul, 1);
-			dup2(nul, 2);
-			if (nul > 2)
-				close(nul);
-		}
-	}
-}
-
-static void daemonize(void)
-{
-	int p[2];
-	if (pipe(p) != 0)
-		fatal("pipe");
-	pid_t pid = fork();
-	if (pid < 0)
-		fatal("fork");
-	if (pid > 0) {
-		char c;
-		close(p[1]);
-		ssize_t n = read(p[0], &c, 1);
-		_exit(n == 1 ? 0 : 1);
-	}
-	close(p[0]);
-	if (setsid() < 0)
-		fatal("setsid");
-	ready_fd = p[1];
-}
-
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -301,9 +242,9 @@ int main(int argc, char **argv)
 		return init_admin(&o);
 	char *pw = identity_password(&o, &pwlen);
 	if (o.pidfile)
-		pidfile_lock(o.pidfile);
+		kh_daemon_pidfile_lock(o.pidfile, "keyhold-guardian");
 	if (o.daemon)
-		daemonize();
+		kh_daemon_detach();
 	/* every thread inherits the mask: signals are taken here only */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
@@ -345,7 +286,7 @@ int main(int argc, char **argv)
 			fatalx("cannot start the HTTP listener: %s: %s", kh_errname(r), why);
 		}
 	}
-	ready();
+	kh_daemon_ready("keyhold-guardian", KH_VERSION);
 	do {
 		if (sigwait(&sigs, &sig) != 0)
 			break;
@@ -353,8 +294,7 @@ int main(int argc, char **argv)
 	log_info("stopping (signal %d)", sig);
 	kg_http_stop(http);
 	kg_core_stop(core);
-	if (o.pidfile)
-		(void)unlink(o.pidfile);
+	kh_daemon_pidfile_remove();
 	log_info("stopped");
 	return 0;
 }

@@ -5,6 +5,7 @@
 #include "hsm/hsm_core.h"
 #include "hsm/selftest.h"
 #include "hsm/server.h"
+#include "common/kh_daemon.h"
 #include "common/kh_log.h"
 #include "common/kh_mem.h"
 
@@ -15,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -36,9 +36,6 @@ struct opts {
 	bool volatile_mk;
 };
 
-static int pidfd = -1;
-static int ready_fd = -1;
-static const char *pidpath;
 
 static void usage(FILE *f)
 {
@@ -140,70 +137,10 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 	}
 }
 
-/* Take the pid file's lock before anything else so that two daemons never
- * share a data dir through the same pid file. */
-static void pidfile_lock(const char *path)
-{
-	pidfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-	if (pidfd < 0)
-		fatal("pid file %s", path);
-	if (flock(pidfd, LOCK_EX | LOCK_NB) != 0)
-		fatalx("pid file %s is locked: another keyhold-hsm is running", path);
-	pidpath = path;
-}
-
-static void pidfile_write(void)
-{
-	char buf[32];
-	if (pidfd < 0)
-		return;
-	int n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
-	if (ftruncate(pidfd, 0) != 0 || pwrite(pidfd, buf, (size_t)n, 0) != n)
-		log_warn("pid file");
-}
-
 static void on_ready(void *arg)
 {
 	(void)arg;
-	pidfile_write();
-	log_info("keyhold-hsm %s ready", KH_VERSION);
-	if (ready_fd >= 0) {
-		char c = 1;
-		if (write(ready_fd, &c, 1) != 1)
-			log_warn("ready pipe");
-		close(ready_fd);
-		ready_fd = -1;
-		int nul = open("/dev/null", O_RDWR);
-		if (nul >= 0) {
-			dup2(nul, 0);
-			dup2(nul, 1);
-			dup2(nul, 2);
-			if (nul > 2)
-				close(nul);
-		}
-	}
-}
-
-/* Fork into the background; the parent waits until the child is serving
- * (or failed) so that its exit status means something to scripts. */
-static void daemonize(void)
-{
-	int p[2];
-	if (pipe(p) != 0)
-		fatal("pipe");
-	pid_t pid = fork();
-	if (pid < 0)
-		fatal("fork");
-	if (pid > 0) {
-		char c;
-		close(p[1]);
-		ssize_t n = read(p[0], &c, 1);
-		_exit(n == 1 ? 0 : 1);
-	}
-	close(p[0]);
-	if (setsid() < 0)
-		fatal("setsid");
-	ready_fd = p[1];
+	kh_daemon_ready("keyhold-hsm", KH_VERSION);
 }
 
 int main(int argc, char **argv)
@@ -223,9 +160,9 @@ int main(int argc, char **argv)
 	if (kh_mem_init(4u << 20) != 0)
 		log_warnx("secure heap unavailable; secrets use wiped normal memory");
 	if (o.pidfile)
-		pidfile_lock(o.pidfile);
+		kh_daemon_pidfile_lock(o.pidfile, "keyhold-hsm");
 	if (o.daemon)
-		daemonize();
+		kh_daemon_detach();
 
 	hsm = calloc(1, sizeof(*hsm));
 	if (hsm == NULL)
@@ -262,8 +199,7 @@ int main(int argc, char **argv)
 	r = kh_server_run(hsm, &so);
 	kh_hsm_close(hsm);
 	free(hsm);
-	if (pidpath)
-		(void)unlink(pidpath);
+	kh_daemon_pidfile_remove();
 	if (r != KH_OK) {
 		log_warnx("stopped: %s", kh_strerror(r));
 		return 1;
