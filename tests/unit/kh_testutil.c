@@ -5,12 +5,14 @@
 #include "hsm/dispatch.h"
 #include "hsm/keystore.h"
 #include "hsm/majorkey.h"
+#include "hsm/pki.h"
 #include "common/kh_buf.h"
 #include "common/kh_log.h"
 #include "common/kh_mem.h"
 #include "hsm/server.h"
 
 #include <arpa/inet.h>
+#include <openssl/pem.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -493,6 +495,50 @@ void kh_test_write_hex_field(struct kh_test_fx *x, const char *tag, const char *
 	assert_true(n > 0);
 	kh_test_write_file(path, d, n);
 	free(d);
+}
+
+void kh_test_tls_ca(struct kh_test_fx *x, bool rsa, const char *cn, const char *ca_out)
+{
+	char *cnh = kh_test_hexs(cn), *scn = kh_test_hexs("hsm.local");
+	char *san = kh_test_hexs("IP:127.0.0.1,DNS:localhost");
+	if (KH_CALLF(x, &x->admin, "[AOTCAG;KT%s;CN%s;]", rsa ? "RSA" : "EC", cnh) != KH_OK)
+		fail_msg("TCAG: %s", x->out);
+	kh_test_write_hex_field(x, "CE", ca_out);
+	if (KH_CALLF(x, &x->admin, "[AOTSRV;CN%s;SA%s;]", scn, san) != KH_OK)
+		fail_msg("TSRV: %s", x->out);
+	free(cnh);
+	free(scn);
+	free(san);
+}
+
+EVP_PKEY *kh_test_tls_client(struct kh_test_fx *x, const char *cn, const char *san,
+                             const char *cert_out)
+{
+	struct kh_pki_keyspec spec = {KH_PKI_EC, 256};
+	EVP_PKEY *key = NULL;
+	X509_REQ *csr = NULL;
+	uint8_t *pem = NULL;
+	size_t len = 0;
+	const char *why = NULL;
+	assert_int_equal(kh_pki_keygen(&spec, &key), KH_OK);
+	assert_int_equal(kh_pki_csr_new(key, cn, san, &csr, &why), KH_OK);
+	assert_int_equal(kh_pki_csr_pem(csr, &pem, &len), KH_OK);
+	char *csrhex = kh_test_hex(pem, len);
+	if (KH_CALLF(x, &x->admin, "[AOTSGN;CR%s;]", csrhex) != KH_OK)
+		fail_msg("TSGN: %s", x->out);
+	kh_test_write_hex_field(x, "CE", cert_out);
+	free(csrhex);
+	free(pem);
+	X509_REQ_free(csr);
+	return key;
+}
+
+void kh_test_write_key(const char *path, EVP_PKEY *key)
+{
+	FILE *fp = fopen(path, "w");
+	assert_non_null(fp);
+	assert_int_equal(PEM_write_PrivateKey(fp, key, NULL, NULL, 0, NULL, NULL), 1);
+	fclose(fp);
 }
 
 char *kh_test_hexs(const char *s)

@@ -11,6 +11,7 @@
 #include "hsm/hsm.h"
 
 #include <openssl/evp.h>
+#include <stdbool.h>
 
 /* Opens a fresh device in a new temporary directory (path in dir, 256 bytes). */
 void kh_test_hsm_open(struct kh_hsm *hsm, char dir[static 256]);
@@ -101,6 +102,17 @@ void kh_test_write_file(const char *path, const void *data, size_t n);
 /* The hex value of tag in x's last response, decoded, written to path. */
 void kh_test_write_hex_field(struct kh_test_fx *x, const char *tag, const char *path);
 /* Uppercase hex of the text s (malloc'd). */
+/* TLS on x as a test needs it: a CA of x's own (EC, or RSA with rsa) named
+ * cn, its certificate written to ca_out (PEM), and the HSM's server
+ * certificate for 127.0.0.1 / localhost issued and installed. */
+void kh_test_tls_ca(struct kh_test_fx *x, bool rsa, const char *cn, const char *ca_out);
+/* A fresh EC P-256 key and its client certificate (subject cn, SAN san)
+ * signed by x's CA with TSGN, written to cert_out (PEM). The caller frees
+ * the key (EVP_PKEY_free). */
+EVP_PKEY *kh_test_tls_client(struct kh_test_fx *x, const char *cn, const char *san,
+                             const char *cert_out);
+/* key in PEM (unencrypted) to path. */
+void kh_test_write_key(const char *path, EVP_PKEY *key);
 char *kh_test_hexs(const char *s);
 
 /* Uppercase hex of the n bytes d (malloc'd). */

@@ -59,40 +59,10 @@ static void provision(void)
 	free(apw);
 	assert_int_equal(KH_CALL(x, &x->admin, "[AORLMD;RNAnonymous;CMECHO,PRMD,STAT,HASH;]"), KH_OK);
 
-	char *cn = kh_test_hexs("Guardian Test CA"), *scn = kh_test_hexs("hsm.local");
-	char *san = kh_test_hexs("IP:127.0.0.1,DNS:localhost");
-	if (KH_CALLF(x, &x->admin, "[AOTCAG;KTEC;CN%s;]", cn) != KH_OK)
-		fail_msg("TCAG: %s", x->out);
-	kh_test_write_hex_field(x, "CE", G.ca);
-	if (KH_CALLF(x, &x->admin, "[AOTSRV;CN%s;SA%s;]", scn, san) != KH_OK)
-		fail_msg("TSRV: %s", x->out);
-	free(cn);
-	free(scn);
-	free(san);
-
-	/* the guardian's certificate: client toward the HSMs, server of the
-	 * group endpoint (127.0.0.1) */
-	struct kh_pki_keyspec spec = {KH_PKI_EC, 256};
-	EVP_PKEY *key = NULL;
-	X509_REQ *csr = NULL;
-	uint8_t *pem = NULL;
-	size_t len = 0;
-	const char *why = NULL;
-	assert_int_equal(kh_pki_keygen(&spec, &key), KH_OK);
-	assert_int_equal(kh_pki_csr_new(key, "guardian", "DNS:localhost,IP:127.0.0.1", &csr, &why),
-	                 KH_OK);
-	assert_int_equal(kh_pki_csr_pem(csr, &pem, &len), KH_OK);
-	char *csrhex = kh_test_hex(pem, len);
-	if (KH_CALLF(x, &x->admin, "[AOTSGN;CR%s;]", csrhex) != KH_OK)
-		fail_msg("TSGN: %s", x->out);
-	kh_test_write_hex_field(x, "CE", G.cert);
-	free(csrhex);
-	free(pem);
-	X509_REQ_free(csr);
-	FILE *fp = fopen(G.key, "w");
-	assert_non_null(fp);
-	assert_int_equal(PEM_write_PrivateKey(fp, key, NULL, NULL, 0, NULL, NULL), 1);
-	fclose(fp);
+	kh_test_tls_ca(x, false, "Guardian Test CA", G.ca);
+	/* the guardian's certificate: client toward the HSMs */
+	EVP_PKEY *key = kh_test_tls_client(x, "guardian", "DNS:localhost,IP:127.0.0.1", G.cert);
+	kh_test_write_key(G.key, key);
 	EVP_PKEY_free(key);
 	kh_hsm_close(&x->hsm);
 	snprintf(G.src, sizeof(G.src), "%s", x->dir);
@@ -100,6 +70,11 @@ static void provision(void)
 
 	/* the guardian's server certificate for its endpoints, from a CA of
 	 * its own that the applications trust */
+	struct kh_pki_keyspec spec = {KH_PKI_EC, 256};
+	uint8_t *pem = NULL;
+	size_t len = 0;
+	const char *why = NULL;
+	FILE *fp;
 	EVP_PKEY *cak = NULL, *sk = NULL;
 	X509 *ca = NULL, *sc = NULL;
 	assert_int_equal(kh_pki_keygen(&spec, &cak), KH_OK);

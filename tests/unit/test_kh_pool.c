@@ -94,40 +94,12 @@ static void provision(void)
 	assert_int_equal(KH_CALLF(x, &x->admin, "[AORLMD;RNAnonymous;CMECHO,STAT,HASH,RAND,TIME;]"),
 	                 KH_OK);
 
-	char *cn = kh_test_hexs("Pool Test CA"), *scn = kh_test_hexs("hsm.local");
-	char *san = kh_test_hexs("IP:127.0.0.1,DNS:localhost");
-	if (KH_CALLF(x, &x->admin, "[AOTCAG;KTEC;CN%s;]", cn) != KH_OK)
-		fail_msg("TCAG: %s", x->out);
-	kh_test_write_hex_field(x, "CE", G.ca);
-	if (KH_CALLF(x, &x->admin, "[AOTSRV;CN%s;SA%s;]", scn, san) != KH_OK)
-		fail_msg("TSRV: %s", x->out);
-	free(cn);
-	free(scn);
-	free(san);
-
-	struct kh_pki_keyspec spec = {KH_PKI_EC, 256};
-	EVP_PKEY *key = NULL;
-	X509_REQ *csr = NULL;
-	uint8_t *pem = NULL;
-	size_t len = 0;
-	const char *why = NULL;
-	assert_int_equal(kh_pki_keygen(&spec, &key), KH_OK);
-	assert_int_equal(kh_pki_csr_new(key, "pool-client", "DNS:client", &csr, &why), KH_OK);
-	assert_int_equal(kh_pki_csr_pem(csr, &pem, &len), KH_OK);
-	char *csrhex = kh_test_hex(pem, len);
-	if (KH_CALLF(x, &x->admin, "[AOTSGN;CR%s;]", csrhex) != KH_OK)
-		fail_msg("TSGN: %s", x->out);
-	kh_test_write_hex_field(x, "CE", G.cert);
-	free(csrhex);
-	free(pem);
-	X509_REQ_free(csr);
+	kh_test_tls_ca(x, false, "Pool Test CA", G.ca);
+	EVP_PKEY *key = kh_test_tls_client(x, "pool-client", "DNS:client", G.cert);
 
 	/* the key three ways */
-	FILE *fp = fopen(G.key, "w");
-	assert_non_null(fp);
-	assert_int_equal(PEM_write_PrivateKey(fp, key, NULL, NULL, 0, NULL, NULL), 1);
-	fclose(fp);
-	fp = fopen(G.key_enc, "w");
+	kh_test_write_key(G.key, key);
+	FILE *fp = fopen(G.key_enc, "w");
 	assert_non_null(fp);
 	assert_int_equal(PEM_write_PrivateKey(fp, key, EVP_aes_256_cbc(), NULL, 0, NULL,
 	                                      (void *)(uintptr_t)KEY_PASS),
@@ -157,6 +129,9 @@ static void provision(void)
 	EVP_PKEY_free(key);
 
 	/* a CA of nobody's */
+	struct kh_pki_keyspec spec = {KH_PKI_EC, 256};
+	uint8_t *pem = NULL;
+	size_t len = 0;
 	assert_int_equal(kh_pki_keygen(&spec, &G.other_ca_key), KH_OK);
 	assert_int_equal(kh_pki_ca_new(G.other_ca_key, "Other CA", 30, time(NULL), &G.other_ca_x),
 	                 KH_OK);
