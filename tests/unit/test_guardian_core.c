@@ -446,6 +446,46 @@ static void test_password_change(void **state)
 	free(nw);
 }
 
+/* Bad input at the group endpoint: a clear error, and the guardian and
+ * other clients carry on. */
+static void raw(struct app *a, const char *bytes, size_t n)
+{
+	kh_buf_reset(a->req);
+	assert_int_equal(kh_buf_put(a->req, bytes, n), KH_OK);
+	assert_int_equal(kh_client_send(a->c, a->req), KH_OK);
+}
+
+static void test_bad_input(void **state)
+{
+	(void)state;
+	struct app a;
+	app_open(&a, G.port, false);
+	/* a frame that does not parse: MALFORMED, and the connection goes on */
+	raw(&a, "[AOe!;]", 7);
+	assert_int_equal(kh_client_recv(a.c, a.resp, &a.f), KH_ERR_MALFORMED);
+	raw(&a, "[AOECHO;AGx;]", 13);
+	assert_int_equal(kh_client_recv(a.c, a.resp, &a.f), KH_OK);
+	/* a frame above the pre-login limit: TOO_LARGE, then the connection ends */
+	char *big = malloc(5001);
+	assert_non_null(big);
+	memcpy(big, "[AOECHO;AG", 10);
+	memset(big + 10, 'A', 5001 - 10);
+	raw(&a, big, 5001);
+	free(big);
+	assert_int_equal(kh_client_recv(a.c, a.resp, &a.f), KH_ERR_TOO_LARGE);
+	app_close(&a);
+	/* bytes that are no frame at all: refused and closed */
+	app_open(&a, G.port, false);
+	raw(&a, "GET / HTTP/1.1\r\n\r\n", 18);
+	assert_int_equal(kh_client_recv(a.c, a.resp, &a.f), KH_ERR_MALFORMED);
+	app_close(&a);
+	/* a replication command from a client is the guardian's own */
+	app_open(&a, G.port, true);
+	assert_int_equal(app_call(&a, "[AOCFIM;CF00;]"), KH_ERR_COMMAND_NOT_ALLOWED);
+	assert_int_equal(app_call(&a, "[AOECHO;AGstill-here;]"), KH_OK);
+	app_close(&a);
+}
+
 static void test_restart_keeps_state(void **state)
 {
 	(void)state;
@@ -469,6 +509,7 @@ int main(void)
 	    cmocka_unit_test(test_failover),
 	    cmocka_unit_test(test_primary_down),
 	    cmocka_unit_test(test_password_change),
+	    cmocka_unit_test(test_bad_input),
 	    cmocka_unit_test(test_restart_keeps_state),
 	};
 	kh_mem_init(1u << 20);
