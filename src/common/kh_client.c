@@ -16,6 +16,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <time.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1180,6 +1181,29 @@ void kh_client_abandon(struct kh_client *c)
 	}
 	ERR_clear_error();
 	kh_client_free(c);
+}
+
+bool kh_fd_spin(int fd, unsigned spin_us)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	struct timespec t0, t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		if (poll(&p, 1, 0) != 0)
+			return true; /* readable, closed or failed: the read tells */
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		if ((unsigned long)((t.tv_sec - t0.tv_sec) * 1000000L + (t.tv_nsec - t0.tv_nsec) / 1000) >=
+		    spin_us)
+			return false;
+	}
+}
+
+bool kh_client_spin(struct kh_client *c, unsigned spin_us)
+{
+	if (c->fd < 0 || kh_buf_len(c->rbuf) > 0 || (c->ssl && SSL_has_pending(c->ssl)))
+		return true;
+	return kh_fd_spin(c->fd, spin_us);
 }
 
 bool kh_client_stale(struct kh_client *c)

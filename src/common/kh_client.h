@@ -102,6 +102,14 @@ int kh_client_fd(const struct kh_client *c);
  * longer carry one, because the peer closed or reset it or sent bytes that
  * answer nothing (the stream is out of step). Never blocks; TLS records
  * without application data (post-handshake messages) are consumed. */
+/* For a caller on a latency-bound path, after a send: wait up to spin_us
+ * for the answer to start arriving by polling without sleeping (a thread
+ * that sleeps on a virtual machine's idle CPU can take 50-100 us to wake).
+ * True when bytes (or a close) are there; then or after, kh_client_recv
+ * reads as usual. Burns the CPU it waits on: only when it has one spare. */
+bool kh_client_spin(struct kh_client *c, unsigned spin_us);
+/* The same for any descriptor (poll without a timeout, up to spin_us). */
+bool kh_fd_spin(int fd, unsigned spin_us);
 bool kh_client_stale(struct kh_client *c);
 /* "port 9009 (Admin)" or "console (/path/console.sock)". */
 const char *kh_client_peer(const struct kh_client *c);

@@ -55,6 +55,7 @@ struct kg_group {
 	unsigned prod_target;        /* Production devices the group should have in service */
 	atomic_uint gen;             /* bumped on every membership or state change */
 	atomic_uint rr;              /* turns among equally loaded serving devices */
+	atomic_uint in_flight;       /* client requests on its members now */
 	char last_cd[65];            /* the Primary's configuration digest last replicated */
 	struct kg_endpoint *ep;      /* NULL when the group is disabled */
 	bool removed;
