@@ -17,6 +17,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -324,14 +325,14 @@ static void live_forget(pid_t pid)
 			live_daemons[i] = 0;
 }
 
-bool kh_test_hsm_bin(char *out, size_t outsz)
+bool kh_test_built_bin(const char *name, const char *env, char *out, size_t outsz)
 {
-	const char *env = getenv("KEYHOLD_HSM_BIN");
+	const char *e = env ? getenv(env) : NULL;
 	char self[PATH_MAX];
 	ssize_t n;
 
-	if (env && access(env, X_OK) == 0) {
-		snprintf(out, outsz, "%s", env);
+	if (e && access(e, X_OK) == 0) {
+		snprintf(out, outsz, "%s", e);
 		return true;
 	}
 	if ((n = readlink("/proc/self/exe", self, sizeof(self) - 1)) <= 0)
@@ -341,8 +342,60 @@ bool kh_test_hsm_bin(char *out, size_t outsz)
 	if (slash == NULL)
 		return false;
 	*slash = '\0';
-	snprintf(out, outsz, "%.*s/../keyhold-hsm", (int)(PATH_MAX - 20), self);
+	/* build/<preset>/tests/test_x -> build/<preset>/<name> */
+	snprintf(out, outsz, "%.*s/../%s", (int)(PATH_MAX - 64), self, name);
 	return access(out, X_OK) == 0;
+}
+
+bool kh_test_hsm_bin(char *out, size_t outsz)
+{
+	return kh_test_built_bin("keyhold-hsm", "KEYHOLD_HSM_BIN", out, outsz);
+}
+
+void kh_test_slurp(const char *path, char *buf, size_t sz)
+{
+	FILE *fp = fopen(path, "r");
+	size_t n = 0;
+	if (fp) {
+		n = fread(buf, 1, sz - 1, fp);
+		fclose(fp);
+	}
+	buf[n] = '\0';
+}
+
+void kh_test_run(struct kh_test_run *r, const char *bin, const char *dir, const char *const *args)
+{
+	char outp[256], errp[256];
+	const char *argv[64];
+	int n = 0, st = 0;
+
+	snprintf(outp, sizeof(outp), "%s/stdout", dir);
+	snprintf(errp, sizeof(errp), "%s/stderr", dir);
+	argv[n++] = bin;
+	for (const char *const *a = args; *a && n < 63; a++)
+		argv[n++] = *a;
+	argv[n] = NULL;
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int in = open("/dev/null", O_RDONLY);
+		int o = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		if (in < 0 || o < 0 || e < 0 || chdir(dir) < 0)
+			_exit(126);
+		dup2(in, 0);
+		dup2(o, 1);
+		dup2(e, 2);
+		setsid(); /* no controlling terminal: secrets only from files */
+		unsetenv("KEYHOLD_GUARDIAN");
+		unsetenv("KEYHOLD_CONSOLE");
+		execv(bin, (char *const *)(uintptr_t)argv);
+		_exit(127);
+	}
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	r->rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	kh_test_slurp(outp, r->out, sizeof(r->out));
+	kh_test_slurp(errp, r->err, sizeof(r->err));
 }
 
 unsigned kh_test_free_port(void)

@@ -134,9 +134,24 @@ char *kh_test_spki_hex(EVP_PKEY *pk);
 #include <stdbool.h>
 #include <sys/types.h>
 
-/* The keyhold-hsm binary: $KEYHOLD_HSM_BIN, else ../keyhold-hsm next to the
- * test's directory (build/<x>/tests/test_y -> build/<x>/keyhold-hsm). */
+/* A program built beside the tests: $env (when set and executable), else
+ * <name> next to the test's directory (build/<x>/tests/test_y ->
+ * build/<x>/<name>). */
+bool kh_test_built_bin(const char *name, const char *env, char *out, size_t outsz);
+/* The keyhold-hsm binary ($KEYHOLD_HSM_BIN). */
 bool kh_test_hsm_bin(char *out, size_t outsz);
+/* A file's contents as text (empty when missing), cut to sz - 1 bytes. */
+void kh_test_slurp(const char *path, char *buf, size_t sz);
+/* Run bin with args (NULL-terminated) in dir: standard input /dev/null, no
+ * controlling terminal (secrets only from files), KEYHOLD_GUARDIAN and
+ * KEYHOLD_CONSOLE unset. Exit status (128 + signal when killed) and its
+ * output (dir/stdout, dir/stderr) in r. */
+struct kh_test_run {
+	int rc;
+	char out[16384];
+	char err[16384];
+};
+void kh_test_run(struct kh_test_run *r, const char *bin, const char *dir, const char *const *args);
 /* A TCP port free on 127.0.0.1 now. */
 unsigned kh_test_free_port(void);
 /* Something accepts TCP connections on addr:port. */

@@ -27,78 +27,13 @@ static char tmpdir[64];
 
 static bool find_keyhold(void)
 {
-	const char *env = getenv("KEYHOLD_BIN");
-	char self[PATH_MAX];
-	ssize_t n;
-
-	if (env && access(env, X_OK) == 0) {
-		snprintf(keyhold_bin, sizeof(keyhold_bin), "%s", env);
-		return true;
-	}
-	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n <= 0)
-		return false;
-	self[n] = '\0';
-	char *slash = strrchr(self, '/');
-	if (slash == NULL)
-		return false;
-	*slash = '\0';
-	/* build/<preset>/tests/test_cli_guardian -> build/<preset>/keyhold */
-	snprintf(keyhold_bin, sizeof(keyhold_bin), "%.*s/../keyhold", (int)(PATH_MAX - 16), self);
-	return access(keyhold_bin, X_OK) == 0;
-}
-
-struct run {
-	int rc;
-	char out[16384];
-	char err[16384];
-};
-
-static void slurp(const char *path, char *buf, size_t sz)
-{
-	FILE *fp = fopen(path, "r");
-	size_t n = 0;
-	if (fp) {
-		n = fread(buf, 1, sz - 1, fp);
-		fclose(fp);
-	}
-	buf[n] = '\0';
+	return kh_test_built_bin("keyhold", "KEYHOLD_BIN", keyhold_bin, sizeof(keyhold_bin));
 }
 
 /* Run keyhold with args (NULL-terminated), no terminal, no KEYHOLD_GUARDIAN. */
-static void run_cli(struct run *r, const char *const *args)
+static void run_cli(struct kh_test_run *r, const char *const *args)
 {
-	char outp[256], errp[256];
-	const char *argv[64];
-	int n = 0, st = 0;
-
-	snprintf(outp, sizeof(outp), "%s/stdout", tmpdir);
-	snprintf(errp, sizeof(errp), "%s/stderr", tmpdir);
-	argv[n++] = keyhold_bin;
-	for (const char *const *a = args; *a; a++)
-		argv[n++] = *a;
-	argv[n] = NULL;
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		int in = open("/dev/null", O_RDONLY);
-		int o = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-		int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-		if (in < 0 || o < 0 || e < 0 || chdir(tmpdir) < 0)
-			_exit(126);
-		dup2(in, 0);
-		dup2(o, 1);
-		dup2(e, 2);
-		setsid();
-		unsetenv("KEYHOLD_GUARDIAN");
-		unsetenv("KEYHOLD_CONSOLE");
-		execv(keyhold_bin, (char *const *)(uintptr_t)argv);
-		_exit(127);
-	}
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	r->rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-	slurp(outp, r->out, sizeof(r->out));
-	slurp(errp, r->err, sizeof(r->err));
+	kh_test_run(r, keyhold_bin, tmpdir, args);
 }
 
 #define NEED_CLI()                                                                                 \
@@ -120,7 +55,7 @@ struct usage_case {
 
 static void expect_usage(const struct usage_case *c)
 {
-	struct run r;
+	struct kh_test_run r;
 	const char *args[32];
 	size_t n = 0;
 
@@ -204,7 +139,7 @@ static void test_bad_values_exit_2(void **state)
 
 static void test_guardian_address_and_connection(void **state)
 {
-	struct run r;
+	struct kh_test_run r;
 	(void)state;
 	NEED_CLI();
 
@@ -255,7 +190,7 @@ static void test_guardian_address_and_connection(void **state)
 
 static void test_help(void **state)
 {
-	struct run r;
+	struct kh_test_run r;
 	(void)state;
 	NEED_CLI();
 

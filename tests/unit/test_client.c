@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "kh_testutil.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -476,76 +478,13 @@ static char keyhold_bin[PATH_MAX];
 
 static bool find_keyhold(void)
 {
-	const char *env = getenv("KEYHOLD_BIN");
-	char self[PATH_MAX];
-	ssize_t n;
-
-	if (env && access(env, X_OK) == 0) {
-		snprintf(keyhold_bin, sizeof(keyhold_bin), "%s", env);
-		return true;
-	}
-	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n <= 0)
-		return false;
-	self[n] = '\0';
-	char *slash = strrchr(self, '/');
-	if (slash == NULL)
-		return false;
-	*slash = '\0';
-	/* build/<preset>/tests/test_client -> build/<preset>/keyhold */
-	snprintf(keyhold_bin, sizeof(keyhold_bin), "%.*s/../keyhold", (int)(PATH_MAX - 16), self);
-	return access(keyhold_bin, X_OK) == 0;
-}
-
-struct run {
-	int rc;
-	char out[16384];
-	char err[16384];
-};
-
-static void slurp(const char *path, char *buf, size_t sz)
-{
-	FILE *fp = fopen(path, "r");
-	size_t n = 0;
-	if (fp) {
-		n = fread(buf, 1, sz - 1, fp);
-		fclose(fp);
-	}
-	buf[n] = '\0';
+	return kh_test_built_bin("keyhold", "KEYHOLD_BIN", keyhold_bin, sizeof(keyhold_bin));
 }
 
 /* Run keyhold with args (NULL-terminated) in dir, stdin from /dev/null. */
-static void run_cli(struct run *r, const char *dir, const char *const *args)
+static void run_cli(struct kh_test_run *r, const char *dir, const char *const *args)
 {
-	char outp[256], errp[256];
-	const char *argv[64];
-	int n = 0, st = 0;
-
-	snprintf(outp, sizeof(outp), "%s/stdout", dir);
-	snprintf(errp, sizeof(errp), "%s/stderr", dir);
-	argv[n++] = keyhold_bin;
-	for (const char *const *a = args; *a; a++)
-		argv[n++] = *a;
-	argv[n] = NULL;
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		int in = open("/dev/null", O_RDONLY);
-		int o = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-		int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-		if (in < 0 || o < 0 || e < 0 || chdir(dir) < 0)
-			_exit(126);
-		dup2(in, 0);
-		dup2(o, 1);
-		dup2(e, 2);
-		setsid(); /* no controlling terminal: secrets only from files */
-		execv(keyhold_bin, (char *const *)(uintptr_t)argv);
-		_exit(127);
-	}
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	r->rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-	slurp(outp, r->out, sizeof(r->out));
-	slurp(errp, r->err, sizeof(r->err));
+	kh_test_run(r, keyhold_bin, dir, args);
 }
 
 static void write_text(const char *dir, const char *name, const char *text)
@@ -602,7 +541,7 @@ static int cli_teardown(void **state)
 static void test_cli_login_json(void **state)
 {
 	struct clienv *e = *state;
-	struct run r;
+	struct kh_test_run r;
 	NEED_CLI(e);
 	write_text(e->dir, "pw", "safest\n");
 	fake_add(&e->f, "LOGN", "[AOLOGN;BBY;ROAdministrator;LC1;LQ2;ACN;]");
@@ -624,7 +563,7 @@ static void test_cli_login_json(void **state)
 static void test_cli_password_change_required(void **state)
 {
 	struct clienv *e = *state;
-	struct run r;
+	struct kh_test_run r;
 	NEED_CLI(e);
 	write_text(e->dir, "pw", "safest");
 	write_text(e->dir, "np", "correct horse 1\n");
@@ -647,7 +586,7 @@ static void test_cli_password_change_required(void **state)
 static void test_cli_exit_codes(void **state)
 {
 	struct clienv *e = *state;
-	struct run r;
+	struct kh_test_run r;
 	NEED_CLI(e);
 	fake_add(&e->f, "RLLS", "[AOERRO;CMRLLS;EC8;ETlogin required;]");
 	fake_start_unix(&e->f, e->sock);
@@ -687,7 +626,7 @@ static void test_cli_exit_codes(void **state)
 static void test_cli_script_one_connection(void **state)
 {
 	struct clienv *e = *state;
-	struct run r;
+	struct kh_test_run r;
 	char script[256];
 	NEED_CLI(e);
 	write_text(e->dir, "pw1", "pw-one-11\n");
@@ -729,7 +668,7 @@ static void test_cli_script_one_connection(void **state)
 static void test_cli_script_stops_at_failure(void **state)
 {
 	struct clienv *e = *state;
-	struct run r;
+	struct kh_test_run r;
 	char script[256];
 	NEED_CLI(e);
 	write_text(e->dir, "cmds", "hash\nrole list\nhash\n");
@@ -754,7 +693,7 @@ static void test_cli_script_stops_at_failure(void **state)
 static void test_cli_majorkey_load(void **state)
 {
 	struct clienv *e = *state;
-	struct run r;
+	struct kh_test_run r;
 	NEED_CLI(e);
 	write_text(e->dir, "comps",
 		   "00112233445566778899aabbccddeeff\n"
@@ -780,7 +719,7 @@ static void test_cli_majorkey_load(void **state)
 static void test_cli_recombine_incomplete(void **state)
 {
 	struct clienv *e = *state;
-	struct run r;
+	struct kh_test_run r;
 	NEED_CLI(e);
 	write_text(e->dir, "frag1", "fragment-bytes");
 	write_text(e->dir, "pp1", "custodian one\n");
@@ -803,7 +742,7 @@ static void test_cli_recombine_incomplete(void **state)
 static void test_cli_random_writes_fragments(void **state)
 {
 	struct clienv *e = *state;
-	struct run r;
+	struct kh_test_run r;
 	char p[256];
 	struct stat st;
 	NEED_CLI(e);
@@ -823,7 +762,7 @@ static void test_cli_random_writes_fragments(void **state)
 	assert_int_equal(stat(p, &st), 0);
 	assert_int_equal(st.st_mode & 0777, 0600);
 	char buf[16];
-	slurp(p, buf, sizeof(buf));
+	kh_test_slurp(p, buf, sizeof(buf));
 	assert_string_equal(buf, "BBB");
 	/* never overwritten: a second run refuses before asking the HSM */
 	run_cli(&r, e->dir, args);
@@ -835,7 +774,7 @@ static void test_cli_random_writes_fragments(void **state)
 static void test_cli_send_and_text_output(void **state)
 {
 	struct clienv *e = *state;
-	struct run r;
+	struct kh_test_run r;
 	NEED_CLI(e);
 	fake_add(&e->f, "STAT", "[AOSTAT;BBY;MDKeyhold;VN0.1.0;SNKH1;STOK;FIN;PKY;FTN;PM1A2B3C;"
 				"BKN;UP5;RQ9;ER1;CN1;KC0;]");
