@@ -47,6 +47,22 @@ cat "$W/ca.pem" "$T"/B-ca.pem "$T"/C-ca.pem "$T"/D-ca.pem "$T"/E-ca.pem >"$T/hsm
 
 note "the guardian: a client certificate from A's CA, a server certificate of its own CA"
 guardian_certs
+note "bad options and files: keyhold-guardian refuses to start, saying why"
+bad_start() { # EXPECT ARGS...: exits non-zero, stderr says EXPECT, nothing left running
+  local want=$1 out rc=0; shift
+  out=$("$GUARD_BIN" -d "$T/g-bad" "$@" 2>&1) || rc=$?
+  [ "$rc" -ne 0 ] || fail "keyhold-guardian $* started"
+  grep -qi -- "$want" <<<"$out" || fail "keyhold-guardian $*: no '$want' in: $out"
+  echo "ok: refused ($want): $(head -n 1 <<<"$out")"
+}
+gopts=(--ca "$T/hsm-cas.pem" --cert "$T/g-client.pem" --key "$T/g-client.key" --password-file "$T/guardian.pw")
+bad_start "--http-port must be a number" "${gopts[@]}" --http-port 70000
+bad_start "--ca and --cert are required" --password-file "$T/guardian.pw"
+bad_start "unexpected argument" "${gopts[@]}" stray
+bad_start "password file" --ca "$T/hsm-cas.pem" --cert "$T/g-client.pem" --password-file "$T/none.pw"
+bad_start "cannot load client certificate" --ca "$T/hsm-cas.pem" --cert "$T/none.pem" --password-file "$T/guardian.pw" --http-port 0
+bad_start "CA file" --ca "$T/none.pem" --cert "$T/g-client.pem" --key "$T/g-client.key" \
+  --password-file "$T/guardian.pw" --http-port 0
 guardian_up
 GP=$(free_port)
 
