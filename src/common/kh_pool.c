@@ -15,7 +15,6 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -92,19 +91,9 @@ struct kh_pool {
 	size_t nconn;
 	struct kh_pool_stats st;
 	char last_err[POOL_MSG];
-	int poll_wait_us;         /* cfg->poll_wait_us (0: never) */
-	atomic_uint busy;         /* calls in flight */
-	atomic_uint answer_us;    /* moving average of an answer's wait (us) */
 };
 
 /* ---- small helpers ---- */
-
-static uint64_t now_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static uint64_t now_ms(void)
 {
@@ -654,18 +643,7 @@ static int exchange(struct kh_pool *p, struct pool_conn *k, const struct kh_buf 
 			return r;
 		}
 		*sent = true;
-		/* poll only where it pays: alone in flight, and answers usually
-		 * come within the wait (an RSA sign that takes longer would burn
-		 * the whole wait and sleep anyway) */
-		uint64_t t0 = now_us();
-		if (p->poll_wait_us > 0 && atomic_load(&p->busy) == 1 &&
-		    atomic_load(&p->answer_us) < (unsigned)p->poll_wait_us)
-			(void)kh_client_spin(k->c, (unsigned)p->poll_wait_us);
 		r = kh_client_recv(k->c, resp, f);
-		if (r == KH_OK || !is_transport(r, f)) {
-			unsigned waited = (unsigned)(now_us() - t0), avg = atomic_load(&p->answer_us);
-			atomic_store(&p->answer_us, avg - avg / 8 + waited / 8);
-		}
 		if (r == KH_OK)
 			return KH_OK;
 		if (is_transport(r, f)) {
@@ -705,20 +683,8 @@ static bool wrong_process(struct kh_pool *p, char *err, size_t errsz)
 	return true;
 }
 
-static int pool_call(struct kh_pool *p, unsigned flags, const struct kh_buf *req,
-                     struct kh_buf *resp, struct kh_frame *f, char *err, size_t errsz);
-
 int kh_pool_call(struct kh_pool *p, unsigned flags, const struct kh_buf *req, struct kh_buf *resp,
                  struct kh_frame *f, char *err, size_t errsz)
-{
-	atomic_fetch_add(&p->busy, 1);
-	int r = pool_call(p, flags, req, resp, f, err, errsz);
-	atomic_fetch_sub(&p->busy, 1);
-	return r;
-}
-
-static int pool_call(struct kh_pool *p, unsigned flags, const struct kh_buf *req,
-                     struct kh_buf *resp, struct kh_frame *f, char *err, size_t errsz)
 {
 	bool balance = (flags & KH_POOL_BALANCE) != 0;
 	char msg[POOL_MSG] = "", trail[2 * POOL_MSG] = "";
@@ -985,7 +951,6 @@ struct kh_pool *kh_pool_new(const struct kh_pool_cfg *cfg, char *err, size_t err
 	p->gen = 1;
 	p->naddr = cfg->naddr;
 	p->max_conn = cfg->max_connections ? cfg->max_connections : POOL_DEFAULT_MAX_CONN;
-	p->poll_wait_us = cfg->poll_wait_us < 0 ? 0 : cfg->poll_wait_us ? cfg->poll_wait_us : 1000;
 	for (size_t i = 0; i < cfg->naddr; i++) {
 		const struct kh_pool_addr *in = &cfg->addr[i];
 		struct pool_addr *a = &p->addr[i];

@@ -60,11 +60,6 @@ struct kh_pool_cfg {
 	int connect_timeout_ms;   /* TCP connect and TLS handshake (default 10 s) */
 	int request_timeout_ms;   /* each write of a request, each wait for an answer (60 s) */
 	unsigned max_connections; /* per address, busy and idle (default 64) */
-	/* After sending a call while no other call of this pool is in flight,
-	 * poll up to this long for the answer before sleeping (a thread asleep
-	 * on an idle virtual CPU takes 50-100 us to wake, a large part of a
-	 * short call's time). Default 1000; negative: never. */
-	int poll_wait_us;
 };
 
 /* A pool (opens no connection yet). Loads the TLS material (PEM, or

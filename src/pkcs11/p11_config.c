@@ -50,7 +50,6 @@ enum tag_id {
 	T_CONNECT_TIMEOUT,
 	T_REQUEST_TIMEOUT,
 	T_MAX_CONNECTIONS,
-	T_POLL_WAIT,
 	T_COUNT
 };
 
@@ -89,7 +88,6 @@ static const struct tag_def tags[T_COUNT] = {
     [T_CONNECT_TIMEOUT] = {"CONNECT-TIMEOUT", SC_HSM, false, false},
     [T_REQUEST_TIMEOUT] = {"REQUEST-TIMEOUT", SC_HSM, false, false},
     [T_MAX_CONNECTIONS] = {"MAX-CONNECTIONS", SC_HSM, false, false},
-    [T_POLL_WAIT] = {"POLL-WAIT-US", SC_HSM, false, false},
 };
 
 /* A leaf element's value: trimmed, inside the text, free of '<' and of
@@ -553,10 +551,6 @@ static int set_value(struct pstate *ps, enum tag_id id, const struct val *v)
 		rc = set_uint(ps, id, v, 1, 1024, "a number of connections", &u);
 		s->max_connections = (unsigned)u;
 		return rc;
-	case T_POLL_WAIT:
-		rc = set_uint(ps, id, v, 0, 10000, "a number of microseconds", &u);
-		s->poll_wait_us = (int)u;
-		return rc;
 	case T_FXPKCS11:
 	case T_HSM:
 	case T_COUNT:
@@ -579,7 +573,6 @@ static void begin_hsm(struct pstate *ps, unsigned line)
 	s->connect_timeout_ms = 10 * 1000;
 	s->request_timeout_ms = 60 * 1000;
 	s->max_connections = 64;
-	s->poll_wait_us = 1000;
 	memset(ps->hsm_seen, 0, sizeof(ps->hsm_seen));
 	ps->in_hsm = true;
 	ps->hsm_line = line;

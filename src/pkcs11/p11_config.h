@@ -48,7 +48,6 @@ struct p11_slot_cfg {
 	int connect_timeout_ms;                /* <CONNECT-TIMEOUT> seconds (1-600), default 10 */
 	int request_timeout_ms;                /* <REQUEST-TIMEOUT> seconds (1-3600), default 60 */
 	unsigned max_connections;              /* <MAX-CONNECTIONS> per address (1-1024), default 64 */
-	int poll_wait_us;                      /* <POLL-WAIT-US> (0-10000, 0: never), default 1000 */
 };
 
 struct p11_config {

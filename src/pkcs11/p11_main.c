@@ -328,7 +328,6 @@ static void pool_cfg_from_slot(const struct p11_slot_cfg *s, struct kh_pool_cfg 
 	c->connect_timeout_ms = s->connect_timeout_ms;
 	c->request_timeout_ms = s->request_timeout_ms;
 	c->max_connections = s->max_connections;
-	c->poll_wait_us = s->poll_wait_us ? s->poll_wait_us : -1;
 }
 
 static void slots_free(bool abandon)

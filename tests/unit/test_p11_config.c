@@ -150,7 +150,6 @@ static void test_full_valid(void **state)
 	             "    <CONNECT-TIMEOUT> 5 </CONNECT-TIMEOUT>\n"
 	             "    <REQUEST-TIMEOUT> 3600 </REQUEST-TIMEOUT>\n"
 	             "    <MAX-CONNECTIONS> 1024 </MAX-CONNECTIONS>\n"
-	             "    <POLL-WAIT-US> 0 </POLL-WAIT-US>\n"
 	             "  </HSM>\n"
 	             "</FXPKCS11>\n"
 	             "# end\n",
@@ -191,7 +190,6 @@ static void test_full_valid(void **state)
 	assert_int_equal(s->connect_timeout_ms, 5000);
 	assert_int_equal(s->request_timeout_ms, 3600000);
 	assert_int_equal(s->max_connections, 1024);
-	assert_int_equal(s->poll_wait_us, 0);
 	p11_config_free(cfg);
 	assert_empty(cfg);
 	free(text);
@@ -235,7 +233,6 @@ static void test_defaults(void **state)
 	assert_int_equal(s->connect_timeout_ms, 10000);
 	assert_int_equal(s->request_timeout_ms, 60000);
 	assert_int_equal(s->max_connections, 64);
-	assert_int_equal(s->poll_wait_us, 1000);
 	p11_config_free(cfg);
 	free(text);
 
@@ -439,8 +436,6 @@ static void test_value_errors(void **state)
 	expect_value_error("CONNECT-TIMEOUT", "601", "not a number of seconds (1-600)");
 	expect_value_error("REQUEST-TIMEOUT", "3601", "not a number of seconds (1-3600)");
 	expect_value_error("REQUEST-TIMEOUT", "0", "not a number of seconds (1-3600)");
-	expect_value_error("POLL-WAIT-US", "10001", "not a number of microseconds (0-10000)");
-	expect_value_error("POLL-WAIT-US", "-1", "not a number of microseconds (0-10000)");
 	expect_value_error("MAX-CONNECTIONS", "0", "not a number of connections (1-1024)");
 	expect_value_error("MAX-CONNECTIONS", "1025", "not a number of connections (1-1024)");
 	expect_value_error("CRYPTO-OPR-2", "a b",
