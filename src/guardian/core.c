@@ -549,6 +549,20 @@ static int store_err(int r, const struct kh_gstore_why *w, char *why, size_t why
 	return r;
 }
 
+/* The running group id, or NOT_FOUND with the reason. */
+static int group_lookup(struct kg_core *c, int64_t id, struct kg_group **g, char *why,
+                        size_t whysz)
+{
+	pthread_rwlock_rdlock(&c->mu);
+	*g = kg_group_by_id(c, id);
+	pthread_rwlock_unlock(&c->mu);
+	if (*g == NULL) {
+		whyf(why, whysz, "no group %lld", (long long)id);
+		return KH_ERR_NOT_FOUND;
+	}
+	return KH_OK;
+}
+
 int kg_core_group_add(struct kg_core *c, const struct kh_gstore_group *in, int64_t *idout,
                       char *why, size_t whysz)
 {
@@ -606,13 +620,8 @@ int kg_core_group_modify(struct kg_core *c, int64_t id, const struct kh_gstore_g
 	int r;
 
 	whyf(why, whysz, "%s", "");
-	pthread_rwlock_rdlock(&c->mu);
-	g = kg_group_by_id(c, id);
-	pthread_rwlock_unlock(&c->mu);
-	if (g == NULL) {
-		whyf(why, whysz, "no group %lld", (long long)id);
-		return KH_ERR_NOT_FOUND;
-	}
+	if ((r = group_lookup(c, id, &g, why, whysz)) != KH_OK)
+		return r;
 	pthread_mutex_lock(&g->change_mu);
 	if ((r = kh_gstore_group_modify(c->st, id, in, &w)) != KH_OK ||
 	    (r = kh_gstore_group_get(c->st, id, &row, &w)) != KH_OK) {
@@ -654,13 +663,8 @@ int kg_core_group_remove(struct kg_core *c, int64_t id, char *why, size_t whysz)
 	int r;
 
 	whyf(why, whysz, "%s", "");
-	pthread_rwlock_rdlock(&c->mu);
-	g = kg_group_by_id(c, id);
-	pthread_rwlock_unlock(&c->mu);
-	if (g == NULL) {
-		whyf(why, whysz, "no group %lld", (long long)id);
-		return KH_ERR_NOT_FOUND;
-	}
+	if ((r = group_lookup(c, id, &g, why, whysz)) != KH_OK)
+		return r;
 	pthread_mutex_lock(&g->change_mu);
 	if ((r = kh_gstore_group_remove(c->st, id, &w)) != KH_OK) {
 		pthread_mutex_unlock(&g->change_mu);
