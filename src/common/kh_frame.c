@@ -10,6 +10,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 static bool is_upper(uint8_t c)
 {
 	return c >= 'A' && c <= 'Z';
@@ -25,12 +29,35 @@ static bool is_valch(uint8_t c)
 	return c >= 0x20 && c <= 0x7e && c != ';' && c != '[' && c != ']';
 }
 
+/* The first index from j on (below end) whose byte may not be in a value,
+ * or end. With SSE2 it looks at 16 bytes per step; it branches only on where
+ * the value ends, which the frame shows anyway. */
+static size_t value_end(const uint8_t *p, size_t j, size_t end)
+{
+#if defined(__SSE2__)
+	const __m128i space = _mm_set1_epi8(0x20), del = _mm_set1_epi8(0x7f),
+	              semi = _mm_set1_epi8(';'), open = _mm_set1_epi8('['),
+	              close = _mm_set1_epi8(']');
+	for (; j + 16 <= end; j += 16) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + j));
+		/* signed: bytes 0x80 and up are below 0x20 too */
+		__m128i stop = _mm_or_si128(_mm_cmplt_epi8(v, space), _mm_cmpeq_epi8(v, del));
+		stop = _mm_or_si128(stop, _mm_or_si128(_mm_cmpeq_epi8(v, semi),
+		                                       _mm_or_si128(_mm_cmpeq_epi8(v, open),
+		                                                    _mm_cmpeq_epi8(v, close))));
+		unsigned m = (unsigned)_mm_movemask_epi8(stop);
+		if (m != 0)
+			return j + (size_t)__builtin_ctz(m);
+	}
+#endif
+	while (j < end && is_valch(p[j]))
+		j++;
+	return j;
+}
+
 bool kh_frame_text_ok(const char *s, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
-		if (!is_valch((uint8_t)s[i]))
-			return false;
-	return true;
+	return value_end((const uint8_t *)s, 0, n) == n;
 }
 
 int kh_frame_find(const uint8_t *buf, size_t len, size_t max, size_t *frame_len)
@@ -78,9 +105,7 @@ int kh_frame_parse(const uint8_t *p, size_t n, size_t max_fields, struct kh_fram
 		fl->tag[0] = (char)p[i];
 		fl->tag[1] = (char)p[i + 1];
 		fl->tag[2] = '\0';
-		size_t v = i + 2, j = v;
-		while (j < n - 1 && is_valch(p[j]))
-			j++;
+		size_t v = i + 2, j = value_end(p, v, n - 1);
 		if (j >= n - 1 || p[j] != ';')
 			return KH_ERR_MALFORMED;
 		fl->val = (const char *)p + v;
@@ -119,8 +144,7 @@ int kh_frame_str(const struct kh_frame *f, const char *tag, char *out, size_t ou
 	return KH_OK;
 }
 
-int kh_frame_u64(const struct kh_frame *f, const char *tag, uint64_t min, uint64_t max,
-		 uint64_t *v)
+int kh_frame_u64(const struct kh_frame *f, const char *tag, uint64_t min, uint64_t max, uint64_t *v)
 {
 	const struct kh_field *fl = kh_frame_get(f, tag);
 	uint64_t x = 0;
@@ -151,7 +175,7 @@ int kh_frame_yn(const struct kh_frame *f, const char *tag, bool *v)
 }
 
 int kh_frame_hex(const struct kh_frame *f, const char *tag, uint8_t *out, size_t outmax,
-		 size_t *outlen)
+                 size_t *outlen)
 {
 	const struct kh_field *fl = kh_frame_get(f, tag);
 	if (fl == NULL)
@@ -164,7 +188,7 @@ int kh_frame_hex(const struct kh_frame *f, const char *tag, uint8_t *out, size_t
 }
 
 int kh_frame_hex_secure(const struct kh_frame *f, const char *tag, size_t maxlen, uint8_t **out,
-			size_t *outlen)
+                        size_t *outlen)
 {
 	const struct kh_field *fl = kh_frame_get(f, tag);
 	if (fl == NULL)
@@ -251,7 +275,8 @@ int kh_msg_error(struct kh_buf *b, const char *cmd, int err, const char *detail)
 			*c = '_';
 	if ((r = kh_msg_begin(b, "ERRO")) != KH_OK)
 		return r;
-	if (cmd && strlen(cmd) == 4 && kh_frame_text_ok(cmd, 4) && (r = kh_msg_put(b, "CM", cmd)) != KH_OK)
+	if (cmd && strlen(cmd) == 4 && kh_frame_text_ok(cmd, 4) &&
+	    (r = kh_msg_put(b, "CM", cmd)) != KH_OK)
 		return r;
 	if ((r = kh_msg_put_u64(b, "EC", (uint64_t)kh_err_to_wire(err))) != KH_OK)
 		return r;

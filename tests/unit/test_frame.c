@@ -42,20 +42,20 @@ static void test_parse_rejects(void **state)
 	struct kh_frame f;
 	(void)state;
 	const char *bad[] = {
-		"",                      /* empty */
-		"[AOECHO]",              /* no ; after the command */
-		"[AOECH;]",              /* short command */
-		"[AOecho;]",             /* lower-case command */
-		"[XXECHO;]",             /* not AO */
-		"[AOECHO;AGx]",          /* value not closed by ; */
-		"[AOECHO;A;]",           /* short tag */
-		"[AOECHO;aGx;]",         /* lower-case tag */
-		"[AOECHO;AGx;AGy;]",     /* duplicate tag */
-		"[AOECHO;AGa[b;]",       /* reserved byte in value */
-		"[AOECHO;AG\x01;]",      /* control byte */
-		"[AOECHO;AG\xc3\xa9;]",  /* high bytes */
-		"[AOECHO;AGx;",          /* no closing ] */
-		"AOECHO;]",              /* no opening [ */
+	    "",                     /* empty */
+	    "[AOECHO]",             /* no ; after the command */
+	    "[AOECH;]",             /* short command */
+	    "[AOecho;]",            /* lower-case command */
+	    "[XXECHO;]",            /* not AO */
+	    "[AOECHO;AGx]",         /* value not closed by ; */
+	    "[AOECHO;A;]",          /* short tag */
+	    "[AOECHO;aGx;]",        /* lower-case tag */
+	    "[AOECHO;AGx;AGy;]",    /* duplicate tag */
+	    "[AOECHO;AGa[b;]",      /* reserved byte in value */
+	    "[AOECHO;AG\x01;]",     /* control byte */
+	    "[AOECHO;AG\xc3\xa9;]", /* high bytes */
+	    "[AOECHO;AGx;",         /* no closing ] */
+	    "AOECHO;]",             /* no opening [ */
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		int r = parse(bad[i], 16, &f);
@@ -132,6 +132,99 @@ static void test_hex(void **state)
 	assert_memory_equal(all, back, 256);
 }
 
+/* The codec converts 16 bytes or digits per step where it can, and the rest
+ * one at a time: every byte value at every position, at lengths on both
+ * sides of the step, gives what the plain definition says. */
+static int ref_digit(uint8_t c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+static void test_hex_every_byte(void **state)
+{
+	static const size_t lens[] = {0, 1, 7, 8, 9, 15, 16, 17, 23, 24, 33, 40};
+	uint8_t bytes[40], back[40];
+	char hx[81], want[81];
+	(void)state;
+	for (size_t li = 0; li < sizeof(lens) / sizeof(lens[0]); li++) {
+		size_t n = lens[li];
+		for (unsigned fill = 0; fill < 256; fill += 51) {
+			/* encode: any bytes */
+			for (size_t i = 0; i < n; i++)
+				bytes[i] = (uint8_t)(fill + 37 * i);
+			kh_hex_encode(bytes, n, hx);
+			for (size_t i = 0; i < n; i++)
+				snprintf(want + 2 * i, 3, "%02X", bytes[i]);
+			want[2 * n] = '\0';
+			assert_string_equal(hx, want);
+			assert_int_equal(kh_hex_decode(hx, 2 * n, back, sizeof(back)), (int)n);
+			assert_memory_equal(back, bytes, n);
+		}
+		if (n == 0)
+			continue;
+		/* decode: one digit replaced by each byte value, everywhere */
+		for (size_t i = 0; i < n; i++)
+			bytes[i] = (uint8_t)(0xA5 ^ (17 * i));
+		kh_hex_encode(bytes, n, hx);
+		for (size_t pos = 0; pos < 2 * n; pos++) {
+			char keep = hx[pos];
+			for (int c = 0; c < 256; c++) {
+				hx[pos] = (char)c;
+				int r = kh_hex_decode(hx, 2 * n, back, sizeof(back)),
+				    d = ref_digit((uint8_t)c);
+				if (d < 0) {
+					assert_int_equal(r, KH_ERR_BAD_FIELD);
+					continue;
+				}
+				assert_int_equal(r, (int)n);
+				uint8_t b = bytes[pos / 2];
+				b = pos % 2 ? (uint8_t)((b & 0xf0) | d)
+				            : (uint8_t)((b & 0x0f) | (d << 4));
+				assert_int_equal(back[pos / 2], b);
+			}
+			hx[pos] = keep;
+		}
+	}
+}
+
+/* A value ends at its ';' whatever byte stops it and wherever: the parser
+ * scans 16 bytes per step where it can. */
+static void test_value_every_byte(void **state)
+{
+	char req[80];
+	struct kh_frame f;
+	(void)state;
+	for (size_t vlen = 1; vlen <= 40; vlen += 13) {
+		for (size_t pos = 0; pos < vlen; pos++) {
+			for (int c = 1; c < 256; c++) {
+				int n = snprintf(req, sizeof(req), "[AOECHO;AG%.*s;]", (int)vlen,
+				                 "0123456789abcdefghijklmnopqrstuvwxyz!#$%&");
+				req[10 + pos] = (char)c;
+				bool ok =
+				    c >= 0x20 && c <= 0x7e && c != ';' && c != '[' && c != ']';
+				assert_int_equal(kh_frame_text_ok(req + 10, vlen), ok);
+				int r = kh_frame_parse((const uint8_t *)req, (size_t)n, 16, &f);
+				if (c == ';' && pos > 0) {
+					/* splits the value: the rest is not a tag and value */
+					assert_int_not_equal(r, KH_OK);
+					continue;
+				}
+				assert_int_equal(r, ok ? KH_OK : KH_ERR_MALFORMED);
+				if (ok) {
+					assert_int_equal(f.nfields, 1);
+					assert_int_equal(f.fields[0].len, vlen);
+				}
+			}
+		}
+	}
+}
+
 static void test_build_roundtrip(void **state)
 {
 	struct kh_buf *b = kh_buf_new(4096);
@@ -177,10 +270,15 @@ static void test_errors(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_parse_valid), cmocka_unit_test(test_parse_rejects),
-		cmocka_unit_test(test_field_limit), cmocka_unit_test(test_find),
-		cmocka_unit_test(test_hex),         cmocka_unit_test(test_build_roundtrip),
-		cmocka_unit_test(test_errors),
+	    cmocka_unit_test(test_parse_valid),
+	    cmocka_unit_test(test_parse_rejects),
+	    cmocka_unit_test(test_field_limit),
+	    cmocka_unit_test(test_find),
+	    cmocka_unit_test(test_hex),
+	    cmocka_unit_test(test_build_roundtrip),
+	    cmocka_unit_test(test_errors),
+	    cmocka_unit_test(test_hex_every_byte),
+	    cmocka_unit_test(test_value_every_byte),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
