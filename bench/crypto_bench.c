@@ -1,12 +1,16 @@
 /*
- * Excrypt load generator for bench/: C mutual-TLS 1.3 connections, one thread
- * each, optionally logged in (LOGN), each running one given request frame in
- * strictly sequential round trips for a fixed time (or count), then one
- * machine-readable result line. Plain OpenSSL, so it measures the server, not
+ * Excrypt load generator for bench/: C mutual-TLS 1.3 connections, optionally
+ * logged in (LOGN), each running one given request frame in strictly
+ * sequential round trips for a fixed time (or count), then one
+ * machine-readable result line. By default every connection has its own
+ * blocking thread; --threads T spreads them over T threads that drive their
+ * connections with epoll, so that on a machine shared with the server the
+ * load generator takes fewer wake-ups away from it. Plain OpenSSL, so it measures the server, not
  * our client library; it verifies the server's chain but not its name. The
  * password is read from a file and never printed.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -22,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,10 +51,10 @@ struct cfg {
 	double seconds;
 	double warmup;
 	uint64_t requests; /* per connection; 0 = run for `seconds` */
+	long threads;      /* 0 = one per connection */
 };
 
 struct worker {
-	pthread_t th;
 	int fd;
 	SSL *ssl;
 	uint8_t *rbuf;
@@ -60,6 +65,17 @@ struct worker {
 	size_t nlat, cap;
 	char why[256]; /* why the connection could not be (re)opened */
 	char bad[200]; /* the first unexpected reply, truncated */
+	/* event mode: the round trip under way */
+	uint64_t t0;
+	size_t scanned;
+	bool writing, watch_out; /* the request is not all sent; EPOLLOUT is asked */
+};
+
+/* A thread and the connections it drives: ws[first], ws[first + step], ... */
+struct runner {
+	pthread_t th;
+	struct worker *ws;
+	long first, step, total;
 };
 
 static struct cfg g_cfg;
@@ -81,7 +97,8 @@ static _Noreturn void usage(void)
 	        "usage: crypto_bench --host H --port N --ca F --cert F --key F\n"
 	        "                    (--request FRAME | --request-file F)\n"
 	        "                    [--id NAME --password-file F]\n"
-	        "                    --connections C (--seconds S | --requests N) [--warmup 1]\n");
+	        "                    --connections C (--seconds S | --requests N) [--warmup 1]\n"
+	        "                    [--threads T]\n");
 	exit(2);
 }
 
@@ -148,6 +165,8 @@ static void parse_args(int argc, char **argv, struct cfg *c)
 			c->warmup = parse_num(v, 0, 3600);
 		else if (strcmp(a, "--requests") == 0)
 			c->requests = (uint64_t)parse_num(v, 1, 1e12);
+		else if (strcmp(a, "--threads") == 0)
+			c->threads = (long)parse_num(v, 1, MAX_CONNECTIONS);
 		else
 			usage();
 	}
@@ -287,13 +306,43 @@ static void note_bad(struct worker *w, const uint8_t *p, size_t n)
 	w->bad[k] = '\0';
 }
 
-/* Send one frame and read one whole response (up to ']'). Returns 0 when the
- * reply starts with `expect` (and holds `holds`, if not NULL), 1 on any other
- * reply, -1 on I/O failure. */
+/* Room for the next read; -1 when a reply outgrows RBUF_MAX. */
+static int rbuf_room(struct worker *w)
+{
+	if (w->rlen < w->rcap)
+		return 0;
+	size_t cap = 2 * w->rcap;
+	uint8_t *p;
+	if (cap > RBUF_MAX || (p = realloc(w->rbuf, cap)) == NULL) {
+		snprintf(w->why, sizeof(w->why), "reply longer than %u bytes", RBUF_MAX);
+		return -1;
+	}
+	w->rbuf = p;
+	w->rcap = cap;
+	return 0;
+}
+
+/* The whole reply ending at close_at: 0 when it starts with `expect` (and
+ * holds `holds`, if not NULL), 1 otherwise. It leaves the buffer. */
+static int take_reply(struct worker *w, const uint8_t *close_at, const char *expect,
+                      const char *holds)
+{
+	size_t end = (size_t)(close_at - w->rbuf) + 1, elen = strlen(expect);
+	int bad = end < elen || memcmp(w->rbuf, expect, elen) != 0 ||
+	          (holds != NULL && memmem(w->rbuf, end, holds, strlen(holds)) == NULL);
+	if (bad)
+		note_bad(w, w->rbuf, end);
+	memmove(w->rbuf, w->rbuf + end, w->rlen - end);
+	w->rlen -= end;
+	return bad;
+}
+
+/* Send one frame and read one whole response (up to ']'), blocking. Returns
+ * what take_reply does, or -1 on I/O failure. */
 static int round_trip(struct worker *w, const void *req, size_t len, const char *expect,
                       const char *holds)
 {
-	size_t n = 0, end, scanned = 0, elen = strlen(expect);
+	size_t n = 0, scanned = 0;
 	uint8_t *close_at;
 
 	errno = 0;
@@ -303,17 +352,8 @@ static int round_trip(struct worker *w, const void *req, size_t len, const char 
 	}
 	while ((close_at = memchr(w->rbuf + scanned, ']', w->rlen - scanned)) == NULL) {
 		scanned = w->rlen;
-		if (w->rlen == w->rcap) {
-			size_t cap = 2 * w->rcap;
-			uint8_t *p;
-			if (cap > RBUF_MAX || (p = realloc(w->rbuf, cap)) == NULL) {
-				snprintf(w->why, sizeof(w->why), "reply longer than %u bytes",
-				         RBUF_MAX);
-				return -1;
-			}
-			w->rbuf = p;
-			w->rcap = cap;
-		}
+		if (rbuf_room(w) != 0)
+			return -1;
 		errno = 0;
 		if (SSL_read_ex(w->ssl, w->rbuf + w->rlen, w->rcap - w->rlen, &n) != 1) {
 			set_why_ssl(w, "TLS read");
@@ -321,14 +361,7 @@ static int round_trip(struct worker *w, const void *req, size_t len, const char 
 		}
 		w->rlen += n;
 	}
-	end = (size_t)(close_at - w->rbuf) + 1;
-	int bad = end < elen || memcmp(w->rbuf, expect, elen) != 0 ||
-	          (holds != NULL && memmem(w->rbuf, end, holds, strlen(holds)) == NULL);
-	if (bad)
-		note_bad(w, w->rbuf, end);
-	memmove(w->rbuf, w->rbuf + end, w->rlen - end);
-	w->rlen -= end;
-	return bad;
+	return take_reply(w, close_at, expect, holds);
 }
 
 /* TCP connect, TLS handshake, then LOGN (or, without --id, the request once):
@@ -411,52 +444,213 @@ static void record(struct worker *w, uint64_t ns)
 	w->requests++;
 }
 
-static void *worker_main(void *arg)
+static bool time_left(const struct worker *w, uint64_t now)
 {
-	struct worker *w = arg;
-	int ok = open_conn(w);
+	return now < g_end_ns && !(g_cfg.requests && w->requests >= g_cfg.requests);
+}
 
-	pthread_barrier_wait(&g_ready);
-	pthread_barrier_wait(&g_go);
-	if (ok != 0 || g_abort)
-		return NULL;
+/* A round trip that failed: count it, and reopen the connection after an I/O
+ * failure. Returns -1 when the connection is gone for good. */
+static int failed_trip(struct worker *w, int r)
+{
+	w->errors++;
+	if (r > 0) {
+		if (g_cfg.requests)
+			w->requests++; /* a count must end even if every reply is bad */
+		return 0;
+	}
+	fprintf(stderr, "crypto_bench: %s; reconnecting\n", w->why);
+	close_conn(w);
+	if (open_conn(w) != 0) {
+		fprintf(stderr, "crypto_bench: %s\n", w->why);
+		w->errors++;
+		return -1;
+	}
+	return 0;
+}
+
+/* One connection on its own thread: blocking round trips. */
+static void run_blocking(struct worker *w)
+{
 	for (;;) {
 		uint64_t t0 = now_ns(), t1;
 		int r;
 
-		if (t0 >= g_end_ns || (g_cfg.requests && w->requests >= g_cfg.requests))
+		if (!time_left(w, t0))
 			break;
 		r = round_trip(w, g_req, g_req_len, g_expect, NULL);
 		t1 = now_ns();
 		if (r != 0) {
-			w->errors++;
-			if (r < 0) {
-				fprintf(stderr, "crypto_bench: %s; reconnecting\n", w->why);
-				close_conn(w);
-				if (open_conn(w) != 0) {
-					fprintf(stderr, "crypto_bench: %s\n", w->why);
-					w->errors++;
-					break;
-				}
-			} else if (g_cfg.requests) {
-				w->requests++; /* a count must end even if every reply is bad */
-			}
+			if (failed_trip(w, r) != 0)
+				break;
 			continue;
 		}
 		/* count only round trips wholly inside the measured window */
 		if (t0 >= g_measure_ns && t1 <= g_end_ns)
 			record(w, t1 - t0);
 	}
-	if (w->ssl)
-		SSL_shutdown(w->ssl);
-	close_conn(w);
+}
+
+/* Event mode. Each step returns 1 when the phase is done, 0 when it must wait
+ * for the socket, -1 on I/O failure. A TLS write is retried with the same
+ * arguments until it completes (no partial writes). */
+static int ev_write(struct worker *w)
+{
+	size_t n = 0;
+	int r;
+
+	errno = 0;
+	if ((r = SSL_write_ex(w->ssl, g_req, g_req_len, &n)) == 1)
+		return 1;
+	if (SSL_get_error(w->ssl, r) == SSL_ERROR_WANT_WRITE)
+		return 0;
+	set_why_ssl(w, "TLS write");
+	return -1;
+}
+
+static int ev_read(struct worker *w, uint8_t **close_at)
+{
+	for (;;) {
+		size_t n = 0;
+		int r;
+
+		*close_at = memchr(w->rbuf + w->scanned, ']', w->rlen - w->scanned);
+		if (*close_at != NULL)
+			return 1;
+		w->scanned = w->rlen;
+		if (rbuf_room(w) != 0)
+			return -1;
+		errno = 0;
+		if ((r = SSL_read_ex(w->ssl, w->rbuf + w->rlen, w->rcap - w->rlen, &n)) != 1) {
+			if (SSL_get_error(w->ssl, r) == SSL_ERROR_WANT_READ)
+				return 0;
+			set_why_ssl(w, "TLS read");
+			return -1;
+		}
+		w->rlen += n;
+	}
+}
+
+/* Watch the socket for what the round trip waits for: EPOLLOUT while the
+ * request is not all sent, EPOLLIN otherwise. */
+static int ev_watch(int ep, struct worker *w, bool add, bool out)
+{
+	struct epoll_event ev = {.events = out ? EPOLLOUT : EPOLLIN, .data.ptr = w};
+
+	if (add && fcntl(w->fd, F_SETFL, fcntl(w->fd, F_GETFL) | O_NONBLOCK) != 0)
+		return -1;
+	if (!add && out == w->watch_out)
+		return 0;
+	w->watch_out = out;
+	return epoll_ctl(ep, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, w->fd, &ev);
+}
+
+/* Start the next round trip, or stop the connection; then move the round
+ * trip as far as it goes without waiting. Returns false when the connection
+ * has stopped. */
+static bool ev_step(int ep, struct worker *w, bool start)
+{
+	for (;;) {
+		uint8_t *close_at = NULL;
+		int r = 1;
+
+		if (start) {
+			w->t0 = now_ns();
+			if (!time_left(w, w->t0))
+				return false;
+			w->writing = true;
+			w->scanned = 0;
+		}
+		start = false;
+		if (w->writing) {
+			if ((r = ev_write(w)) == 0)
+				return ev_watch(ep, w, false, true) == 0;
+			if (r > 0) {
+				w->writing = false;
+				if (ev_watch(ep, w, false, false) != 0)
+					return false;
+			}
+		}
+		if (r > 0 && (r = ev_read(w, &close_at)) == 0)
+			return true;
+		if (r > 0)
+			r = take_reply(w, close_at, g_expect, NULL);
+		if (r == 0) {
+			uint64_t t1 = now_ns();
+			if (w->t0 >= g_measure_ns && t1 <= g_end_ns)
+				record(w, t1 - w->t0);
+		} else {
+			if (w->fd >= 0)
+				epoll_ctl(ep, EPOLL_CTL_DEL, w->fd, NULL);
+			if (failed_trip(w, r) != 0)
+				return false;
+			w->writing = false;
+			if (ev_watch(ep, w, true, false) != 0)
+				return false;
+		}
+		start = true;
+	}
+}
+
+static void run_events(struct runner *rn)
+{
+	struct epoll_event evs[64];
+	long live = 0;
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+
+	if (ep < 0)
+		fail("epoll_create1 failed");
+	for (long i = rn->first; i < rn->total; i += rn->step) {
+		struct worker *w = &rn->ws[i];
+		w->writing = false;
+		if (ev_watch(ep, w, true, false) != 0)
+			fail("cannot watch a connection");
+		live += ev_step(ep, w, true);
+	}
+	while (live > 0) {
+		uint64_t now = now_ns();
+		int ms = 100, n;
+
+		if (!g_cfg.requests && now >= g_end_ns)
+			break; /* what is still in flight would not count */
+		if (!g_cfg.requests && g_end_ns - now < 100000000u)
+			ms = (int)((g_end_ns - now) / 1000000u) + 1;
+		n = epoll_wait(ep, evs, (int)(sizeof(evs) / sizeof(evs[0])), ms);
+		for (int k = 0; k < n; k++)
+			if (!ev_step(ep, evs[k].data.ptr, false))
+				live--;
+	}
+	close(ep);
+}
+
+static void *runner_main(void *arg)
+{
+	struct runner *rn = arg;
+	bool ok = true;
+
+	for (long i = rn->first; i < rn->total; i += rn->step)
+		ok = open_conn(&rn->ws[i]) == 0 && ok;
+	pthread_barrier_wait(&g_ready);
+	pthread_barrier_wait(&g_go);
+	if (ok && !g_abort) {
+		if (rn->first + rn->step >= rn->total)
+			run_blocking(&rn->ws[rn->first]);
+		else
+			run_events(rn);
+	}
+	for (long i = rn->first; i < rn->total; i += rn->step) {
+		struct worker *w = &rn->ws[i];
+		if (w->ssl)
+			SSL_shutdown(w->ssl);
+		close_conn(w);
+	}
 	return NULL;
 }
 
 static void sleep_until(uint64_t ns)
 {
 	struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u),
-			      .tv_nsec = (long)(ns % 1000000000u)};
+	                      .tv_nsec = (long)(ns % 1000000000u)};
 
 	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
 		;
@@ -495,6 +689,8 @@ static double pct_us(const uint32_t *v, size_t n, double p)
 int main(int argc, char **argv)
 {
 	struct worker *ws;
+	struct runner *rs;
+	long nthreads;
 	uint64_t requests = 0, errors = 0;
 	size_t nlat = 0, k = 0, conn_min = 0, conn_max = 0;
 	uint32_t *all;
@@ -507,17 +703,24 @@ int main(int argc, char **argv)
 	elapsed = g_cfg.seconds;
 	signal(SIGPIPE, SIG_IGN);
 	g_ctx = make_ctx(&g_cfg);
+	nthreads =
+	    g_cfg.threads && g_cfg.threads < g_cfg.connections ? g_cfg.threads : g_cfg.connections;
 	ws = calloc((size_t)g_cfg.connections, sizeof(*ws));
-	if (ws == NULL)
+	rs = calloc((size_t)nthreads, sizeof(*rs));
+	if (ws == NULL || rs == NULL)
 		fail("out of memory");
-	pthread_barrier_init(&g_ready, NULL, (unsigned)g_cfg.connections + 1);
-	pthread_barrier_init(&g_go, NULL, (unsigned)g_cfg.connections + 1);
 	for (i = 0; i < g_cfg.connections; i++) {
 		ws[i].fd = -1;
 		ws[i].rcap = RBUF_INIT;
 		if ((ws[i].rbuf = malloc(RBUF_INIT)) == NULL)
 			fail("out of memory");
-		if (pthread_create(&ws[i].th, NULL, worker_main, &ws[i]) != 0) {
+	}
+	pthread_barrier_init(&g_ready, NULL, (unsigned)nthreads + 1);
+	pthread_barrier_init(&g_go, NULL, (unsigned)nthreads + 1);
+	for (i = 0; i < nthreads; i++) {
+		rs[i] = (struct runner){
+		    .ws = ws, .first = i, .step = nthreads, .total = g_cfg.connections};
+		if (pthread_create(&rs[i].th, NULL, runner_main, &rs[i]) != 0) {
 			fprintf(stderr, "crypto_bench: cannot start thread %ld\n", i);
 			exit(2);
 		}
@@ -543,8 +746,9 @@ int main(int argc, char **argv)
 		sleep_until(g_end_ns);
 		client_cpu = (cpu_seconds() - cpu0) / g_cfg.seconds;
 	}
-	for (i = 0; i < g_cfg.connections; i++)
-		pthread_join(ws[i].th, NULL);
+	for (i = 0; i < nthreads; i++)
+		pthread_join(rs[i].th, NULL);
+	free(rs);
 	if (g_cfg.requests) /* a fixed count: the time is what it took */
 		elapsed = (double)(now_ns() - g_measure_ns) / 1e9;
 	if (failed) {
