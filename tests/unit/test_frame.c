@@ -137,13 +137,10 @@ static void test_hex(void **state)
  * sides of the step, gives what the plain definition says. */
 static int ref_digit(uint8_t c)
 {
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
+	static const char digits[] = "0123456789ABCDEFabcdef";
+	const char *at = c != 0 ? strchr(digits, c) : NULL;
+	int i = at != NULL ? (int)(at - digits) : -1;
+	return i < 16 ? i : i - 6;
 }
 
 static void test_hex_every_byte(void **state)
