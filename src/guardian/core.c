@@ -336,6 +336,27 @@ static int group_install(struct kg_core *c, const struct kh_gstore_group *row, s
 	return KH_OK;
 }
 
+/* Takes g out of the table, so that its slot serves a new group, onto
+ * dead_grps. Under core mu, written. */
+static void group_retire(struct kg_core *c, struct kg_group *g)
+{
+	for (size_t i = 0; i < KG_GROUPS_MAX; i++)
+		if (c->grp[i] == g)
+			c->grp[i] = NULL;
+	g->removed = true;
+	g->next_dead = c->dead_grps;
+	c->dead_grps = g;
+}
+
+static void group_free(struct kg_group *g)
+{
+	kg_endpoint_stop(g->ep);
+	for (size_t j = 0; j < KG_DEVICES_MAX; j++)
+		dev_free(g->dev[j]);
+	pthread_mutex_destroy(&g->change_mu);
+	free(g);
+}
+
 static int dev_install(struct kg_group *g, struct kg_dev *d, char *why, size_t whysz)
 {
 	for (size_t j = 0; j < KG_DEVICES_MAX; j++)
@@ -500,15 +521,13 @@ void kg_core_stop(struct kg_core *c)
 		pthread_join(c->monitor, NULL);
 	if (c->replicator_started)
 		pthread_join(c->replicator, NULL);
-	for (size_t i = 0; i < KG_GROUPS_MAX; i++) {
-		struct kg_group *g = c->grp[i];
-		if (g == NULL)
-			continue;
-		kg_endpoint_stop(g->ep);
-		for (size_t j = 0; j < KG_DEVICES_MAX; j++)
-			dev_free(g->dev[j]);
-		pthread_mutex_destroy(&g->change_mu);
-		free(g);
+	for (size_t i = 0; i < KG_GROUPS_MAX; i++)
+		if (c->grp[i] != NULL)
+			group_free(c->grp[i]);
+	while (c->dead_grps) {
+		struct kg_group *n = c->dead_grps->next_dead;
+		group_free(c->dead_grps);
+		c->dead_grps = n;
 	}
 	while (c->dead_devs) {
 		struct kg_dev *n = c->dead_devs->next_dead;
@@ -586,7 +605,7 @@ int kg_core_group_add(struct kg_core *c, const struct kh_gstore_group *in, int64
 		/* nothing is left half made: the row goes too */
 		if (g) {
 			pthread_rwlock_wrlock(&c->mu);
-			g->removed = true;
+			group_retire(c, g);
 			pthread_rwlock_unlock(&c->mu);
 		}
 		if (kh_gstore_group_remove(c->st, id, &w) != KH_OK)
@@ -673,7 +692,7 @@ int kg_core_group_remove(struct kg_core *c, int64_t id, char *why, size_t whysz)
 	pthread_rwlock_wrlock(&c->mu);
 	struct kg_endpoint *ep = g->ep;
 	g->ep = NULL;
-	g->removed = true; /* kept until stop: threads may hold it */
+	group_retire(c, g);
 	pthread_rwlock_unlock(&c->mu);
 	pthread_mutex_unlock(&g->change_mu);
 	kg_endpoint_stop(ep);

@@ -58,7 +58,9 @@ struct kg_group {
 	atomic_uint in_flight;       /* client requests on its members now */
 	char last_cd[65];            /* the Primary's configuration digest last replicated */
 	struct kg_endpoint *ep;      /* NULL when the group is disabled */
-	bool removed;
+	bool removed;                /* gone from grp[] (its slot free again) and kept on
+	                              * dead_grps until stop: threads may still hold it */
+	struct kg_group *next_dead;
 };
 
 struct kg_core {
@@ -78,6 +80,7 @@ struct kg_core {
 	pthread_cond_t wake;         /* the replicator's: work may be due */
 	bool wake_flag;
 	struct kg_dev *dead_devs;    /* removed devices, freed at stop */
+	struct kg_group *dead_grps;  /* removed groups, freed at stop */
 };
 
 /* core.c */

@@ -486,6 +486,33 @@ static void test_bad_input(void **state)
 	app_close(&a);
 }
 
+/* A removed group frees its place: more groups than the table holds can be
+ * made and removed one after another, and the group at work is untouched. */
+static void test_group_slots_reused(void **state)
+{
+	(void)state;
+	char why[KG_WHY_MAX] = "";
+	for (int i = 0; i < 70; i++) { /* the guardian holds 64 groups at once */
+		struct kh_gstore_group g;
+		int64_t id = 0;
+		kh_gstore_group_defaults(&g);
+		snprintf(g.name, sizeof(g.name), "Short-lived %d", i);
+		snprintf(g.owner, sizeof(g.owner), "test");
+		g.port = (uint16_t)kh_test_free_port();
+		if (kg_core_group_add(G.core, &g, &id, why, sizeof(why)) != KH_OK)
+			fail_msg("group %d: %s", i, why);
+		assert_true(kh_test_port_open("127.0.0.1", g.port));
+		assert_int_equal(kg_core_group_remove(G.core, id, why, sizeof(why)), KH_OK);
+		assert_false(kh_test_port_open("127.0.0.1", g.port));
+		assert_int_equal(kg_core_group_remove(G.core, id, why, sizeof(why)),
+		                 KH_ERR_NOT_FOUND);
+	}
+	struct app a;
+	app_open(&a, G.port, true);
+	assert_int_equal(app_call(&a, "[AOECHO;AGstill-here;]"), KH_OK);
+	app_close(&a);
+}
+
 static void test_restart_keeps_state(void **state)
 {
 	(void)state;
@@ -503,6 +530,9 @@ static void test_restart_keeps_state(void **state)
 
 int main(void)
 {
+	/* as keyhold-guardian's main: a client that closes during the TLS
+	 * handshake (kh_test_port_open) must not end the process */
+	signal(SIGPIPE, SIG_IGN);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_group_and_admission),
 	    cmocka_unit_test(test_keys_replicate),
@@ -510,6 +540,7 @@ int main(void)
 	    cmocka_unit_test(test_primary_down),
 	    cmocka_unit_test(test_password_change),
 	    cmocka_unit_test(test_bad_input),
+	    cmocka_unit_test(test_group_slots_reused),
 	    cmocka_unit_test(test_restart_keeps_state),
 	};
 	kh_mem_init(1u << 20);
