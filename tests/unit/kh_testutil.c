@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -455,9 +456,14 @@ void kh_test_daemon_start(struct kh_test_daemon *d)
 	snprintf(err, sizeof(err), "%s/stderr", d->dir);
 	snprintf(asan, sizeof(asan), "log_path=%s/sanitizer", d->dir);
 	fflush(NULL);
+	pid_t parent = getpid();
 	d->pid = fork();
 	assert_true(d->pid >= 0);
 	if (d->pid == 0) {
+		/* a test that dies (a signal, an abort) runs no clean-up: its
+		 * daemons stop with it instead of running on */
+		if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent)
+			_exit(1);
 		int fd = open(err, O_WRONLY | O_CREAT | O_APPEND, 0600);
 		if (fd >= 0) {
 			dup2(fd, 1);
