@@ -59,6 +59,7 @@ struct call {
 	json_t *body;
 	int64_t id;         /* the path's {id} */
 	char name[KH_GSTORE_USER_MAX + 1]; /* the path's {name} */
+	int64_t now;        /* wall_ms() when the request came: its session time */
 };
 
 typedef void (*handler_fn)(struct call *c);
@@ -265,7 +266,7 @@ static void find_session(struct call *c)
 		tok = c->req->cookie;
 		c->by_cookie = true;
 	}
-	c->have_session = tok && kg_sess_find(c->rt->sess, tok, wall_ms(), &c->s) == KH_OK;
+	c->have_session = tok && kg_sess_find(c->rt->sess, tok, c->now, &c->s) == KH_OK;
 }
 
 static const char *perm_text(unsigned perm)
@@ -301,7 +302,7 @@ static json_t *session_out(struct call *c, const struct kg_sess *s, bool secrets
 		json_array_append_new(logins, json_string(s->logins[i]));
 	o = json_pack("{s:s, s:o, s:i, s:b, s:I}", "role", s->role, "logins", logins, "needed",
 		      s->needed, "authorized", kg_sess_authorized(s), "expires_s",
-		      (json_int_t)kg_sess_expires_s(c->rt->sess, s, wall_ms()));
+		      (json_int_t)kg_sess_expires_s(c->rt->sess, s, c->now));
 	if (o && secrets) {
 		json_object_set_new(o, "session", json_string(s->token));
 		json_object_set_new(o, "csrf", json_string(s->csrf));
@@ -342,7 +343,7 @@ static void h_login(struct call *c)
 	    (r = kg_json_str(c->body, "password", true, KG_PW_MAX, &pw, &pwlen, why,
 			     sizeof(why))) != KH_OK)
 		return fail_why(c, r, why);
-	r = kg_users_authenticate(store(c), user, (const uint8_t *)pw, pwlen, wall_ms(), &u, &role,
+	r = kg_users_authenticate(store(c), user, (const uint8_t *)pw, pwlen, c->now, &u, &role,
 				  &locked, why, sizeof(why));
 	if (r != KH_OK)
 		return fail_why(c, r, why);
@@ -351,14 +352,14 @@ static void h_login(struct call *c)
 		if (!kg_sess_csrf_ok(&c->s, c->req->method, c->by_cookie, c->req->csrf))
 			return fail(c, KH_ERR_PERMISSION_DENIED,
 				    "a request authenticated by the cookie must carry X-CSRF-Token");
-		r = kg_sess_add_login(c->rt->sess, c->s.token, u.name, role.name, wall_ms(), &s,
+		r = kg_sess_add_login(c->rt->sess, c->s.token, u.name, role.name, c->now, &s,
 				      why, sizeof(why));
 		if (r != KH_OK)
 			return fail_why(c, r, why);
 		log_info("guardian api: %s logged in as the second user of a %s session", u.name,
 			 s.role);
 	} else {
-		if ((r = kg_sess_new(c->rt->sess, u.name, &role, wall_ms(), &s)) != KH_OK)
+		if ((r = kg_sess_new(c->rt->sess, u.name, &role, c->now, &s)) != KH_OK)
 			return fail(c, r, "%s", r == KH_ERR_BUSY ? "too many sessions: try later"
 								: "no session could be made");
 		log_info("guardian api: %s logged in (role %s)", u.name, role.name);
@@ -1329,6 +1330,9 @@ void kg_router_handle(struct kg_router *rt, const struct kg_req *req, struct kg_
 	c.rt = rt;
 	c.req = req;
 	c.resp = resp;
+	/* one reading of the clock: a session made by this request and the
+	 * expiry it reports agree to the second */
+	c.now = wall_ms();
 	if (req->method == NULL || req->path == NULL) {
 		fail(&c, KH_ERR_BAD_FIELD, "no method or path");
 		return;
