@@ -9,6 +9,7 @@
 #include "guardian/guardian.h"
 #include "common/kh_log.h"
 #include "common/kh_mem.h"
+#include "common/kh_scrypt.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -16,10 +17,7 @@
 #include <string.h>
 #include <time.h>
 
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
-#include <openssl/kdf.h>
-#include <openssl/params.h>
 #include <openssl/rand.h>
 
 #define KG_SCRYPT_PARALLEL 2
@@ -47,57 +45,25 @@ static int64_t wall_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* "scrypt:N:r:p" within bounds, so an edited database cannot make a login
- * allocate gigabytes. */
-static bool parse_params(const char *s, uint64_t *N, uint32_t *r, uint32_t *p)
-{
-	unsigned long long n;
-	unsigned rr, pp;
-	char tail;
-	if (sscanf(s, "scrypt:%llu:%u:%u%c", &n, &rr, &pp, &tail) != 3)
-		return false;
-	if (n < 1024 || n > (1u << 17) || (n & (n - 1)) != 0 || rr < 1 || rr > 16 || pp < 1 ||
-	    pp > 4)
-		return false;
-	*N = n;
-	*r = rr;
-	*p = pp;
-	return true;
-}
+/* Stored parameters are accepted up to these; KG_SCRYPT_MAXMEM bounds the
+ * memory of one derivation. */
+static const struct kh_scrypt_params scrypt_max = {.N = 1u << 17, .r = 16, .p = 4};
+static const struct kh_scrypt_params scrypt_now = {
+    .N = KG_SCRYPT_N, .r = KG_SCRYPT_R, .p = KG_SCRYPT_P};
 
+/* kh_scrypt, at most KG_SCRYPT_PARALLEL at once. */
 static int scrypt(const uint8_t *pw, size_t n, const uint8_t salt[static KH_GSTORE_PW_SALT_LEN],
-		  uint64_t N, uint32_t r, uint32_t p, uint8_t out[static KH_GSTORE_PW_HASH_LEN])
+		  const struct kh_scrypt_params *k, uint8_t out[static KH_GSTORE_PW_HASH_LEN])
 {
-	static const uint8_t empty[1] = {0};
-	uint64_t maxmem = KG_SCRYPT_MAXMEM;
-	EVP_KDF *kdf = NULL;
-	EVP_KDF_CTX *kctx = NULL;
-	OSSL_PARAM params[7];
-	int rc = KH_ERR_CRYPTO;
+	int rc;
 
 	pthread_mutex_lock(&scrypt_mu);
 	while (scrypt_running >= KG_SCRYPT_PARALLEL)
 		pthread_cond_wait(&scrypt_cv, &scrypt_mu);
 	scrypt_running++;
 	pthread_mutex_unlock(&scrypt_mu);
-
-	if ((kdf = EVP_KDF_fetch(NULL, "SCRYPT", NULL)) == NULL ||
-	    (kctx = EVP_KDF_CTX_new(kdf)) == NULL)
-		goto out;
-	params[0] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PASSWORD,
-						      (void *)(uintptr_t)(n ? pw : empty), n);
-	params[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)(uintptr_t)salt,
-						      KH_GSTORE_PW_SALT_LEN);
-	params[2] = OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_N, &N);
-	params[3] = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_R, &r);
-	params[4] = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_P, &p);
-	params[5] = OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_MAXMEM, &maxmem);
-	params[6] = OSSL_PARAM_construct_end();
-	if (EVP_KDF_derive(kctx, out, KH_GSTORE_PW_HASH_LEN, params) == 1)
-		rc = KH_OK;
-out:
-	EVP_KDF_CTX_free(kctx);
-	EVP_KDF_free(kdf);
+	rc = kh_scrypt(pw, n, salt, KH_GSTORE_PW_SALT_LEN, k, KG_SCRYPT_MAXMEM, out,
+		       KH_GSTORE_PW_HASH_LEN);
 	pthread_mutex_lock(&scrypt_mu);
 	scrypt_running--;
 	pthread_cond_signal(&scrypt_cv);
@@ -119,20 +85,18 @@ int kg_users_hash(const uint8_t *pw, size_t pwlen, struct kh_gstore_pwhash *out)
 	memset(out, 0, sizeof(*out));
 	if (RAND_bytes(out->salt, sizeof(out->salt)) != 1)
 		return KH_ERR_CRYPTO;
-	snprintf(out->params, sizeof(out->params), "scrypt:%d:%d:%d", KG_SCRYPT_N, KG_SCRYPT_R,
-		 KG_SCRYPT_P);
-	return scrypt(pw, pwlen, out->salt, KG_SCRYPT_N, KG_SCRYPT_R, KG_SCRYPT_P, out->hash);
+	kh_scrypt_format(&scrypt_now, out->params, sizeof(out->params));
+	return scrypt(pw, pwlen, out->salt, &scrypt_now, out->hash);
 }
 
 int kg_users_verify(const uint8_t *pw, size_t pwlen, const struct kh_gstore_pwhash *h)
 {
 	uint8_t got[KH_GSTORE_PW_HASH_LEN];
-	uint64_t N;
-	uint32_t r, p;
+	struct kh_scrypt_params k;
 	int rc;
-	if (!parse_params(h->params, &N, &r, &p))
+	if (!kh_scrypt_parse(h->params, &scrypt_max, &k))
 		return KH_ERR_STORAGE;
-	if ((rc = scrypt(pw, pwlen, h->salt, N, r, p, got)) == KH_OK &&
+	if ((rc = scrypt(pw, pwlen, h->salt, &k, got)) == KH_OK &&
 	    CRYPTO_memcmp(got, h->hash, sizeof(got)) != 0)
 		rc = KH_ERR_AUTH_FAILED;
 	kh_wipe(got, sizeof(got));
@@ -144,7 +108,7 @@ static void dummy_verify(const uint8_t *pw, size_t pwlen)
 {
 	static const uint8_t salt[KH_GSTORE_PW_SALT_LEN] = {0};
 	uint8_t got[KH_GSTORE_PW_HASH_LEN];
-	KH_IGNORE(scrypt(pw, pwlen, salt, KG_SCRYPT_N, KG_SCRYPT_R, KG_SCRYPT_P, got));
+	KH_IGNORE(scrypt(pw, pwlen, salt, &scrypt_now, got));
 	kh_wipe(got, sizeof(got));
 }
 

@@ -7,11 +7,10 @@
 #include "hsm/majorkey.h"
 #include "common/kh_buf.h"
 #include "common/kh_mem.h"
+#include "common/kh_scrypt.h"
 
 #include <string.h>
 
-#include <openssl/core_names.h>
-#include <openssl/kdf.h>
 #include <openssl/rand.h>
 
 #define MAGIC "KHF1"
@@ -103,30 +102,8 @@ int kh_fragment_parse(const uint8_t *p, size_t n, struct kh_fragment_hdr *h)
 static int scrypt_key(const uint8_t *pass, size_t passlen, const uint8_t salt[static 16],
                       uint8_t out[static 32])
 {
-	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "SCRYPT", NULL);
-	EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-	uint64_t sn = SCRYPT_N, maxmem = SCRYPT_MAXMEM;
-	uint32_t sr = SCRYPT_R, sp = SCRYPT_P;
-	OSSL_PARAM params[7];
-	int r = KH_ERR_CRYPTO;
-
-	if (kctx == NULL)
-		goto out;
-	params[0] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PASSWORD,
-	                                              (void *)(uintptr_t)pass, passlen);
-	params[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)(uintptr_t)salt,
-	                                              KH_FRAGMENT_SALT_LEN);
-	params[2] = OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_N, &sn);
-	params[3] = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_R, &sr);
-	params[4] = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_P, &sp);
-	params[5] = OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_MAXMEM, &maxmem);
-	params[6] = OSSL_PARAM_construct_end();
-	if (EVP_KDF_derive(kctx, out, 32, params) == 1)
-		r = KH_OK;
-out:
-	EVP_KDF_CTX_free(kctx);
-	EVP_KDF_free(kdf);
-	return r;
+	static const struct kh_scrypt_params k = {.N = SCRYPT_N, .r = SCRYPT_R, .p = SCRYPT_P};
+	return kh_scrypt(pass, passlen, salt, KH_FRAGMENT_SALT_LEN, &k, SCRYPT_MAXMEM, out, 32);
 }
 
 static void put_name(uint8_t *out, size_t *off, const char *s)

@@ -9,14 +9,13 @@
 #include "hsm/roles.h"
 #include "common/kh_log.h"
 #include "common/kh_mem.h"
+#include "common/kh_scrypt.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/core_names.h>
-#include <openssl/kdf.h>
-#include <openssl/params.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 /* Current parameters; stored with each verifier so that they can change. */
@@ -47,58 +46,19 @@ int kh_ident_password_policy(const uint8_t *pw, size_t n, const uint8_t *old, si
 	return KH_OK;
 }
 
-static int scrypt(const uint8_t *pw, size_t n, const uint8_t *salt, size_t saltlen, uint64_t N,
-		  uint32_t r, uint32_t p, uint8_t out[KH_PW_HASH_LEN])
-{
-	static const uint8_t empty[1] = {0};
-	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "SCRYPT", NULL);
-	EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-	OSSL_PARAM params[6];
-	int rc = KH_ERR_CRYPTO;
-
-	if (kctx == NULL)
-		goto out;
-	params[0] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PASSWORD,
-						      (void *)(uintptr_t)(n ? pw : empty), n);
-	params[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT,
-						      (void *)(uintptr_t)salt, saltlen);
-	params[2] = OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_N, &N);
-	params[3] = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_R, &r);
-	params[4] = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_P, &p);
-	params[5] = OSSL_PARAM_construct_end();
-	if (EVP_KDF_derive(kctx, out, KH_PW_HASH_LEN, params) == 1)
-		rc = KH_OK;
-out:
-	EVP_KDF_CTX_free(kctx);
-	EVP_KDF_free(kdf);
-	return rc;
-}
-
-/* "scrypt:N:r:p" within sane bounds (an edited database must not make a
- * login allocate gigabytes). */
-static bool parse_params(const char *s, uint64_t *N, uint32_t *r, uint32_t *p)
-{
-	unsigned long long n;
-	unsigned rr, pp;
-	char tail;
-	if (sscanf(s, "scrypt:%llu:%u:%u%c", &n, &rr, &pp, &tail) != 3)
-		return false;
-	if (n < 1024 || n > (1u << 20) || (n & (n - 1)) != 0 || rr < 1 || rr > 32 || pp < 1 ||
-	    pp > 16)
-		return false;
-	*N = n;
-	*r = rr;
-	*p = pp;
-	return true;
-}
+/* Stored parameters are accepted up to these (OpenSSL's 32 MiB memory limit
+ * still applies when the KDF runs). */
+static const struct kh_scrypt_params scrypt_max = {.N = 1u << 20, .r = 32, .p = 16};
+static const struct kh_scrypt_params scrypt_now = {.N = SCRYPT_N, .r = SCRYPT_R, .p = SCRYPT_P};
 
 int kh_ident_hash_password(const uint8_t *pw, size_t n, struct kh_pwhash *out)
 {
 	memset(out, 0, sizeof(*out));
 	if (RAND_bytes(out->salt, sizeof(out->salt)) != 1)
 		return KH_ERR_CRYPTO;
-	snprintf(out->params, sizeof(out->params), "scrypt:%d:%d:%d", SCRYPT_N, SCRYPT_R, SCRYPT_P);
-	return scrypt(pw, n, out->salt, sizeof(out->salt), SCRYPT_N, SCRYPT_R, SCRYPT_P, out->hash);
+	kh_scrypt_format(&scrypt_now, out->params, sizeof(out->params));
+	return kh_scrypt(pw, n, out->salt, sizeof(out->salt), &scrypt_now, 0, out->hash,
+	                 sizeof(out->hash));
 }
 
 void kh_ident_pwhash_wipe(struct kh_pwhash *h)
@@ -148,8 +108,7 @@ struct verifier {
 	uint8_t hash[KH_PW_HASH_LEN];
 	uint8_t salt[64];
 	size_t saltlen;
-	uint64_t N;
-	uint32_t r, p;
+	struct kh_scrypt_params k;
 };
 
 static int load_verifier(struct kh_hsm *hsm, int64_t id, struct verifier *v)
@@ -171,7 +130,7 @@ static int load_verifier(struct kh_hsm *hsm, int64_t id, struct verifier *v)
 	size_t hl = (size_t)sqlite3_column_bytes(st, 0);
 	size_t sl = (size_t)sqlite3_column_bytes(st, 1);
 	if (hl != KH_PW_HASH_LEN || sl == 0 || sl > sizeof(v->salt) || params == NULL ||
-	    !parse_params((const char *)params, &v->N, &v->r, &v->p)) {
+	    !kh_scrypt_parse((const char *)params, &scrypt_max, &v->k)) {
 		log_warnx("identity %lld: stored password verifier is invalid", (long long)id);
 		r = KH_ERR_STORAGE;
 		goto out;
@@ -326,11 +285,9 @@ int kh_ident_authenticate(struct kh_hsm *hsm, const char *name, const uint8_t *p
 		if (RAND_bytes(v.salt, KH_PW_SALT_LEN) != 1 || RAND_bytes(v.hash, sizeof(v.hash)) != 1)
 			return KH_ERR_CRYPTO;
 		v.saltlen = KH_PW_SALT_LEN;
-		v.N = SCRYPT_N;
-		v.r = SCRYPT_R;
-		v.p = SCRYPT_P;
+		v.k = scrypt_now;
 	}
-	r = scrypt(pw, pwlen, v.salt, v.saltlen, v.N, v.r, v.p, calc);
+	r = kh_scrypt(pw, pwlen, v.salt, v.saltlen, &v.k, 0, calc, sizeof(calc));
 	match = r == KH_OK && CRYPTO_memcmp(calc, v.hash, sizeof(calc)) == 0;
 	if (real && match)
 		memcpy(out->verifier, v.hash, sizeof(out->verifier));
