@@ -20,19 +20,13 @@
 #include "hsm/majorkey.h"
 #include "common/kh_err.h"
 
+#include "fuzz_check.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                   \
-	do {                                                                                       \
-		if (!(c))                                                                          \
-			fail(__LINE__, #c);                                                        \
-	} while (0)
 
 /* From backup.c: limits that backup.h does not name. */
 #define SETTING_VALUE_MAX (1u << 20)
@@ -40,12 +34,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define BLOB_MAX 1024
 /* What the failing visitor returns: nothing in the decoder returns it. */
 #define VISITOR_ERR KH_ERR_BUSY
-
-static _Noreturn void fail(int line, const char *what)
-{
-	fprintf(stderr, "fuzz_backup.c:%d: property failed: %s\n", line, what);
-	abort();
-}
 
 /* ---- a growable buffer for the re-encoding ---- */
 
@@ -436,7 +424,8 @@ static void check_stage(const uint8_t *p, size_t n)
 		at += len;
 		if (first) {
 			first = false;
-			bool ok = total <= KH_BACKUP_MAX && len >= KH_BACKUP_HDR_LEN && len <= total &&
+			bool ok = total <= KH_BACKUP_MAX && len >= KH_BACKUP_HDR_LEN &&
+			          len <= total &&
 			          kh_backup_parse_header(page, (size_t)total, &h) == KH_OK;
 			r = kh_backup_stage_begin(&st, total, page, len);
 			CHECK(r == KH_OK || r == KH_ERR_TOO_LARGE || r == KH_ERR_BAD_FIELD ||

@@ -24,6 +24,8 @@
 #include "common/kh_frame.h"
 #include "common/kh_mem.h"
 
+#include "fuzz_check.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -33,25 +35,10 @@
 #include <ftw.h>
 #include <unistd.h>
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                   \
-	do {                                                                                       \
-		if (!(c))                                                                          \
-			fail(__LINE__, #c);                                                        \
-	} while (0)
-
-static _Noreturn void fail(int line, const char *what)
-{
-	fprintf(stderr, "fuzz_crypto.c:%d: property failed: %s\n", line, what);
-	abort();
-}
-
 static const char *const cmds[] = {
-	"GPGS", "GPKA", "GPKD", "GPGC", "ASYL", "LRSA", "APFP", "RPFP", "GPCA", "RDPK", "ADPK",
-	"GPKW", "GPWK", "GPKU", "GPUK", "GPDK", "GPSE", "GPSD", "GPMC", "HMAC", "GHSH", "GPSR",
-	"ASYS", "RSAS", "ASYV", "GPSV", "GPKM", "GPKS", "GPKR", "KTEX", "KTIM", "KTCK",
+    "GPGS", "GPKA", "GPKD", "GPGC", "ASYL", "LRSA", "APFP", "RPFP", "GPCA", "RDPK", "ADPK",
+    "GPKW", "GPWK", "GPKU", "GPUK", "GPDK", "GPSE", "GPSD", "GPMC", "HMAC", "GHSH", "GPSR",
+    "ASYS", "RSAS", "ASYV", "GPSV", "GPKM", "GPKS", "GPKR", "KTEX", "KTIM", "KTCK",
 };
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
 

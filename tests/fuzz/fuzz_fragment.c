@@ -15,30 +15,18 @@
 #include "common/kh_err.h"
 #include "common/kh_mem.h"
 
+#include "fuzz_check.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                   \
-	do {                                                                                       \
-		if (!(c))                                                                          \
-			fail(__LINE__, #c);                                                        \
-	} while (0)
-
 #define PASS "keyhold-fuzz-passphrase"
 #define SHARE_BYTE 0xA5
 #define SHARE_MAX 32 /* kh_fragment_open writes into at least this much */
 #define CRYPTO_MAX 4
-
-static _Noreturn void fail(int line, const char *what)
-{
-	fprintf(stderr, "fuzz_fragment.c:%d: property failed: %s\n", line, what);
-	abort();
-}
 
 static bool is_uhex(char c)
 {

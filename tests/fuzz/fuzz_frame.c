@@ -9,30 +9,18 @@
 #include "common/kh_frame.h"
 #include "common/kh_mem.h"
 
+#include "fuzz_check.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c) \
-	do { \
-		if (!(c)) \
-			fail(__LINE__, #c); \
-	} while (0)
-
 /* A small limit so that the TOO_LARGE paths are reached by short inputs. */
 #define SMALL_MAX 64u
 /* Longest detail handed to kh_msg_error (it truncates; longer adds nothing). */
 #define DETAIL_MAX 300u
-
-static _Noreturn void fail(int line, const char *what)
-{
-	fprintf(stderr, "fuzz_frame.c:%d: property failed: %s\n", line, what);
-	abort();
-}
 
 static void *xmalloc(size_t n)
 {
@@ -122,7 +110,7 @@ static int check_find(const uint8_t *d, size_t n, size_t max, size_t *flen)
 		CHECK(n > 0 && d[0] == '[' && n >= max && !has_byte(d, max, ']'));
 		break;
 	default:
-		fail(__LINE__, "kh_frame_find returned an undocumented value");
+		fuzz_fail(__FILE__, __LINE__, "kh_frame_find returned an undocumented value");
 	}
 	return r;
 }
@@ -259,7 +247,8 @@ static void check_round_trip(const struct kh_frame *f, int err, const char *deta
 
 	CHECK(kh_msg_begin(b, f->cmd) == KH_OK);
 	for (size_t i = 0; i < f->nfields; i++)
-		CHECK(kh_msg_putn(b, f->fields[i].tag, f->fields[i].val, f->fields[i].len) == KH_OK);
+		CHECK(kh_msg_putn(b, f->fields[i].tag, f->fields[i].val, f->fields[i].len) ==
+		      KH_OK);
 	CHECK(kh_msg_end(b) == KH_OK);
 	parse_or_die(b, g);
 	CHECK(strcmp(g->cmd, f->cmd) == 0 && g->nfields == f->nfields);
@@ -273,7 +262,7 @@ static void check_round_trip(const struct kh_frame *f, int err, const char *deta
 	CHECK(kh_msg_begin(b, f->cmd) == KH_OK);
 	for (size_t i = 0; i < f->nfields; i++)
 		CHECK(kh_msg_put_hex(b, f->fields[i].tag, (const uint8_t *)f->fields[i].val,
-				     f->fields[i].len) == KH_OK);
+		                     f->fields[i].len) == KH_OK);
 	CHECK(kh_msg_end(b) == KH_OK);
 	parse_or_die(b, g);
 	CHECK(strcmp(g->cmd, f->cmd) == 0 && g->nfields == f->nfields);

@@ -9,25 +9,13 @@
 #include "common/kh_err.h"
 #include "common/kh_http.h"
 
+#include "fuzz_check.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                   \
-	do {                                                                                       \
-		if (!(c))                                                                          \
-			fail(__LINE__, #c);                                                        \
-	} while (0)
-
-static _Noreturn void fail(int line, const char *what)
-{
-	fprintf(stderr, "fuzz_http_response.c:%d: property failed: %s\n", line, what);
-	abort();
-}
 
 struct result {
 	int rc;
@@ -39,7 +27,7 @@ static struct kh_http_parser parser;
 
 /* Feed p in pieces (cuts: offsets where a new feed starts), then EOF. */
 static void run(const uint8_t *p, size_t n, const size_t *cuts, size_t ncuts, size_t body_max,
-		struct result *out)
+                struct result *out)
 {
 	size_t off = 0, k = 0;
 

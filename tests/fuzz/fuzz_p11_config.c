@@ -8,6 +8,8 @@
 #include "common/kh_err.h"
 #include "pkcs11/p11_config.h"
 
+#include "fuzz_check.h"
+
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -15,22 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                   \
-	do {                                                                                       \
-		if (!(c))                                                                          \
-			fail(__LINE__, #c);                                                        \
-	} while (0)
-
 #define NAME "fuzz.cfg"
 #define ERRSZ 512
-
-static _Noreturn void fail(int line, const char *what)
-{
-	fprintf(stderr, "fuzz_p11_config.c:%d: property failed: %s\n", line, what);
-	abort();
-}
 
 static void *xcalloc(size_t n)
 {

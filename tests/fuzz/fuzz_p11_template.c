@@ -6,6 +6,8 @@
  * Nothing may crash, and a template that parses must describe a key the
  * module can ask the HSM for.
  */
+#include "fuzz_check.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -14,8 +16,6 @@
 #include "pkcs11/p11.h"
 #include "pkcs11/p11_attr.h"
 #include "common/kh_buf.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define MAX_ATTRS 32
 
@@ -27,8 +27,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t off = 0;
 
 	while (n < MAX_ATTRS && size - off >= 5) {
-		uint32_t ty = (uint32_t)data[off] << 24 | (uint32_t)data[off + 1] << 16 | (uint32_t)data[off + 2] << 8 |
-			      data[off + 3];
+		uint32_t ty = (uint32_t)data[off] << 24 | (uint32_t)data[off + 1] << 16 |
+		              (uint32_t)data[off + 2] << 8 | data[off + 3];
 		size_t l = data[off + 4];
 		off += 5;
 		if (l > size - off)
@@ -45,11 +45,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		n++;
 	}
 
-	static const enum p11_tmpl_use uses[] = {P11_TMPL_GENERATE, P11_TMPL_GEN_PUBLIC, P11_TMPL_GEN_PRIVATE,
-						 P11_TMPL_UNWRAP,   P11_TMPL_DERIVE,     P11_TMPL_CREATE};
-	static const CK_OBJECT_CLASS classes[] = {CKO_SECRET_KEY, CKO_PUBLIC_KEY, CKO_PRIVATE_KEY, CKO_SECRET_KEY,
-						  CKO_SECRET_KEY, (CK_OBJECT_CLASS)-1};
-	static const CK_KEY_TYPE types[] = {CKK_AES, CKK_EC, CKK_RSA, CKK_GENERIC_SECRET, CKK_AES, (CK_KEY_TYPE)-1};
+	static const enum p11_tmpl_use uses[] = {P11_TMPL_GENERATE,    P11_TMPL_GEN_PUBLIC,
+	                                         P11_TMPL_GEN_PRIVATE, P11_TMPL_UNWRAP,
+	                                         P11_TMPL_DERIVE,      P11_TMPL_CREATE};
+	static const CK_OBJECT_CLASS classes[] = {CKO_SECRET_KEY,  CKO_PUBLIC_KEY,
+	                                          CKO_PRIVATE_KEY, CKO_SECRET_KEY,
+	                                          CKO_SECRET_KEY,  (CK_OBJECT_CLASS)-1};
+	static const CK_KEY_TYPE types[] = {CKK_AES, CKK_EC,         CKK_RSA, CKK_GENERIC_SECRET,
+	                                    CKK_AES, (CK_KEY_TYPE)-1};
 	for (size_t u = 0; u < sizeof(uses) / sizeof(uses[0]); u++) {
 		struct p11_newkey nk;
 		if (p11_tmpl_parse(t, n, uses[u], classes[u], types[u], &nk) != CKR_OK)
@@ -73,7 +76,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	uint8_t *ex = NULL;
 	size_t exn = 0;
 	for (CK_ULONG i = 0; i < n; i++)
-		if (p11_extra_set(&ex, &exn, t[i].type & 0xffffffffu, t[i].pValue, t[i].ulValueLen) != KH_OK)
+		if (p11_extra_set(&ex, &exn, t[i].type & 0xffffffffu, t[i].pValue,
+		                  t[i].ulValueLen) != KH_OK)
 			break;
 	for (CK_ULONG i = 0; i < n; i++)
 		if (!p11_extra_find(ex, exn, t[i].type & 0xffffffffu, &v, &vl))

@@ -8,6 +8,8 @@
 #include "hsm/pki.h"
 #include "common/kh_err.h"
 
+#include "fuzz_check.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,21 +19,6 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/x509.h>
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-
-#define CHECK(c)                                                                                   \
-	do {                                                                                       \
-		if (!(c))                                                                          \
-			fail(__LINE__, #c);                                                        \
-	} while (0)
-
-static _Noreturn void fail(int line, const char *what)
-{
-	fprintf(stderr, "fuzz_pem.c:%d: property failed: %s\n", line, what);
-	abort();
-}
 
 /* A reader's result: OK, or a refusal with its reason. */
 static void check_result(int r, const char *why)

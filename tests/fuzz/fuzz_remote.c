@@ -20,6 +20,8 @@
 #include "common/kh_frame.h"
 #include "common/kh_mem.h"
 
+#include "fuzz_check.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,21 +34,6 @@
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                   \
-	do {                                                                                       \
-		if (!(c))                                                                          \
-			fail(__LINE__, #c);                                                        \
-	} while (0)
-
-static _Noreturn void fail(int line, const char *what)
-{
-	fprintf(stderr, "fuzz_remote.c:%d: property failed: %s\n", line, what);
-	abort();
-}
 
 static struct kh_hsm hsm;
 static struct kh_session admin, sess;

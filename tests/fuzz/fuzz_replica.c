@@ -16,25 +16,13 @@
 #include "hsm/replica.h"
 #include "common/kh_err.h"
 
+#include "fuzz_check.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                   \
-	do {                                                                                       \
-		if (!(c))                                                                          \
-			fail(__LINE__, #c);                                                        \
-	} while (0)
-
-static _Noreturn void fail(int line, const char *what)
-{
-	fprintf(stderr, "fuzz_replica.c:%d: property failed: %s\n", line, what);
-	abort();
-}
 
 static bool inside(const uint8_t *p, size_t n, const uint8_t *base, size_t size)
 {

@@ -9,29 +9,17 @@
 #include "hsm/roles.h"
 #include "common/kh_err.h"
 
+#include "fuzz_check.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                   \
-	do {                                                                                       \
-		if (!(c))                                                                          \
-			fail(__LINE__, #c);                                                        \
-	} while (0)
-
 #define ALL_PERMS ((UINT64_C(1) << KH_P_COUNT) - 1)
 #define WORDS_TEXT_MAX 32 /* "prod,admin", "ethernet,usb" */
 #define CMD_BYTES (KH_MAX_COMMANDS / 8)
-
-static _Noreturn void fail(int line, const char *what)
-{
-	fprintf(stderr, "fuzz_role_fields.c:%d: property failed: %s\n", line, what);
-	abort();
-}
 
 /* ---- a reference reading of the field syntax ---- */
 
