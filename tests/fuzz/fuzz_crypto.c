@@ -32,7 +32,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <ftw.h>
 #include <unistd.h>
 
 static const char *const cmds[] = {
@@ -57,17 +56,9 @@ static void call(const char *text)
 
 static char dir[] = "/tmp/kh-fuzz-crypto-XXXXXX";
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
 static void cleanup(void)
 {
-	nftw(dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+	fuzz_remove_tree(dir);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)

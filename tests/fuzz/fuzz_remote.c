@@ -28,7 +28,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <ftw.h>
 #include <unistd.h>
 
 #include <openssl/core_names.h>
@@ -44,17 +43,9 @@ static char dir[] = "/tmp/kh-fuzz-remote-XXXXXX";
 static uint8_t k_c2s[32], k_s2c[32];
 static uint64_t tx, rx;
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
 static void cleanup(void)
 {
-	nftw(dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+	fuzz_remove_tree(dir);
 }
 
 static int call_on(struct kh_session *s, const char *text, size_t n)
