@@ -1,13 +1,14 @@
 /*
  * Excrypt load generator for bench/: C mutual-TLS 1.3 connections, optionally
- * logged in (LOGN), each running one given request frame in strictly
- * sequential round trips for a fixed time (or count), then one
- * machine-readable result line. By default every connection has its own
- * blocking thread; --threads T spreads them over T threads that drive their
- * connections with epoll, so that on a machine shared with the server the
- * load generator takes fewer wake-ups away from it. Plain OpenSSL, so it measures the server, not
- * our client library; it verifies the server's chain but not its name. The
- * password is read from a file and never printed.
+ * logged in (LOGN), each running one given request frame in sequential round
+ * trips (one request each, or with --depth D, D requests in one write) for a
+ * fixed time (or count), then one machine-readable result line. By default
+ * every connection has its own blocking thread; --threads T spreads them over
+ * T threads that drive their connections with epoll, so that on a machine
+ * shared with the server the load generator takes fewer wake-ups away from
+ * it. Plain OpenSSL, so it measures the server, not our client library; it
+ * verifies the server's chain but not its name. The password is read from a
+ * file and never printed.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -52,6 +53,7 @@ struct cfg {
 	double warmup;
 	uint64_t requests; /* per connection; 0 = run for `seconds` */
 	long threads;      /* 0 = one per connection */
+	long depth;        /* requests sent together per round trip */
 };
 
 struct worker {
@@ -68,6 +70,7 @@ struct worker {
 	/* event mode: the round trip under way */
 	uint64_t t0;
 	size_t scanned;
+	long awaited;            /* replies still to come for the requests sent */
 	bool writing, watch_out; /* the request is not all sent; EPOLLOUT is asked */
 };
 
@@ -84,6 +87,8 @@ static pthread_barrier_t g_ready, g_go;
 /* Set up by main before the threads start, read-only afterwards. */
 static uint8_t *g_req;
 static size_t g_req_len;
+static uint8_t *g_batch; /* --depth copies of the request, sent in one write */
+static size_t g_batch_len;
 static char g_expect[9]; /* "[AO" CMD ";" */
 static char *g_login;    /* the LOGN frame (holds the password in hex) */
 static size_t g_login_len;
@@ -98,7 +103,7 @@ static _Noreturn void usage(void)
 	        "                    (--request FRAME | --request-file F)\n"
 	        "                    [--id NAME --password-file F]\n"
 	        "                    --connections C (--seconds S | --requests N) [--warmup 1]\n"
-	        "                    [--threads T]\n");
+	        "                    [--threads T] [--depth D]\n");
 	exit(2);
 }
 
@@ -134,6 +139,7 @@ static void parse_args(int argc, char **argv, struct cfg *c)
 	c->connections = 1;
 	c->seconds = 10;
 	c->warmup = 1;
+	c->depth = 1;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (i + 1 >= argc)
@@ -167,6 +173,8 @@ static void parse_args(int argc, char **argv, struct cfg *c)
 			c->requests = (uint64_t)parse_num(v, 1, 1e12);
 		else if (strcmp(a, "--threads") == 0)
 			c->threads = (long)parse_num(v, 1, MAX_CONNECTIONS);
+		else if (strcmp(a, "--depth") == 0)
+			c->depth = (long)parse_num(v, 1, 64);
 		else
 			usage();
 	}
@@ -223,6 +231,13 @@ static void load_request(const struct cfg *c)
 	}
 	memcpy(g_expect, g_req, 8);
 	g_expect[8] = '\0';
+	if (n > REQ_MAX / (size_t)c->depth)
+		fail("--depth copies of the request are too long");
+	g_batch_len = n * (size_t)c->depth;
+	if ((g_batch = malloc(g_batch_len)) == NULL)
+		fail("out of memory");
+	for (long i = 0; i < c->depth; i++)
+		memcpy(g_batch + (size_t)i * n, g_req, n);
 
 	if (c->id) {
 		static const char hex[] = "0123456789ABCDEF";
@@ -500,7 +515,7 @@ static int ev_write(struct worker *w)
 	int r;
 
 	errno = 0;
-	if ((r = SSL_write_ex(w->ssl, g_req, g_req_len, &n)) == 1)
+	if ((r = SSL_write_ex(w->ssl, g_batch, g_batch_len, &n)) == 1)
 		return 1;
 	if (SSL_get_error(w->ssl, r) == SSL_ERROR_WANT_WRITE)
 		return 0;
@@ -560,6 +575,7 @@ static bool ev_step(int ep, struct worker *w, bool start)
 				return false;
 			w->writing = true;
 			w->scanned = 0;
+			w->awaited = g_cfg.depth;
 		}
 		start = false;
 		if (w->writing) {
@@ -571,15 +587,23 @@ static bool ev_step(int ep, struct worker *w, bool start)
 					return false;
 			}
 		}
-		if (r > 0 && (r = ev_read(w, &close_at)) == 0)
-			return true;
-		if (r > 0)
-			r = take_reply(w, close_at, g_expect, NULL);
-		if (r == 0) {
+		/* the replies of one write, each timed from that write */
+		while (r > 0 && w->awaited > 0) {
+			if ((r = ev_read(w, &close_at)) <= 0)
+				break;
+			w->awaited--;
+			w->scanned = 0;
+			if (take_reply(w, close_at, g_expect, NULL) != 0) {
+				(void)failed_trip(w, 1); /* counted; the connection stays */
+				continue;
+			}
 			uint64_t t1 = now_ns();
 			if (w->t0 >= g_measure_ns && t1 <= g_end_ns)
 				record(w, t1 - w->t0);
-		} else {
+		}
+		if (r == 0)
+			return true;
+		if (r < 0) {
 			if (w->fd >= 0)
 				epoll_ctl(ep, EPOLL_CTL_DEL, w->fd, NULL);
 			if (failed_trip(w, r) != 0)
@@ -633,7 +657,7 @@ static void *runner_main(void *arg)
 	pthread_barrier_wait(&g_ready);
 	pthread_barrier_wait(&g_go);
 	if (ok && !g_abort) {
-		if (rn->first + rn->step >= rn->total)
+		if (rn->first + rn->step >= rn->total && g_cfg.depth == 1)
 			run_blocking(&rn->ws[rn->first]);
 		else
 			run_events(rn);
@@ -805,6 +829,7 @@ int main(int argc, char **argv)
 		free(g_login);
 	}
 	free(g_req);
+	free(g_batch);
 	SSL_CTX_free(g_ctx);
 	return errors ? 1 : 0;
 }

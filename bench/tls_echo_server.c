@@ -1,8 +1,8 @@
 /*
  * The bound for bench/: the least work a mutual-TLS server can do per ECHO.
  * OpenSSL 3, TLS 1.3 only, one blocking thread per connection, no state: each
- * frame (4096 bytes, or --max-frame) gets an ECHO-shaped answer. A yardstick
- * for keyhold-hsm, never a server.
+ * frame (4096 bytes, or --max-frame) gets an ECHO-shaped answer, signed when
+ * it asks (SG, below). A yardstick for keyhold-hsm, never a server.
  */
 #include "common/kh_buf.h"
 #include "common/kh_err.h"
@@ -12,7 +12,9 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/ec.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -36,6 +38,10 @@ struct opts {
 
 static SSL_CTX *g_ctx;
 static size_t g_max_frame = KH_FRAME_MAX_PRELOGIN;
+/* A request with an SG field gets an ECDSA P-256 signature (SHA-256) of its
+ * AG in the answer's SG: the bound for a signing command. The key is made at
+ * start; its context is prepared once and copied per signature. */
+static EVP_MD_CTX *g_sign_ctx;
 
 static _Noreturn void usage(void)
 {
@@ -115,9 +121,10 @@ static SSL_CTX *make_ctx(const struct opts *o)
 	return ctx;
 }
 
-/* Append the answer to one delimited frame: ECHO with the request's AG, or
- * the codec's ERRO when the frame does not parse. */
-static int answer(struct kh_buf *out, const uint8_t *p, size_t n)
+/* Append the answer to one delimited frame: ECHO with the request's AG (and
+ * its signature, made in sctx, when asked for), or the codec's ERRO when the
+ * frame does not parse. */
+static int answer(struct kh_buf *out, EVP_MD_CTX *sctx, const uint8_t *p, size_t n)
 {
 	struct kh_frame f;
 	const struct kh_field *ag;
@@ -132,6 +139,16 @@ static int answer(struct kh_buf *out, const uint8_t *p, size_t n)
 		return r;
 	if ((r = kh_msg_put(out, "BC", "0.0.0")) != KH_OK)
 		return r;
+	if (kh_frame_get(&f, "SG") != NULL) {
+		uint8_t sig[80];
+		size_t slen = sizeof(sig);
+		if (EVP_MD_CTX_copy_ex(sctx, g_sign_ctx) != 1 ||
+		    EVP_DigestSign(sctx, sig, &slen, (const uint8_t *)(ag ? ag->val : ""),
+		                   ag ? ag->len : 0) != 1)
+			return KH_ERR_CRYPTO;
+		if ((r = kh_msg_put_hex(out, "SG", sig, slen)) != KH_OK)
+			return r;
+	}
 	return kh_msg_end(out);
 }
 
@@ -143,8 +160,9 @@ static void serve(SSL *ssl)
 	uint8_t *in = malloc(max);
 	/* an answer is its request's AG plus a few bytes */
 	struct kh_buf *out = kh_buf_new(max + OUT_MAX);
+	EVP_MD_CTX *sctx = EVP_MD_CTX_new();
 
-	if (out == NULL || in == NULL)
+	if (out == NULL || in == NULL || sctx == NULL)
 		goto done;
 	for (;;) {
 		size_t got = 0, off = 0, fl;
@@ -154,7 +172,7 @@ static void serve(SSL *ssl)
 			break;
 		have += got;
 		while ((r = kh_frame_find(in + off, have - off, max, &fl)) == 1) {
-			if (answer(out, in + off, fl) != KH_OK)
+			if (answer(out, sctx, in + off, fl) != KH_OK)
 				goto done;
 			off += fl;
 		}
@@ -170,6 +188,7 @@ static void serve(SSL *ssl)
 		have -= off;
 	}
 done:
+	EVP_MD_CTX_free(sctx);
 	kh_buf_free(out);
 	free(in);
 }
@@ -243,6 +262,13 @@ int main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 
 	g_ctx = make_ctx(&o);
+	{
+		EVP_PKEY *k = EVP_EC_gen("P-256");
+		if (k == NULL || (g_sign_ctx = EVP_MD_CTX_new()) == NULL ||
+		    EVP_DigestSignInit_ex(g_sign_ctx, NULL, "SHA256", NULL, NULL, k, NULL) != 1)
+			die_ssl("cannot make the P-256 signing key");
+		EVP_PKEY_free(k);
+	}
 	lfd = listen_on(&o);
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
