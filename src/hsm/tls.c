@@ -193,10 +193,15 @@ int kh_tls_key_put(struct kh_hsm *hsm, const char *name, EVP_PKEY *key)
 		r = KH_ERR_NOMEM;
 		goto out;
 	}
-	if ((r = kh_mk_seal(hsm, KH_MK_PMK, (const uint8_t *)aad, strlen(aad), der, len, sealed,
-			    &slen)) != KH_OK)
-		goto out;
-	r = kh_tls_item_put(hsm, name, sealed, slen);
+	/* seal and store under one hold of the database lock, as the key table
+	 * does: a PMK rotation (which re-wraps these rows in its transaction)
+	 * then comes wholly before or after, never between, and the key can
+	 * never land under the rotated-out PMK */
+	kh_db_lock(hsm->db);
+	r = kh_mk_seal(hsm, KH_MK_PMK, (const uint8_t *)aad, strlen(aad), der, len, sealed, &slen);
+	if (r == KH_OK)
+		r = kh_tls_item_put(hsm, name, sealed, slen);
+	kh_db_unlock(hsm->db);
 out:
 	free(sealed);
 	kh_secure_free(der, len);
