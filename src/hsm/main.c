@@ -29,6 +29,7 @@ struct opts {
 	const char *console;
 	long workers;
 	long max_connections;
+	long poll_us;
 	bool daemon;
 	const char *pidfile;
 	const char *logfile;
@@ -50,6 +51,8 @@ static void usage(FILE *f)
 		"      --console PATH       console socket (default DATADIR/console.sock, \"none\" = off)\n"
 		"  -w, --workers N          worker threads (default: number of CPUs)\n"
 		"      --max-connections N  open connections at most (default 1024)\n"
+		"      --poll-us N          a worker polls N microseconds for more work before\n"
+		"                           it sleeps (default 0; for hosts with CPUs to spare)\n"
 		"  -D, --daemon             run in the background\n"
 		"  -p, --pidfile PATH       write the pid here (locked while running)\n"
 		"      --log-file PATH      log here instead of stderr\n"
@@ -90,6 +93,7 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 		{"max-connections", required_argument, NULL, 6},
 		{"excrypt-listen", required_argument, NULL, 7},
 		{"admin-listen", required_argument, NULL, 8},
+		{"poll-us", required_argument, NULL, 10},
 #ifdef KH_FAULT_INJECTION
 		{"fault-selftest", required_argument, NULL, 9},
 #endif
@@ -121,6 +125,7 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 		case 7: o->prod_listen = optarg; break;
 		case 8: o->admin_listen = optarg; break;
 		case 6: o->max_connections = parse_num(optarg, 1, 1000000, "--max-connections"); break;
+		case 10: o->poll_us = parse_num(optarg, 0, 100000, "--poll-us"); break;
 #ifdef KH_FAULT_INJECTION
 		/* test builds only: make one known-answer test fail */
 		case 9: kh_selftest_force_failure(optarg); break;
@@ -194,6 +199,7 @@ int main(int argc, char **argv)
 		.console_path = o.console,
 		.workers = (int)o.workers,
 		.max_connections = (int)o.max_connections,
+		.poll_us = (unsigned)o.poll_us,
 		.ready = on_ready,
 	};
 	r = kh_server_run(hsm, &so);

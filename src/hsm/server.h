@@ -17,6 +17,7 @@ struct kh_server_opts {
 	const char *console_path;  /* Unix socket, created 0600; NULL disables */
 	int workers;               /* worker threads (>= 1) */
 	int max_connections;       /* open connections at most (0: 1024); more are closed at once */
+	unsigned poll_us;          /* a worker polls this long before it sleeps (0: never) */
 	void (*ready)(void *arg);  /* called once all listeners are bound */
 	void *ready_arg;
 };

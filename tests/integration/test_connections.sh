@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The network front: many concurrent mutual-TLS connections with pipelined
 # requests answered in order; TLS 1.2 and 1.3 both served, and a minimum
-# version enforced; the audit verify command catching an edited entry; the
+# version enforced; the audit verify command catching an edited entry;
+# --poll-us (workers poll before they sleep, and still sleep when idle); the
 # daemon in the foreground stopping cleanly on SIGTERM.
 source "$(dirname "$0")/lib.sh"
 source "$KH_SRC/scripts/lib/reference-setup.sh"
@@ -209,6 +210,38 @@ rc=0
 [ "$rc" != 0 ] || { KH_PIDFILES+=("$T/P2.pid"); fail "a second daemon started on a data dir in use"; }
 grep -q "in use by another keyhold-hsm" "$T/P2.log" || fail "no clear reason: $(cat "$T/P2.log")"
 expect_ok "Echo" "$CLI_BIN" --console "$T/P/console.sock" echo
+
+note "--poll-us: requests answered, an idle daemon sleeps, SIGTERM still stops it"
+for bad in -1 100001 x ""; do
+  rc=0
+  out=$("$HSM_BIN" -d "$T/bad" --poll-us "$bad" --console none 2>&1) || rc=$?
+  [ "$rc" = 2 ] || fail "--poll-us '$bad' exited $rc"
+  grep -q -- "--poll-us must be a number from 0 to 100000" <<<"$out" || fail "--poll-us '$bad': $out"
+done
+[ ! -e "$T/bad" ] || fail "a refused --poll-us left a data dir behind"
+start_hsm L --poll-us 2000
+/usr/bin/python3 - "$T/L/console.sock" "$(hsm_pid L)" <<'EOF' || fail "polling worker"
+import os, socket, sys, time
+path, pid = sys.argv[1], int(sys.argv[2])
+def cpu():
+    f = open(f"/proc/{pid}/stat").read().split(")")[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect(path)
+for i in range(500):  # one at a time: every answer is followed by a poll
+    s.sendall(b"[AOECHO;AGp%d;]" % i)
+    d = b""
+    while not d.endswith(b"]"):
+        d += s.recv(100)
+    assert d.startswith(b"[AOECHO;AGp%d;" % i), d
+time.sleep(0.2)  # longer than the poll: every worker is asleep now
+c0 = cpu(); time.sleep(2); c1 = cpu()
+s.close()
+assert c1 - c0 < 0.2, f"idle daemon used {c1 - c0:.2f} s of CPU in 2 s"
+print(f"500 answers; idle CPU afterwards: {c1 - c0:.2f} s in 2 s")
+EOF
+stop_hsm L
 
 note "in the foreground, SIGTERM stops the daemon cleanly"
 prod=$(free_port); admin=$(free_port)
