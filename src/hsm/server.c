@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -618,7 +619,11 @@ static void worker_poll(struct worker *w)
 		now = mono_ns();
 		if (w->served != before) {
 			last = now;
-		} else if (now - last >= w->poll_ns) {
+		} else if (now - last < w->poll_ns) {
+			/* let a thread that shares this CPU (a client on the
+			 * same host, another worker) run in between */
+			sched_yield();
+		} else {
 			if (event_base_loop(w->base, EVLOOP_ONCE | EVLOOP_NO_EXIT_ON_EMPTY) < 0)
 				break;
 			last = mono_ns();
