@@ -23,6 +23,7 @@
 #include <openssl/rand.h>
 
 #define MAX_PARTS KH_FRAGMENT_MAX_PARTS
+_Static_assert(MAX_PARTS <= 9, "fragment tags F1..F9 are one digit");
 #define SHARES_LEN (MAX_PARTS * KH_MK_MAX_LEN)
 
 struct kh_mk_ceremony {
@@ -681,7 +682,10 @@ KH_ACT(kh_cmd_mkgn)
 	        KH_OK)
 		goto out;
 	for (unsigned i = 0; i < n && r == KH_OK; i++) {
-		snprintf(tag, sizeof(tag), "F%u", i + 1);
+		/* F1..F9: MAX_PARTS keeps the number to one digit */
+		tag[0] = 'F';
+		tag[1] = (char)('1' + i);
+		tag[2] = '\0';
 		r = kh_msg_put_hex(resp, tag, files[i], flen[i]);
 	}
 out:
